@@ -1,0 +1,267 @@
+"""Figures of a rollout: frame strips, metric curves, KL per level and an animated GIF.
+
+``write_figures`` reads a rollout dataset (what the rollout command writes) and produces the figures a
+reader of the CW-VAE paper expects: predicted frames against ground truth (paper Figures 2, 4 and 6),
+PSNR and SSIM against the number of frames predicted with the copy-frame baselines (Figure 1), and the
+KL divergence of each level of the hierarchy (Table 1). Every file is written atomically.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from pyro_cwvae.atomic import atomic_path  # noqa: E402
+from pyro_cwvae.errors import UserError  # noqa: E402
+
+REQUIRED_VARIABLES = (
+    "prediction",
+    "truth",
+    "is_context",
+    "has_truth",
+    "psnr",
+    "ssim",
+    "psnr_last_frame",
+    "ssim_last_frame",
+    "psnr_random_frame",
+    "ssim_random_frame",
+    "kl",
+)
+GIF_MAX_FRAMES = 300
+GIF_FRAME_MS = 100
+GIF_SCALE = 2
+_GAP = 2
+"""Pixels of white between frames in the strip and the GIF."""
+_GROUP_GAP = 8
+"""Pixels of white between sequences."""
+
+
+def write_figures(
+    ds: xr.Dataset, out_dir: Path, max_sequences: int = 4, max_frames: int = 12
+) -> list[Path]:
+    """Write ``strip.png``, ``metrics.png``, ``kl.png`` and ``rollout.gif`` into ``out_dir``.
+
+    ``max_sequences`` caps the sequences shown in the strip and the GIF; ``max_frames`` is the number of
+    predicted frames in the strip. Returns the paths written. Raises ``UserError`` when ``ds`` is not a
+    rollout dataset.
+    """
+    check_rollout(ds)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shown = ds.isel(sequence=slice(0, max_sequences))
+    return [
+        _save_figure(plot_strip(shown, max_frames), out_dir / "strip.png"),
+        _save_figure(plot_metrics(ds), out_dir / "metrics.png"),
+        _save_figure(plot_kl(ds), out_dir / "kl.png"),
+        write_gif(shown, out_dir / "rollout.gif"),
+    ]
+
+
+def check_rollout(ds: xr.Dataset) -> None:
+    """Raise ``UserError`` unless ``ds`` has every variable of a rollout and 1 or 3 channels."""
+    for name in REQUIRED_VARIABLES:
+        if name not in ds.variables:
+            raise UserError(f"dataset is not a pyro-cwvae rollout: no variable {name!r}")
+    channels = ds.sizes.get("channel", 0)
+    if channels not in (1, 3):
+        raise UserError(f"rollout frames must have 1 or 3 channels to be plotted, not {channels}")
+
+
+def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
+    """Ground truth above each sample's prediction, for every sequence of ``ds``.
+
+    Columns are the last context frame followed by ``max_frames`` evenly spaced predicted frames,
+    labelled with their time (frames counted from the first context frame). Each sequence is a block of
+    rows: ground truth, then one row per sample. Frames without ground truth are left blank.
+    """
+    times = _strip_times(ds, max_frames)
+    sub = ds.isel(time=times)
+    truth = _to_hwc(sub.truth.values)  # (sequence, time, H, W, C)
+    has_truth = sub.has_truth.values
+    truth = np.where(has_truth[:, :, None, None, None], truth, 255).astype(np.uint8)
+    pred = _to_hwc(sub.prediction.values)  # (sample, sequence, time, H, W, C)
+    rows, labels = [], []
+    for seq in range(sub.sizes["sequence"]):
+        rows.append(truth[seq])
+        labels.append(f"seq {int(sub.sequence[seq])} truth")
+        for sample in range(sub.sizes["sample"]):
+            rows.append(pred[sample, seq])
+            labels.append(f"sample {int(sub.sample[sample])}")
+    group = 1 + sub.sizes["sample"]
+    mosaic, row_centres, col_centres = _mosaic(rows, group)
+
+    height, width = mosaic.shape[:2]
+    fig, ax = plt.subplots(figsize=(1.5 + width / 64, 0.8 + height / 64))
+    ax.imshow(_display(mosaic), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    time_labels = [f"{'ctx ' if c else ''}{int(t)}" for t, c in zip(sub.time.values, sub.is_context.values)]
+    ax.set_xticks(col_centres, time_labels)
+    ax.xaxis.tick_top()
+    ax.set_yticks(row_centres, labels)
+    ax.tick_params(length=0, labelsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title("time (frames from the first context frame)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_metrics(ds: xr.Dataset) -> plt.Figure:
+    """PSNR and SSIM against the number of frames predicted after the context (paper Figure 1).
+
+    The solid line is the mean over sequences and samples, the band one standard deviation either side;
+    dashed lines are the baselines that repeat the last context frame or show a random frame.
+    Frames without ground truth and infinite PSNR (a frame predicted exactly) are left out.
+    """
+    future = ~ds.is_context.values
+    steps = _frames_predicted(ds)[future]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("psnr", "ssim")):
+        scores = _finite(ds[metric].isel(time=future)).stack(run=("sample", "sequence"))
+        mean = scores.mean("run").values
+        std = scores.std("run").values
+        ax.plot(steps, mean, color="C0", label="CW-VAE")
+        ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.25, linewidth=0)
+        for baseline, color in (("last_frame", "C1"), ("random_frame", "C2")):
+            curve = _finite(ds[f"{metric}_{baseline}"].isel(time=future)).mean("sequence").values
+            ax.plot(steps, curve, "--", color=color, label=baseline.replace("_", " "))
+        ax.set_xlabel("frames predicted")
+        ax.set_ylabel(f"{metric.upper()}{' (dB)' if metric == 'psnr' else ''}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Open-loop prediction quality (mean and std over sequences and samples)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kl(ds: xr.Dataset) -> plt.Figure:
+    """KL divergence of each level: total per sequence (paper Table 1) and over time.
+
+    Left: the KL summed over time, averaged over sequences, one bar per level (level 1 is the fastest).
+    Right: the KL of each level at the frames where that level is active (mean over sequences); the
+    dotted line marks the end of the context.
+    """
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(10, 3.8))
+    levels = ds.level.values
+    totals = ds.kl.sum("time").mean("sequence").values
+    bars.bar([str(level) for level in levels], totals, color=[f"C{i}" for i in range(len(levels))])
+    bars.set_xlabel("level")
+    bars.set_ylabel("KL per sequence (nats)")
+    bars.set_title("KL summed over time", fontsize=10)
+
+    over_time = ds.kl.mean("sequence")
+    times = ds.time.values
+    for i, level in enumerate(levels):
+        values = over_time.sel(level=level).values
+        active = np.isfinite(values)
+        curves.plot(times[active], values[active], "-o", color=f"C{i}", markersize=2.5, linewidth=1,
+                    label=f"level {level}")
+    context = ds.is_context.values
+    if context.any():
+        curves.axvline(times[context][-1], color="gray", linestyle=":", linewidth=1)
+    curves.set_xlabel("time (frames)")
+    curves.set_ylabel("KL (nats)")
+    curves.set_title("KL at the frames where each level is active", fontsize=10)
+    curves.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_gif(ds: xr.Dataset, path: Path) -> Path:
+    """Animate ground truth beside every sample, one row per sequence of ``ds``, to ``path``.
+
+    The first column is the ground truth, then one column per sample. Frames are upscaled twice with
+    nearest neighbour; a header shows the time and whether the frame is context (the model's
+    reconstruction) or an open-loop prediction. Long rollouts are subsampled evenly in time
+    to at most ``GIF_MAX_FRAMES`` frames.
+    """
+    sub = ds.isel(time=_evenly_spaced(ds.sizes["time"], GIF_MAX_FRAMES))
+    truth = _to_hwc(sub.truth.values)  # (sequence, time, H, W, C)
+    pred = _to_hwc(sub.prediction.values)  # (sample, sequence, time, H, W, C)
+    images = []
+    for i, (time, context) in enumerate(zip(sub.time.values, sub.is_context.values)):
+        columns = [truth[:, i]] + [pred[s, :, i] for s in range(sub.sizes["sample"])]
+        rows = [np.stack([col[seq] for col in columns]) for seq in range(sub.sizes["sequence"])]
+        mosaic, _, _ = _mosaic(rows, group=1)
+        frame = Image.fromarray(_display(mosaic.repeat(GIF_SCALE, 0).repeat(GIF_SCALE, 1)))
+        kind = "context" if context else "prediction"
+        images.append(_with_header(frame, f"t={int(time)} {kind}: truth, then samples"))
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=GIF_FRAME_MS, loop=0)
+    return path
+
+
+def _strip_times(ds: xr.Dataset, max_frames: int) -> np.ndarray:
+    """Positions along ``time`` for the strip: the last context frame, then evenly spaced predictions."""
+    context = np.flatnonzero(ds.is_context.values)
+    future = np.flatnonzero(~ds.is_context.values)
+    return np.concatenate([context[-1:], future[_evenly_spaced(len(future), max_frames)]])
+
+
+def _evenly_spaced(length: int, count: int) -> np.ndarray:
+    """At most ``count`` distinct indices into ``length`` items, evenly spaced, first and last included."""
+    return np.unique(np.linspace(0, length - 1, min(length, count)).round().astype(int))
+
+
+def _frames_predicted(ds: xr.Dataset) -> np.ndarray:
+    """For every time, the number of frames after the last context frame (0 at that frame)."""
+    times = ds.time.values
+    context = ds.is_context.values
+    last_context = times[context][-1] if context.any() else times[0] - 1
+    return times - last_context
+
+
+def _finite(scores: xr.DataArray) -> xr.DataArray:
+    return scores.where(np.isfinite(scores))
+
+
+def _to_hwc(frames: np.ndarray) -> np.ndarray:
+    """Move the channel axis of ``(..., C, H, W)`` frames last: ``(..., H, W, C)``."""
+    return np.moveaxis(frames, -3, -1)
+
+
+def _display(mosaic: np.ndarray) -> np.ndarray:
+    """Drop the channel axis of a grayscale mosaic so it shows and saves as gray."""
+    return mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic
+
+
+def _mosaic(rows: list[np.ndarray], group: int) -> tuple[np.ndarray, list[float], list[float]]:
+    """Tile rows of frames ``(cols, H, W, C)`` into one white-separated uint8 image.
+
+    Every ``group`` rows form a block set apart by a wider gap. Returns the image and the pixel centres
+    of its rows and columns (for labels).
+    """
+    cols, height, width, channels = rows[0].shape
+    row_tops = [i * (height + _GAP) + (i // group) * (_GROUP_GAP - _GAP) for i in range(len(rows))]
+    col_lefts = [j * (width + _GAP) for j in range(cols)]
+    canvas = np.full((row_tops[-1] + height, col_lefts[-1] + width, channels), 255, dtype=np.uint8)
+    for top, row in zip(row_tops, rows):
+        for left, frame in zip(col_lefts, row):
+            canvas[top : top + height, left : left + width] = frame
+    row_centres = [top + (height - 1) / 2 for top in row_tops]
+    col_centres = [left + (width - 1) / 2 for left in col_lefts]
+    return canvas, row_centres, col_centres
+
+
+def _with_header(frame: Image.Image, text: str) -> Image.Image:
+    """Return ``frame`` below a white band that carries ``text``."""
+    framed = Image.new(frame.mode, (frame.width, frame.height + 14), "white")
+    framed.paste(frame, (0, 14))
+    ImageDraw.Draw(framed).text((2, 1), text, fill="black")
+    return framed
+
+
+def _save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    return path
