@@ -1,0 +1,38 @@
+"""The CW-VAE inference model (paper eq. 4) as a Pyro program: q(s | x) = prod_l prod_{t in T_l} q_t^l.
+
+    q(s_t^l | s_{t-1}^l, s_t^{l+1}, e_t^l),   e_t^l = sum of the embeddings of frames x_t .. x_{t + k^(l-1) - 1}
+
+The guide walks the levels top-down like the model and shares all its weights except the posterior output
+heads: the GRU state h_t^l is computed from the posterior samples, then the posterior head reads [h_t^l, e_t^l].
+Site names match the model's (``s_{l}_{t}``), so ``poutine.block(hide_fn=...)`` can select a level.
+
+Copy this file, edit it, and train the copy with ``pyro-cwvae fit --guide PATH``.
+"""
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+
+
+def guide(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
+    """``video`` is (B, T, C, 64, 64) in [0, 1]; the other arguments mirror the model's signature."""
+    pyro.module("cwvae", nets)
+    B, T = video.shape[:2]
+    clock = cfg.clock
+    embeddings = nets.encoder(video)  # e_t^l for every level, all frames encoded in one batched call
+    above = video.new_zeros(B, clock.num_steps(cfg.levels + 1, T), cfg.state_size)
+    with pyro.plate("batch", B):
+        for level in range(cfg.levels, 0, -1):
+            cell = nets.level(level)
+            z, h = video.new_zeros(B, cfg.z_size), video.new_zeros(B, cfg.h_size)
+            states = []
+            for step in pyro.markov(range(clock.num_steps(level, T))):
+                h = cell.transition.deterministic(z, h, above[:, clock.parent_step(step)])
+                loc, scale = cell.posterior(h, embeddings[level - 1][:, step])
+                # q(s_t^l | s_{t-1}^l, s_t^{l+1}, e_t^l)
+                with poutine.scale(scale=kl_scale):
+                    z = pyro.sample(clock.site_name(level, clock.frame(level, step)),
+                                    dist.Normal(loc, scale).to_event(1))
+                states.append(torch.cat([z, h], -1))
+            above = torch.stack(states, 1)
+    return above

@@ -1,0 +1,1 @@
+"""Generative Pyro programs of the CW-VAE: one file a variant, each defining ``model``."""

@@ -1,0 +1,165 @@
+"""The networks of the CW-VAE (paper eq. 4). They return distribution parameters and never sample.
+
+Sizes and activations follow the reference implementation: a 4-layer conv encoder to 1024 features per frame,
+a dense embedding stack per level above the first whose frame embeddings are summed over the level's k**(l-1)
+frames, one RSSM cell per level (a GRU deterministic path shared by the prior and posterior heads), and a
+transposed-conv decoder back to 64x64.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config
+
+FEATURES = 1024  # encoder output per frame: 256 channels x 2 x 2
+
+
+class Encoder(nn.Module):
+    """Frame features e(x_t): four 4x4 stride-2 convolutions (32/64/128/256 filters, leaky ReLU 0.2)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        widths = [channels, 32, 64, 128, 256]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel_size=4, stride=2) for a, b in zip(widths, widths[1:]))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, C, 64, 64) -> (N, 1024)."""
+        hidden = frames
+        for conv in self.convs:
+            hidden = F.leaky_relu(conv(hidden), 0.2)
+        return hidden.flatten(1)
+
+
+class LevelEmbedding(nn.Module):
+    """Per-frame embedding of a level l >= 2: dense ReLU layers and a linear output back to 1024 features.
+
+    As in the reference, level l's stack reads level (l-1)'s per-frame embedding, so the stacks form a chain.
+    """
+
+    def __init__(self, hidden: int, layers: int):
+        super().__init__()
+        widths = [FEATURES] + [hidden] * (layers - 1)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.out = nn.Linear(widths[-1], FEATURES)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            features = F.relu(layer(features))
+        return self.out(features)
+
+
+class HierarchicalEncoder(nn.Module):
+    """e_t^l = sum of the level-l embeddings of frames x_{t : t + k**(l-1)} (eq. 4), for every level."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.clock = cfg.clock
+        self.frames = Encoder(cfg.channels)
+        self.levels = nn.ModuleList(
+            LevelEmbedding(cfg.enc_dense_size, cfg.enc_dense_layers) for _ in range(cfg.levels - 1)
+        )
+
+    def forward(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """(B, T, C, 64, 64) -> one (B, |T_l|, 1024) tensor per level, level 1 first."""
+        B, T = video.shape[:2]
+        features = self.frames(video.flatten(0, 1)).view(B, T, FEATURES)  # all frames in one batched call
+        embeddings = [features]
+        for level, stack in enumerate(self.levels, start=2):
+            features = stack(features)
+            period = self.clock.period(level)
+            steps = self.clock.num_steps(level, T)
+            padded = F.pad(features, (0, 0, 0, steps * period - T))  # zeros: the last step may see fewer frames
+            embeddings.append(padded.view(B, steps, period, FEATURES).sum(2))
+        return embeddings
+
+
+class Transition(nn.Module):
+    """The deterministic path and prior of one level: h_t = GRU(h_{t-1}, [z_{t-1}, s_t^{l+1}]),
+    parameterizes p(s_t^l | s_{t-1}^l, s_t^{l+1}) = N(z_t; mean(h_t), std(h_t))."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.inp = nn.Linear(cfg.z_size + cfg.state_size, cfg.embed_size)
+        self.gru = nn.GRUCell(cfg.embed_size, cfg.h_size)
+        self.hidden = nn.Linear(cfg.h_size, cfg.embed_size)
+        self.head = GaussianHead(cfg.embed_size, cfg.z_size, cfg.min_std)
+
+    def deterministic(self, z_prev: torch.Tensor, h_prev: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
+        """h_t^l from the previous state and the state of the level above."""
+        return self.gru(F.relu(self.inp(torch.cat([z_prev, above], -1))), h_prev)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prior loc and scale of z_t^l given h_t^l."""
+        return self.head(F.relu(self.hidden(h)))
+
+
+class Posterior(nn.Module):
+    """Parameterizes q(s_t^l | s_{t-1}^l, s_t^{l+1}, e_t^l) from h_t^l (shared with the prior) and e_t^l."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.hidden1 = nn.Linear(cfg.h_size + FEATURES, cfg.embed_size)
+        self.hidden2 = nn.Linear(cfg.embed_size, cfg.embed_size)
+        self.head = GaussianHead(cfg.embed_size, cfg.z_size, cfg.min_std)
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = F.relu(self.hidden1(torch.cat([h, embedding], -1)))
+        return self.head(F.relu(self.hidden2(hidden)))
+
+
+class GaussianHead(nn.Module):
+    """Diagonal Gaussian parameters: loc, and scale = softplus(.) + min_std."""
+
+    def __init__(self, inputs: int, outputs: int, min_std: float):
+        super().__init__()
+        self.loc = nn.Linear(inputs, outputs)
+        self.scale = nn.Linear(inputs, outputs)
+        self.min_std = min_std
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc(hidden), F.softplus(self.scale(hidden)) + self.min_std
+
+
+class Decoder(nn.Module):
+    """Parameterizes p(x_t | s_t^1): the mean frame from the state [z_t^1, h_t^1] (tanh output, as in the reference)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.dense = nn.Linear(cfg.state_size, FEATURES)
+        kernels, widths = [5, 5, 6, 6], [FEATURES, 128, 64, 32, cfg.channels]
+        self.deconvs = nn.ModuleList(
+            nn.ConvTranspose2d(a, b, kernel_size=k, stride=2) for a, b, k in zip(widths, widths[1:], kernels)
+        )
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., state) -> (..., C, 64, 64)."""
+        hidden = self.dense(states.flatten(0, -2))[:, :, None, None]  # (N, 1024, 1, 1)
+        for deconv in self.deconvs[:-1]:
+            hidden = F.leaky_relu(deconv(hidden), 0.2)  # 5x5, 13x13, 30x30
+        frames = torch.tanh(self.deconvs[-1](hidden))  # 64x64
+        return frames.view(*states.shape[:-1], *frames.shape[1:])
+
+
+class Level(nn.Module):
+    """The RSSM cell of one level: its transition (deterministic path and prior) and its posterior head."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.transition = Transition(cfg)
+        self.posterior = Posterior(cfg)
+
+
+class CWVAENets(nn.Module):
+    """All networks of a CW-VAE, registered with ``pyro.module`` by the model and guide programs."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder = HierarchicalEncoder(cfg)
+        self.levels = nn.ModuleList(Level(cfg) for _ in range(cfg.levels))
+        self.decoder = Decoder(cfg)
+
+    def level(self, level: int) -> Level:
+        """The cell of level ``level`` (1-based, as in the paper)."""
+        return self.levels[level - 1]

@@ -1,0 +1,198 @@
+"""Training: stochastic variational inference on the model and guide programs.
+
+Each step estimates the negative ELBO of a batch with Pyro's estimator (``elbo.py``: Trace_ELBO by default,
+TraceMeanField_ELBO with analytic KLs as an option), back-propagates, clips the global gradient norm as the
+reference does, and takes an Adam step. The run directory holds the config, the latest checkpoint and the
+history, each written atomically; ``resume`` continues from the checkpoint exactly where an uninterrupted run
+would have been.
+"""
+from __future__ import annotations
+
+import math
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from data import VideoDataset
+from data.loader import train_batches
+from . import __version__
+from .atomic import write_text
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state
+from .config import Config, kl_scale
+from .elbo import elbo_terms
+from .errors import UserError
+from .history import HISTORY, History
+from .nets import CWVAENets
+from .programs import Program, load_programs
+
+CONFIG = "config.json"
+LOG_EVERY = 10  # steps between reading the loss back from the device (progress bar and NaN checks)
+
+
+class NumericalError(RuntimeError):
+    """The loss or the gradients stopped being finite; the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    step: int
+    history: History
+    interrupted: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this torch build sees no CUDA device")
+    return device
+
+
+def check_programs_match(state: dict, programs: tuple[Program, Program]) -> None:
+    """Refuse a checkpoint whose model or guide source differs from the programs loaded now."""
+    for kind, program in zip(("model", "guide"), programs):
+        saved = state["programs"][kind]
+        if saved["source"] != program.source:
+            raise UserError(f"the {kind} program {program.path} differs from the one the checkpoint was trained "
+                            f"with ({saved['path']}): pass the same --{kind} file")
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop after the current step and save; a second SIGINT stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        try:
+            previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: signals cannot be caught here
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_steps: int = 0,
+        progress: bool = True) -> FitResult:
+    """Train ``cfg`` on ``dataset`` into ``cfg.run_dir`` (a new one, or the one to resume)."""
+    run_dir = Path(cfg.run_dir)
+    device = resolve_device(cfg.device)
+    programs = load_programs(cfg.model, cfg.guide)
+    model, guide = programs[0].fn, programs[1].fn
+    if dataset.channels != cfg.channels:
+        raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the config says {cfg.channels}")
+
+    pyro.clear_param_store()
+    if not resume:
+        pyro.set_rng_seed(cfg.seed)  # before building the networks: the seed fixes the initial weights too
+    nets = CWVAENets(cfg).to(device)
+    optimizer = torch.optim.Adam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    if resume:
+        state = load_checkpoint(run_dir)
+        check_programs_match(state, programs)
+        nets.load_state_dict(state["nets"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        history = History.load(run_dir / HISTORY, cfg.levels, upto_step=start)
+        set_rng_state(state["rng"])
+    else:
+        start, history = 0, History(cfg.levels)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / CONFIG, cfg.to_json())
+
+    attrs = {"config": cfg.to_json()}
+
+    def save(step: int) -> None:
+        save_checkpoint(run_dir, step=step, cfg=cfg, nets=nets, optimizer=optimizer, programs=programs)
+        history.save(run_dir / HISTORY, attrs)
+
+    pending: list[tuple[int, float, torch.Tensor]] = []  # (step, kl scale, terms still on the device)
+    bad_steps = 0
+
+    def flush() -> None:
+        """Read the pending steps' terms back from the device into the history (one synchronisation)."""
+        if pending:
+            values = torch.stack([terms for _, _, terms in pending]).cpu().numpy()  # loss, rec, grad norm, kl...
+            steps, scales = zip(*[(step, scale) for step, scale, _ in pending])
+            history.extend(np.column_stack([steps, values[:, :3], scales, values[:, 3:]]))
+            pending.clear()
+
+    batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed,
+                            workers=cfg.workers, pin_memory=device.type == "cuda")
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="fit", unit="step", dynamic_ncols=True)
+    stop = StopRequest()
+    step = start
+    try:
+        # Pyro's per-site checks cost time in the hot loop; the tests run the programs with them on.
+        with stop.installed(), pyro.validation_enabled(False):
+            for step in range(start, cfg.steps):
+                video = next(batches).to(device, non_blocking=True).float().div_(255.0)
+                scale = kl_scale(step, cfg)
+                terms = elbo_terms(model, guide, video, nets, cfg, scale)
+                optimizer.zero_grad(set_to_none=True)
+                terms.loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), cfg.clip_norm)
+                finite = bool(torch.isfinite(terms.loss) & torch.isfinite(grad_norm))
+                if not finite:
+                    bad_steps += 1
+                    message = describe_failure(step + 1, terms, grad_norm)
+                    if bad_steps > max_bad_steps:
+                        raise NumericalError(message)
+                    bar.write(f"skipped: {message} ({bad_steps} of at most {max_bad_steps})")
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    optimizer.step()
+                pending.append((step + 1, scale, torch.cat(
+                    [torch.stack([terms.loss, terms.reconstruction, grad_norm]), terms.kl]).detach()))
+                bar.update(1)
+                done = step + 1
+                if done % LOG_EVERY == 0 or done == cfg.steps:
+                    flush()
+                    bar.set_postfix_str(postfix(history.last(), cfg.levels), refresh=False)
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.requested:
+                    flush()
+                    save(done)
+                if stop.requested:
+                    bar.write(f"stopped at step {done}: checkpoint saved in {run_dir}")
+                    return FitResult(run_dir, done, history, interrupted=True)
+    finally:
+        bar.close()
+    return FitResult(run_dir, cfg.steps, history)
+
+
+def describe_failure(step: int, terms, grad_norm: torch.Tensor) -> str:
+    """Which term went non-finite at ``step``: the reconstruction, the KL of which level, or the gradient."""
+    bad = []
+    if not torch.isfinite(terms.reconstruction):
+        bad.append("reconstruction")
+    bad += [f"KL of level {level}" for level, value in enumerate(terms.kl.tolist(), start=1) if not math.isfinite(value)]
+    if not bad:
+        bad.append("loss" if not torch.isfinite(terms.loss) else "gradient norm")
+    return f"non-finite {', '.join(bad)} at step {step}"
+
+
+def postfix(row: np.ndarray, levels: int) -> str:
+    kls = " ".join(f"kl{level}={row[4 + level]:.3g}" for level in range(1, levels + 1))
+    return f"loss={row[1]:.4g} rec={row[2]:.4g} {kls}"
