@@ -1,0 +1,138 @@
+"""Decode a split's videos once into a uint8 file, then serve frames from it through a memory map.
+
+Decoding MP4 costs far more than training needs to wait for, so each split is decoded one time into
+``<split>.u8``: all frames back to back, ``(total_frames, channels, 64, 64)`` in C order, beside a small JSON index
+(``<split>.json``) holding each video's name, length and the fingerprint of its source file (size and
+modification time, or CRC for zip members). The index is the validity mark: it is written last, removed before a
+rebuild, and any difference between its sources and the files found now triggers a rebuild. Both files are
+written under temporary names and moved into place, so a reader never sees half a cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from pyro_cwvae.atomic import atomic_path, write_text
+
+from . import IMAGE_SIZE, DatasetError
+
+FORMAT_VERSION = 1
+CACHE_FOLDER = ".pyro-cwvae-cache"
+CACHE_ENV = "PYRO_CWVAE_CACHE"
+
+
+class CacheSource(Protocol):
+    """One source video as the cache sees it: a stable name and a fingerprint that changes with the file."""
+
+    name: str
+    fingerprint: tuple
+
+
+@dataclass
+class DecodedSplit:
+    """All videos of one split: ``frames`` is the memory-mapped ``(total, channels, 64, 64)`` array."""
+
+    frames: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+    def video(self, index: int) -> np.ndarray:
+        """Video ``index`` as an in-memory array ``(time, channels, 64, 64)``."""
+        start = self.offsets[index]
+        return np.array(self.frames[start : start + self.lengths[index]])
+
+
+def cache_folder(data_path: Path) -> Path:
+    """Where the cache of ``data_path`` (a folder or a .zip) lives.
+
+    ``$PYRO_CWVAE_CACHE`` wins when set; otherwise beside the data (inside a folder, next to a zip), and when
+    that is not writable, under the user's cache directory, keyed by the data's absolute path.
+    """
+    data_path = data_path.resolve()
+    keyed = f"{data_path.name}-{hashlib.sha1(str(data_path).encode()).hexdigest()[:12]}"
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser() / keyed
+    beside = data_path / CACHE_FOLDER if data_path.is_dir() else data_path.parent / CACHE_FOLDER / data_path.name
+    if _writable(beside):
+        return beside
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return user_cache / "pyro-cwvae" / keyed
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (made if missing): tried, since permission bits can mislead."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _index(sources: Sequence[CacheSource], channels: int) -> dict:
+    return {
+        "format": FORMAT_VERSION,
+        "channels": channels,
+        "size": IMAGE_SIZE,
+        "sources": [[source.name, list(source.fingerprint)] for source in sources],
+    }
+
+
+def load_split(folder: Path, split: str, sources: Sequence[CacheSource], channels: int) -> DecodedSplit | None:
+    """The cached split if its index matches ``sources`` exactly, else None."""
+    try:
+        index = json.loads((folder / f"{split}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    lengths = np.asarray(index.pop("lengths", []), dtype=np.int64)
+    if index != _index(sources, channels):
+        return None
+    shape = (int(lengths.sum()), channels, IMAGE_SIZE, IMAGE_SIZE)
+    path = folder / f"{split}.u8"
+    if not path.is_file() or path.stat().st_size != int(np.prod(shape)):
+        return None
+    frames = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return DecodedSplit(frames, offsets, lengths)
+
+
+Decoder = Callable[[CacheSource], np.ndarray]
+
+
+def build_split(
+    folder: Path, split: str, sources: Sequence[CacheSource], channels: int, decode: Decoder, desc: str
+) -> DecodedSplit:
+    """Decode every source in order (with a progress bar) into the split's cache, then open it."""
+    index_path = folder / f"{split}.json"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        index_path.unlink(missing_ok=True)
+        lengths = []
+        with atomic_path(folder / f"{split}.u8") as tmp, open(tmp, "wb") as out:
+            for source in tqdm(sources, desc=desc, unit="video"):
+                video = decode(source)
+                out.write(np.ascontiguousarray(video, dtype=np.uint8).tobytes())
+                lengths.append(len(video))
+        write_text(index_path, json.dumps({**_index(sources, channels), "lengths": lengths}))
+    except OSError as error:
+        reason = error.strerror or error
+        message = f"cannot write the video cache in {folder}: {reason}; set {CACHE_ENV} to a writable folder"
+        raise DatasetError(message) from error
+    split_cache = load_split(folder, split, sources, channels)
+    assert split_cache is not None, "a cache just written must load"
+    return split_cache
+
+
+def cached_split(
+    folder: Path, split: str, sources: Sequence[CacheSource], channels: int, decode: Decoder, desc: str
+) -> DecodedSplit:
+    """The split from the cache, decoding it first when the cache is missing or stale."""
+    return load_split(folder, split, sources, channels) or build_split(folder, split, sources, channels, decode, desc)

@@ -1,0 +1,67 @@
+"""Write generated Moving MNIST as files in the layout and encoding of the published moving_mnist_2digit.zip.
+
+A folder written here reads exactly like the real archive (train-seq100/*.mp4, test-seq1000/*.mp4, H.264 in
+yuv420p, 64x64 gray), so the archive path (reader, cache, ``data info``) can be exercised without the download,
+and a fixed, shareable set of videos can be made at any digit speed. Training videos use the training digits,
+test videos the test digits; test video i is the embedded generator's test video i for the same seed and speed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pyro_cwvae.atomic import atomic_path
+
+from . import DatasetError, batch_rng
+from .archives import MovingMNISTArchive
+from .moving_mnist import TEST_STREAM, moving_mnist_video, split_digits
+from .video_io import default_codec, write_video
+
+TRAIN_STREAM = 2  # distinct from the on-the-fly training batches (stream 0) and the test videos (TEST_STREAM)
+
+
+def generate_moving_mnist(
+    out: str | os.PathLike,
+    *,
+    num_train: int,
+    num_test: int,
+    train_length: int = 100,
+    test_length: int = 1000,
+    speed: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write ``num_train`` + ``num_test`` videos under ``out``; returns each split's folder.
+
+    Files are numbered from 00000.mp4 (the public archive's own naming is not documented); each is written under
+    a temporary name and then moved into place, so an interrupted run leaves no half-written video.
+    """
+    counts = {"--train": num_train, "--test": num_test, "--train-length": train_length, "--test-length": test_length}
+    for option, value in counts.items():
+        if value < 1:
+            raise DatasetError(f"{option} must be at least 1, got {value}")
+    if speed <= 0:
+        raise DatasetError(f"--speed must be positive, got {speed}")
+    out = Path(out).expanduser()
+    plan = {
+        "train": (num_train, train_length, split_digits("train"), TRAIN_STREAM),
+        "test": (num_test, test_length, split_digits("test"), TEST_STREAM),
+    }
+    folders = {split: out / MovingMNISTArchive.split_folders[split] for split in plan}
+    for folder in folders.values():
+        if folder.is_dir() and any(folder.glob("*.mp4")):
+            raise DatasetError(f"{folder} already holds videos: choose an empty --out folder")
+    codec = default_codec()
+    with tqdm(total=num_train + num_test, desc="writing Moving MNIST", unit="video") as bar:
+        for split, (count, length, digits, stream) in plan.items():
+            width = max(5, len(str(count - 1)))
+            for index in range(count):
+                video = moving_mnist_video(batch_rng(seed, index, stream=stream), digits, length, speed)
+                try:
+                    with atomic_path(folders[split] / f"{index:0{width}d}.mp4") as tmp:
+                        write_video(tmp, video, codec=codec, container_format="mp4")
+                except OSError as error:
+                    raise DatasetError(f"cannot write videos to {folders[split]}: {error.strerror or error}") from error
+                bar.update()
+    return folders
