@@ -20,8 +20,8 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from data import VideoDataset
-from data.loader import train_batches
+from .data import VideoDataset
+from .data.loader import train_batches
 from . import __version__
 from .atomic import write_text
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state

@@ -1,0 +1,123 @@
+"""The ``pyro-cwvae`` command line: each command builds a config, calls one library function, reports.
+
+Bad input of any kind ends with a one-line ``error: ...`` on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from .cli_data import app as data_app
+from .data import DatasetError
+from .errors import UserError
+
+
+# typer raises click's exceptions (or those of the click it vendors, in newer releases): find their classes.
+_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+ClickException, UsageError = _CLICK["ClickException"], _CLICK["UsageError"]
+
+
+class OneLineErrors(TyperGroup):
+    """Every user error, from click's option parsing or from our code, becomes one line and exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from .train import NumericalError
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (UserError, DatasetError) as error:
+            code = fail(str(error), 2)
+        except UsageError as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # a bare command: show its help
+                error.show()
+                code = 0
+            else:
+                code = fail(error.format_message(), 2)
+        except ClickException as error:
+            code = fail(error.format_message(), error.exit_code)
+        except typer.Abort:
+            code = fail("aborted", 130)
+        except NumericalError as error:
+            code = fail(f"{error}; the last good checkpoint is kept (--max-bad-steps skips bad steps)", 1)
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def fail(message: str, code: int) -> int:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return code
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Clockwork Variational Autoencoders as Pyro programs.")
+app.add_typer(data_app, name="data")
+
+
+class Elbo(str, Enum):
+    trace = "trace"
+    meanfield = "meanfield"
+
+
+@app.command()
+def fit(
+    dataset: Optional[str] = typer.Option(None, help="mmnist | gqn | minerl | kth; none: the demo on generated Moving MNIST."),
+    data_dir: Optional[Path] = typer.Option(None, help="The unpacked archive (mmnist without it: generated on the fly)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where the run is written [default: runs/<dataset>-<time>]."),
+    levels: Optional[int] = typer.Option(None, help="Levels of latent chains L."),
+    factor: Optional[int] = typer.Option(None, help="Temporal abstraction factor k."),
+    steps: Optional[int] = typer.Option(None, help="Total optimisation steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per batch."),
+    seq_len: Optional[int] = typer.Option(None, help="Frames per training sequence."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
+    model: Optional[Path] = typer.Option(None, help="A model program file (default: the packaged models/cwvae.py)."),
+    guide: Optional[Path] = typer.Option(None, help="A guide program file (default: the packaged guides/cwvae.py)."),
+    elbo: Optional[Elbo] = typer.Option(None, help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the weights, the noise and the batches."),
+    speed: Optional[float] = typer.Option(None, help="Generated Moving MNIST: digit speed multiplier."),
+    workers: Optional[int] = typer.Option(None, help="Data-loading worker processes."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
+    kl_warmup: Optional[int] = typer.Option(None, help="Steps of linear KL annealing (0: none)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run."),
+    max_bad_steps: int = typer.Option(0, min=0, help="Skip up to this many steps with a non-finite loss or gradient."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Train a CW-VAE with stochastic variational inference."""
+    from .data.registry import open_dataset
+    from .runs import new_run_config, resume_config
+    from .train import fit as run_fit
+
+    given = dict(dataset=dataset, data_dir=data_dir, run_dir=run_dir, levels=levels, factor=factor, steps=steps,
+                 batch_size=batch_size, seq_len=seq_len, lr=lr, model=model, guide=guide, elbo=elbo,
+                 device=device, seed=seed, speed=speed, workers=workers, checkpoint_every=checkpoint_every,
+                 kl_warmup=kl_warmup)
+    options = {k: plain(v) for k, v in given.items() if v is not None}
+    cfg = resume_config(options) if resume else new_run_config(options, overwrite)
+    data = open_dataset(cfg.dataset, cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
+    typer.echo(f"{'resuming' if resume else 'training'} {cfg.levels}-level CW-VAE (k={cfg.factor}) on "
+               f"{data.name} into {cfg.run_dir}", err=True)
+    result = run_fit(cfg, data, resume=resume, max_bad_steps=max_bad_steps, progress=not quiet)
+    if len(result.history):
+        first, last = result.history.rows[0], result.history.last()
+        typer.echo(f"step {result.step}: loss {first[1]:.2f} -> {last[1]:.2f} nats/frame; run in {result.run_dir}")
+
+
+def plain(value):
+    """Option values as they go into the JSON config: paths as strings, enums as their value."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def main() -> None:
+    app()

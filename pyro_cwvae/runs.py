@@ -1,0 +1,58 @@
+"""Run directories: the config a new run starts from, or the one a resumed run continues with.
+
+A new run starts from the preset of its dataset (``demo`` when none is named: generated Moving MNIST sized to
+learn in minutes on a CPU) with the user's options on top. A resumed run keeps its model and data: only the
+options that do not change what is being learned may differ.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CHECKPOINT, load_checkpoint
+from .config import Config, option, preset
+from .errors import UserError
+from .history import HISTORY
+
+RUN_FILES = ("config.json", CHECKPOINT, HISTORY)
+CHANGEABLE_ON_RESUME = {"steps", "device", "workers", "checkpoint_every", "data_dir", "run_dir"}
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
+def new_run_config(options: dict[str, Any], overwrite: bool = False) -> Config:
+    """The config of a fresh run: the dataset's preset, then ``options`` (only the options the user gave)."""
+    options = dict(options)
+    name = options.pop("dataset", None) or "demo"
+    cfg = preset(name)
+    if "run_dir" not in options:
+        options["run_dir"] = str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = cfg.replace(**options).validate()
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a folder")
+    if holds_run(run_dir):
+        if not overwrite:
+            raise UserError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start over")
+        for name in RUN_FILES:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return cfg
+
+
+def resume_config(options: dict[str, Any]) -> Config:
+    """The config saved in the checkpoint of ``options['run_dir']``, with the changeable options applied."""
+    if "run_dir" not in options:
+        raise UserError("--resume needs --run-dir: the run to continue")
+    run_dir = Path(options["run_dir"])
+    saved = Config.from_dict(load_checkpoint(run_dir)["config"])
+    for key, value in options.items():
+        if key not in CHANGEABLE_ON_RESUME and value != getattr(saved, key):
+            raise UserError(f"--{option(key)} {value} differs from the resumed run's {getattr(saved, key)}: "
+                            f"a resumed run keeps its model and data (start a new run to change them)")
+    changes = {k: v for k, v in options.items() if k in CHANGEABLE_ON_RESUME}
+    return saved.replace(**changes).validate()
