@@ -1,4 +1,4 @@
-"""The CW-VAE generative model (paper eq. 3) as a Pyro program.
+r"""The CW-VAE generative model (paper eq. 3) as a Pyro program.
 
     p(x_{1:T}, s_{1:T}^{1:L}) = prod_t p(x_t | s_t^1)  prod_l prod_{t in T_l} p(s_t^l | s_{t-1}^l, s_t^{l+1})
 

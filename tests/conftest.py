@@ -1,0 +1,30 @@
+"""Shared test fixtures: a tiny CW-VAE at the real 64x64 frame size, with Pyro's validation on."""
+import pyro
+import pytest
+import torch
+
+from pyro_cwvae.config import Config
+
+TINY = dict(levels=2, factor=2, seq_len=8, batch_size=2, z_size=4, h_size=8, embed_size=8, enc_dense_size=16,
+            enc_dense_layers=2, steps=4, checkpoint_every=2, workers=0, device="cpu")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> Config:
+    return Config(**TINY, run_dir=str(tmp_path / "run")).validate()
+
+
+@pytest.fixture(autouse=True)
+def pyro_state():
+    """Validation on (the training loop turns it off), a clean param store and seed for every test."""
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def video() -> torch.Tensor:
+    """A (B=2, T=8, C=1, 64, 64) batch in [0, 1]."""
+    return torch.rand(2, 8, 1, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,62 @@
+import itertools
+
+import pytest
+
+from pyro_cwvae.clock import Clock
+
+SETTINGS = [(L, k, T) for L, k, T in itertools.product([1, 2, 3, 4], [1, 2, 3, 6, 8], [1, 5, 36, 100, 217])]
+
+
+def eq1_active_frames(level: int, factor: int, num_frames: int) -> list[int]:
+    """Eq. 1 with 1-based frames, T_l = {t in [1, T] | t mod k^(l-1) = 1}, shifted to 0-based frames.
+
+    For k^(l-1) = 1 the paper means every frame (t mod 1 = 0 for all t), so compare (t - 1) mod k^(l-1) = 0.
+    """
+    period = factor ** (level - 1)
+    return [t - 1 for t in range(1, num_frames + 1) if (t - 1) % period == 0]
+
+
+@pytest.mark.parametrize("levels,factor,num_frames", SETTINGS)
+def test_active_frames_follow_eq1(levels, factor, num_frames):
+    clock = Clock(levels, factor)
+    for level in range(1, levels + 1):
+        expected = eq1_active_frames(level, factor, num_frames)
+        assert list(clock.active_frames(level, num_frames)) == expected
+        assert clock.num_steps(level, num_frames) == len(expected)
+        assert [clock.frame(level, i) for i in range(len(expected))] == expected
+        assert all(clock.is_active(level, t) == (t in expected) for t in range(num_frames))
+
+
+@pytest.mark.parametrize("levels,factor,num_frames", SETTINGS)
+def test_parent_is_latest_active_step_above(levels, factor, num_frames):
+    """Step i of level l is conditioned on the state of level l+1 copied to its frame (eq. 2)."""
+    clock = Clock(levels, factor)
+    for level in range(1, levels):
+        above = eq1_active_frames(level + 1, factor, num_frames)
+        for step, frame in enumerate(clock.active_frames(level, num_frames)):
+            parent = clock.parent_step(step)
+            assert above[parent] == max(tau for tau in above if tau <= frame)
+            assert parent < clock.num_steps(level + 1, num_frames)
+
+
+def test_top_level_conditions_on_an_existing_zero_context():
+    clock = Clock(3, 6)
+    assert clock.num_steps(4, 100) == 1  # the zero "state above" the top level has one step
+    assert clock.top_period == 36
+
+
+def test_no_temporal_abstraction_and_rssm_are_ordinary_settings():
+    no_tmp_abs = Clock(3, 1)
+    assert [no_tmp_abs.num_steps(level, 10) for level in (1, 2, 3)] == [10, 10, 10]
+    assert [no_tmp_abs.parent_step(i) for i in range(4)] == [0, 1, 2, 3]
+    assert Clock(1, 6).num_steps(1, 10) == 10
+
+
+@pytest.mark.parametrize("levels,factor", [(0, 2), (2, 0), (-1, 1)])
+def test_invalid_clock_is_refused(levels, factor):
+    with pytest.raises(ValueError):
+        Clock(levels, factor)
+
+
+def test_site_names_read_back_level_and_frame():
+    assert Clock(3, 6).site_name(2, 36) == "s_2_36"

@@ -1,0 +1,110 @@
+"""The model and guide as Pyro programs: their sites, shapes, and loading a user's variant."""
+import textwrap
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.models.cwvae import model
+from pyro_cwvae.guides.cwvae import guide
+from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.programs import load_program
+
+
+def expected_latents(cfg, num_frames):
+    return {cfg.clock.site_name(level, t) for level in range(1, cfg.levels + 1)
+            for t in cfg.clock.active_frames(level, num_frames)}
+
+
+def sample_sites(trace):
+    return {name for name, site in trace.nodes.items() if site["type"] == "sample" and not site_is_subsample(site)}
+
+
+@pytest.mark.parametrize("levels,factor,frames", [(2, 2, 8), (3, 2, 9), (1, 4, 5), (3, 1, 4)])
+def test_level_sites_lie_on_T_l(tiny_cfg, levels, factor, frames):
+    cfg = tiny_cfg.replace(levels=levels, factor=factor, seq_len=max(frames, factor ** (levels - 1)))
+    nets = CWVAENets(cfg)
+    video = torch.rand(2, frames, 1, 64, 64)
+    guide_trace = poutine.trace(guide).get_trace(video, nets, cfg)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(video, nets, cfg)
+    latents = expected_latents(cfg, frames)
+    assert sample_sites(guide_trace) == latents
+    assert sample_sites(model_trace) == latents | {"x"}
+    assert model_trace.nodes["x"]["is_observed"]
+    assert len(latents) == sum(cfg.clock.num_steps(level, frames) for level in range(1, levels + 1))
+
+
+def test_site_shapes(tiny_cfg, video):
+    nets = CWVAENets(tiny_cfg)
+    guide_trace = poutine.trace(guide).get_trace(video, nets, tiny_cfg)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(video, nets, tiny_cfg)
+    model_trace.compute_log_prob()
+    for name in expected_latents(tiny_cfg, 8):
+        site = model_trace.nodes[name]
+        assert site["fn"].batch_shape == (2,) and site["fn"].event_shape == (tiny_cfg.z_size,)
+        assert site["log_prob"].shape == (2,)
+    x = model_trace.nodes["x"]
+    assert x["fn"].batch_shape == (2,) and x["fn"].event_shape == (8, 1, 64, 64)
+    assert "batch" in model_trace.format_shapes()
+
+
+def test_model_and_guide_register_the_same_networks(tiny_cfg, video):
+    nets = CWVAENets(tiny_cfg)
+    guide(video, nets, tiny_cfg)
+    names = set(pyro.get_param_store().keys())
+    assert names == {f"cwvae$$${name}" for name, _ in nets.named_parameters()}
+
+
+def test_trace_elbo_is_finite_and_meanfield_too(tiny_cfg, video):
+    nets = CWVAENets(tiny_cfg)
+    for elbo in (pyro.infer.Trace_ELBO(), pyro.infer.TraceMeanField_ELBO()):
+        assert torch.isfinite(elbo.differentiable_loss(model, guide, video, nets, tiny_cfg))
+
+
+def test_model_samples_states_without_a_video(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    trace = poutine.trace(model).get_trace(None, nets, tiny_cfg, num_frames=11, batch_size=3)
+    assert "x" not in trace.nodes
+    assert sample_sites(trace) == expected_latents(tiny_cfg, 11)
+    assert trace.nodes["_RETURN"]["value"].shape == (3, 11, tiny_cfg.state_size)
+
+
+def test_kl_scale_scales_latent_sites_in_both_programs(tiny_cfg, video):
+    nets = CWVAENets(tiny_cfg)
+    guide_trace = poutine.trace(guide).get_trace(video, nets, tiny_cfg, 0.25)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(video, nets, tiny_cfg, 0.25)
+    for name in expected_latents(tiny_cfg, 8):
+        assert guide_trace.nodes[name]["scale"] == 0.25 == model_trace.nodes[name]["scale"]
+    assert model_trace.nodes["x"]["scale"] == 1.0
+
+
+def test_user_variant_file_is_loaded(tmp_path):
+    variant = tmp_path / "variant.py"
+    variant.write_text(textwrap.dedent("""
+        def model(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
+            return "variant"
+    """))
+    program = load_program("model", str(variant))
+    assert program.fn(None, None, None) == "variant"
+    assert "variant" in program.source and program.path == str(variant)
+
+
+def test_default_programs_record_their_source():
+    program = load_program("guide", None)
+    assert program.source.startswith('"""The CW-VAE inference model')
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "no such file"),
+    ("x = 1\n", "defines no function named 'model'"),
+    ("raise RuntimeError('boom')\n", "failed to load: RuntimeError: boom"),
+])
+def test_bad_model_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "m.py"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_program("model", str(path))

@@ -1,0 +1,99 @@
+"""Training: SVI lowers the loss, a resumed run equals an uninterrupted one, numeric failures stop cleanly."""
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from pyro_cwvae.checkpoint import load_checkpoint
+from pyro_cwvae.data import VideoDataset
+from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
+from pyro_cwvae.history import HISTORY
+from pyro_cwvae.train import NumericalError, fit
+
+
+class FixedBatch(VideoDataset):
+    """The same small batch at every step: SVI must fit it."""
+
+    name, channels, num_test = "fixed", 1, 0
+
+    def __init__(self):
+        self.batch = GeneratedMovingMNIST().train_batch(0, 2, 8, 0)
+
+    def train_batch(self, step, batch_size, seq_len, seed):
+        return self.batch[:batch_size, :seq_len]
+
+    def test_video(self, index):
+        raise IndexError(index)
+
+
+def test_svi_steps_lower_the_loss(tiny_cfg):
+    cfg = tiny_cfg.replace(steps=40, lr=3e-3, elbo="meanfield", checkpoint_every=40, dec_std=0.1)
+    history = fit(cfg, FixedBatch(), progress=False).history
+    losses = np.array(history.rows)[:, 1]
+    assert np.all(np.isfinite(losses))
+    assert losses[-5:].mean() < losses[0] - 0.3 * abs(losses[0])
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path):
+    data = GeneratedMovingMNIST()
+    straight = tiny_cfg.replace(steps=6, checkpoint_every=3, run_dir=str(tmp_path / "straight"))
+    fit(straight, data, progress=False)
+    split = straight.replace(steps=3, run_dir=str(tmp_path / "split"))
+    fit(split, data, progress=False)
+    fit(split.replace(steps=6), data, resume=True, progress=False)
+
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 6
+    for name, tensor in a["nets"].items():
+        assert torch.equal(tensor, b["nets"][name]), name
+    with xr.open_dataset(tmp_path / "straight" / HISTORY) as ha, xr.open_dataset(tmp_path / "split" / HISTORY) as hb:
+        assert list(hb.step.values) == [1, 2, 3, 4, 5, 6]
+        xr.testing.assert_equal(ha.drop_attrs(), hb.drop_attrs())
+
+
+def test_run_directory_holds_config_checkpoint_and_history(tiny_cfg):
+    result = fit(tiny_cfg, GeneratedMovingMNIST(), progress=False)
+    run = result.run_dir
+    assert (run / "config.json").read_text() == tiny_cfg.to_json()
+    state = load_checkpoint(run)
+    assert state["step"] == tiny_cfg.steps and state["config"] == tiny_cfg.to_dict()
+    assert "def model(" in state["programs"]["model"]["source"]
+    with xr.open_dataset(run / HISTORY) as history:
+        assert history.kl.dims == ("step", "level") and list(history.level.values) == [1, 2]
+        assert history.loss.attrs["units"] == "nats per frame"
+        np.testing.assert_allclose(history.loss, history.reconstruction + history.kl.sum("level"), rtol=1e-5)
+    assert not list(run.glob("*.tmp"))
+
+
+NAN_AT_THIRD_CALL = textwrap.dedent("""
+    from pyro_cwvae.models.cwvae import model as default_model
+    calls = 0
+
+    def model(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
+        global calls
+        calls += 1
+        if calls == 3 and video is not None:
+            video = video * float("nan")
+        return default_model(video, nets, cfg, kl_scale, num_frames, batch_size)
+""")
+
+
+def test_nan_stops_with_step_and_term_and_keeps_the_checkpoint(tiny_cfg, tmp_path):
+    variant = tmp_path / "nan_model.py"
+    variant.write_text(NAN_AT_THIRD_CALL)
+    cfg = tiny_cfg.replace(model=str(variant), steps=4, checkpoint_every=2)
+    with pytest.raises(NumericalError, match="non-finite reconstruction at step 3"):
+        fit(cfg, GeneratedMovingMNIST(), progress=False)
+    assert load_checkpoint(cfg.run_dir)["step"] == 2
+
+
+def test_bad_steps_can_be_skipped(tiny_cfg, tmp_path):
+    variant = tmp_path / "nan_model.py"
+    variant.write_text(NAN_AT_THIRD_CALL)
+    cfg = tiny_cfg.replace(model=str(variant), steps=4, checkpoint_every=2)
+    result = fit(cfg, GeneratedMovingMNIST(), max_bad_steps=1, progress=False)
+    state = load_checkpoint(cfg.run_dir)
+    assert result.step == state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["nets"].values())
