@@ -42,10 +42,6 @@ class VideoDataset(ABC):
             raise DatasetError(f"asked for {count} test sequences but the {self.name} test split has {self.num_test}")
         return [self.test_video(i) for i in range(count)]
 
-    def random_train_frame(self, seed: int) -> np.ndarray:
-        """One training frame ``(channels, 64, 64)``, for the random-frame baseline of the rollout metrics."""
-        return self.train_batch(step=-1 - seed, batch_size=1, seq_len=1, seed=seed)[0, 0]
-
 
 def batch_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
     """The random stream for one training batch: independent across steps, reproducible for a seed."""

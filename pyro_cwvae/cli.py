@@ -110,6 +110,47 @@ def fit(
         typer.echo(f"step {result.step}: loss {first[1]:.2f} -> {last[1]:.2f} nats/frame; run in {result.run_dir}")
 
 
+@app.command()
+def rollout(
+    run: Path = typer.Option(..., help="The run directory of a trained model."),
+    horizon: int = typer.Option(1000, help="Frames to predict after the context."),
+    context: Optional[int] = typer.Option(None, help="Frames the guide filters first [default: the run's, 36]."),
+    samples: int = typer.Option(3, help="Predictions per sequence."),
+    sequences: int = typer.Option(8, help="Test sequences, the first ones in the split's fixed order."),
+    prior_levels: int = typer.Option(0, help="Top levels that ignore the context and start from their prior."),
+    seed: int = typer.Option(0, help="Seed of the predictions."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the run's data is now, if it moved."),
+    out: Optional[Path] = typer.Option(None, help="The NetCDF file to write [default: RUN/rollout.nc]."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Open-loop predictions, their PSNR/SSIM with baselines, and per-level KLs, as one NetCDF file."""
+    from .data.registry import open_dataset
+    from .predict import read_run_config, rollout as run_rollout, write_rollout
+
+    cfg = read_run_config(run)
+    data = open_dataset(cfg.dataset, str(data_dir) if data_dir else cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
+    ds = run_rollout(run, data, horizon=horizon, context=context, samples=samples, sequences=sequences, seed=seed,
+                     device=device, prior_levels=prior_levels, progress=not quiet)
+    path = write_rollout(ds, out or run / "rollout.nc")
+    table = ds.kl.sum("time").mean("sequence")
+    typer.echo(f"wrote {path}: {samples} x {sequences} sequences, {ds.sizes['time']} frames; KL per level (nats): "
+               + ", ".join(f"{int(level)}: {value:.1f}" for level, value in zip(table.level, table.values)))
+
+
+@app.command()
+def plot(
+    file: Path = typer.Argument(..., help="A rollout NetCDF file."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the figures [default: beside FILE]."),
+    sequences: int = typer.Option(4, help="Sequences shown in the frame strips and the GIF."),
+):
+    """Figures of a rollout: frame strips, PSNR/SSIM over the horizon, KL per level, and a GIF."""
+    from .plots import read_rollout, write_figures
+
+    paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 def plain(value):
     """Option values as they go into the JSON config: paths as strings, enums as their value."""
     if isinstance(value, Path):

@@ -14,6 +14,7 @@ from torch import nn
 from .config import Config
 
 FEATURES = 1024  # encoder output per frame: 256 channels x 2 x 2
+EVAL_CHUNK = 512  # frames per conv call when no gradient is needed (rollouts of long videos)
 
 
 class Encoder(nn.Module):
@@ -64,7 +65,12 @@ class HierarchicalEncoder(nn.Module):
     def forward(self, video: torch.Tensor) -> list[torch.Tensor]:
         """(B, T, C, 64, 64) -> one (B, |T_l|, 1024) tensor per level, level 1 first."""
         B, T = video.shape[:2]
-        features = self.frames(video.flatten(0, 1)).view(B, T, FEATURES)  # all frames in one batched call
+        frames = video.flatten(0, 1)
+        if torch.is_grad_enabled():
+            features = self.frames(frames)  # all frames in one batched call
+        else:  # evaluation of long videos: bound the memory of the conv activations
+            features = torch.cat([self.frames(chunk) for chunk in frames.split(EVAL_CHUNK)])
+        features = features.view(B, T, FEATURES)
         embeddings = [features]
         for level, stack in enumerate(self.levels, start=2):
             features = stack(features)

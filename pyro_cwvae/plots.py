@@ -63,6 +63,23 @@ def write_figures(
     ]
 
 
+def read_rollout(path: Path) -> xr.Dataset:
+    """Load a rollout NetCDF file; ``UserError`` naming the file if it is missing, unreadable or no rollout."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            ds = ds.load()  # read everything now, so a truncated file fails here and not halfway through a figure
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot read {path} as NetCDF: {error}") from error
+    try:
+        check_rollout(ds)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from error
+    return ds
+
+
 def check_rollout(ds: xr.Dataset) -> None:
     """Raise ``UserError`` unless ``ds`` has every variable of a rollout and 1 or 3 channels."""
     for name in REQUIRED_VARIABLES:

@@ -9,10 +9,6 @@ from typing import Callable, Optional
 
 from .errors import UserError
 
-DEFAULTS = {"model": Path(__file__).parent / "models" / "cwvae.py",
-            "guide": Path(__file__).parent / "guides" / "cwvae.py"}
-
-
 @dataclass
 class Program:
     fn: Callable
@@ -24,7 +20,7 @@ def load_program(kind: str, path: Optional[str]) -> Program:
     """Load the function ``kind`` ("model" or "guide") from ``path``, or the packaged default when None."""
     if path is None:
         module = importlib.import_module(f"pyro_cwvae.{kind}s.cwvae")
-        return Program(getattr(module, kind), str(DEFAULTS[kind]), inspect.getsource(module))
+        return Program(getattr(module, kind), inspect.getsourcefile(module), inspect.getsource(module))
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--{kind} {path}: no such file")

@@ -1,0 +1,240 @@
+"""Open-loop rollouts (paper Section 3, "Evaluation") and per-level KLs (Sections 3.8-3.9) of a trained run.
+
+The guide filters the first ``context`` frames; the model then runs over context + horizon frames with the
+guide's latents replayed for the context and every later latent drawn from its prior, so no frame after the
+context can reach a prediction. Everything is done with the run's own model and guide programs through
+``poutine.trace`` / ``poutine.replay``, so a variant a user trained is rolled out as written.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+import xarray as xr
+from pyro import poutine
+from torch.distributions import kl_divergence
+from tqdm.auto import tqdm
+
+from . import __version__
+from .atomic import atomic_path
+from .checkpoint import load_checkpoint
+from .config import Config
+from .data import VideoDataset
+from .elbo import level_of
+from .metrics import psnr, ssim
+from .nets import CWVAENets
+from .programs import load_programs
+from .errors import UserError
+from .train import check_programs_match, resolve_device
+
+DECODE_CHUNK = 256  # frames decoded per call: memory stays flat whatever the horizon
+
+
+@dataclass
+class TrainedRun:
+    cfg: Config
+    nets: CWVAENets
+    model: callable
+    guide: callable
+    step: int
+
+
+def load_run(run_dir: str | Path, device: torch.device) -> TrainedRun:
+    """The networks and programs of a run's checkpoint, ready for evaluation."""
+    state = load_checkpoint(Path(run_dir), map_location=device)
+    cfg = Config.from_dict(state["config"])
+    programs = load_programs(cfg.model, cfg.guide)
+    check_programs_match(state, programs)
+    nets = CWVAENets(cfg).to(device)
+    nets.load_state_dict(state["nets"])
+    nets.eval()
+    return TrainedRun(cfg, nets, programs[0].fn, programs[1].fn, state["step"])
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """The config of a run, from its checkpoint (which also proves the run has one)."""
+    return Config.from_dict(load_checkpoint(Path(run_dir))["config"])
+
+
+def sites_above(trace, lowest_level: int) -> poutine.Trace:
+    """A copy of ``trace`` holding only the latent sites of levels >= ``lowest_level``."""
+    kept = trace.copy()
+    for name in list(kept.nodes):
+        level = level_of(name)
+        if level is None or level < lowest_level:
+            kept.remove_node(name)
+    return kept
+
+
+@torch.no_grad()
+def open_loop_states(run: TrainedRun, context: torch.Tensor, num_frames: int, prior_levels: int = 0) -> torch.Tensor:
+    """Level-1 states (B, num_frames, state) given only the ``context`` frames (B, C_T, C, 64, 64).
+
+    With ``prior_levels`` N > 0 the top N levels ignore the context: their context latents are drawn from the
+    prior, and the lower levels filter the context conditioned on them (paper Section 3.6, Figure 7).
+    """
+    cfg, batch = run.cfg, context.shape[0]
+    guide = run.guide
+    if prior_levels:
+        prior = poutine.trace(run.model).get_trace(None, run.nets, cfg, num_frames=context.shape[1], batch_size=batch)
+        guide = poutine.replay(guide, trace=sites_above(prior, cfg.levels - prior_levels + 1))
+    posterior = poutine.trace(guide).get_trace(context, run.nets, cfg)
+    return poutine.replay(run.model, trace=posterior)(None, run.nets, cfg, num_frames=num_frames, batch_size=batch)
+
+
+@torch.no_grad()
+def decode(run: TrainedRun, states: torch.Tensor) -> np.ndarray:
+    """uint8 frames (B, T, C, 64, 64) of the decoder's means, decoded a chunk of frames at a time."""
+    B, T = states.shape[:2]
+    out = np.empty((B, T, run.cfg.channels, 64, 64), dtype=np.uint8)
+    for start in range(0, T, max(1, DECODE_CHUNK // B)):
+        chunk = states[:, start:start + max(1, DECODE_CHUNK // B)]
+        frames = run.nets.decoder(chunk).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+        out[:, start:start + chunk.shape[1]] = frames.cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def level_kls(run: TrainedRun, video: torch.Tensor) -> np.ndarray:
+    """KL[q || p] in nats of every active step of every level: (B, L, T), NaN where a level is inactive."""
+    B, T = video.shape[:2]
+    guide_trace = poutine.trace(run.guide).get_trace(video, run.nets, run.cfg)
+    model_trace = poutine.trace(poutine.replay(run.model, trace=guide_trace)).get_trace(
+        None, run.nets, run.cfg, num_frames=T, batch_size=B)
+    kl = np.full((B, run.cfg.levels, T), np.nan, dtype=np.float32)
+    for name, site in guide_trace.nodes.items():
+        level = level_of(name)
+        if level is None or site["type"] != "sample":
+            continue
+        frame = int(name.rsplit("_", 1)[1])
+        kl[:, level - 1, frame] = kl_divergence(site["fn"], model_trace.nodes[name]["fn"]).cpu().numpy()
+    return kl
+
+
+def frames_metrics(prediction: np.ndarray, truth: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR and SSIM of uint8 frames (..., C, H, W) against truth broadcast to them, per frame."""
+    pred = torch.from_numpy(prediction).to(device).float().div_(255)
+    true = torch.from_numpy(np.broadcast_to(truth, prediction.shape).copy()).to(device).float().div_(255)
+    return psnr(pred, true).float().cpu().numpy(), ssim(pred, true).float().cpu().numpy()
+
+
+def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context: int | None = None,
+            samples: int = 3, sequences: int = 8, seed: int = 0, device: str = "auto", prior_levels: int = 0,
+            progress: bool = True) -> xr.Dataset:
+    """Predict ``horizon`` frames after ``context`` frames of the first ``sequences`` test videos."""
+    torch_device = resolve_device(device)
+    run = load_run(run_dir, torch_device)
+    cfg = run.cfg
+    context = cfg.context if context is None else context
+    if horizon < 1 or context < 1 or samples < 1 or sequences < 1:
+        raise UserError("--horizon, --context, --samples and --sequences must each be at least 1")
+    if not 0 <= prior_levels <= cfg.levels:
+        raise UserError(f"--prior-levels {prior_levels} must lie between 0 and the run's {cfg.levels} levels")
+    videos = dataset.test_videos(sequences)
+    shortest = min(len(v) for v in videos)
+    if context > shortest:
+        raise UserError(f"--context {context} is longer than the shortest of the {sequences} test videos ({shortest} frames)")
+    total = context + horizon
+    truth = np.zeros((sequences, total, cfg.channels, 64, 64), dtype=np.uint8)
+    has_truth = np.zeros((sequences, total), dtype=bool)
+    for n, v in enumerate(videos):
+        truth[n, :len(v[:total])] = v[:total]
+        has_truth[n, :len(v[:total])] = True
+
+    bar = tqdm(total=4, desc="rollout", disable=not progress, unit="stage")
+    pyro.set_rng_seed(seed)
+    context_video = torch.from_numpy(truth[:, :context]).to(torch_device).float().div_(255)
+    bar.set_postfix_str(f"filtering {context} frames, predicting {horizon}")
+    states = open_loop_states(run, context_video.repeat(samples, 1, 1, 1, 1), total, prior_levels)
+    bar.update()
+    bar.set_postfix_str("decoding")
+    prediction = decode(run, states).reshape(samples, sequences, total, cfg.channels, 64, 64)
+    bar.update()
+
+    bar.set_postfix_str("metrics")
+    psnr_, ssim_ = frames_metrics(prediction, truth[None], torch_device)
+    last = np.broadcast_to(truth[:, context - 1:context], truth.shape)
+    random_frames = dataset.train_batch(step=-1, batch_size=sequences, seq_len=1, seed=seed)
+    psnr_last, ssim_last = frames_metrics(truth, last, torch_device)
+    psnr_random, ssim_random = frames_metrics(truth, np.broadcast_to(random_frames, truth.shape), torch_device)
+    bar.update()
+
+    bar.set_postfix_str("per-level KL")
+    kl_frames = min(total, shortest)  # the KL needs the true frames of every sequence
+    kl = np.full((sequences, cfg.levels, total), np.nan, dtype=np.float32)
+    kl[:, :, :kl_frames] = level_kls(run, torch.from_numpy(truth[:, :kl_frames]).to(torch_device).float().div_(255))
+    bar.update()
+    bar.close()
+
+    no_truth = ~has_truth
+    for metric in (psnr_, ssim_):
+        metric[:, no_truth] = np.nan
+    for metric in (psnr_last, ssim_last, psnr_random, ssim_random):
+        metric[no_truth] = np.nan
+    return to_dataset(run, prediction, truth, has_truth, context, horizon, psnr_, ssim_, psnr_last, ssim_last,
+                      psnr_random, ssim_random, kl, seed=seed, prior_levels=prior_levels)
+
+
+def to_dataset(run, prediction, truth, has_truth, context, horizon, psnr_, ssim_, psnr_last, ssim_last,
+               psnr_random, ssim_random, kl, *, seed, prior_levels) -> xr.Dataset:
+    """The rollout as named arrays with units, and the run's config and versions in the attributes."""
+    S, N, T, C = prediction.shape[:4]
+    frame = ("sample", "sequence", "time", "channel", "y", "x")
+    db = {"units": "dB"}
+    ds = xr.Dataset(
+        {
+            "prediction": (frame, prediction, {"long_name": "decoded frames: reconstructions of the context, then open-loop predictions", "units": "pixel intensity 0-255"}),
+            "truth": (frame[1:], truth, {"long_name": "ground-truth frames (zeros where has_truth is false)", "units": "pixel intensity 0-255"}),
+            "is_context": ("time", np.arange(T) < context, {"long_name": "frame was given to the guide"}),
+            "has_truth": (("sequence", "time"), has_truth, {"long_name": "the test video reaches this frame"}),
+            "psnr": (frame[:3], psnr_.astype(np.float32), {**db, "long_name": "PSNR of the prediction"}),
+            "ssim": (frame[:3], ssim_.astype(np.float32), {"units": "1", "long_name": "SSIM of the prediction"}),
+            "psnr_last_frame": (frame[1:3], psnr_last, {**db, "long_name": "PSNR of repeating the last context frame"}),
+            "ssim_last_frame": (frame[1:3], ssim_last, {"units": "1", "long_name": "SSIM of repeating the last context frame"}),
+            "psnr_random_frame": (frame[1:3], psnr_random, {**db, "long_name": "PSNR of a random training frame"}),
+            "ssim_random_frame": (frame[1:3], ssim_random, {"units": "1", "long_name": "SSIM of a random training frame"}),
+            "kl": (("sequence", "level", "time"), kl, {"units": "nats", "long_name": "KL[q || p] at each active step (NaN: level inactive)"}),
+        },
+        coords={"sample": np.arange(S), "sequence": np.arange(N), "time": np.arange(T), "channel": np.arange(C),
+                "y": np.arange(64), "x": np.arange(64), "level": np.arange(1, run.cfg.levels + 1)},
+        attrs={
+            "title": "pyro-cwvae open-loop rollout",
+            "config": run.cfg.to_json(),
+            "checkpoint_step": run.step,
+            "seed": seed,
+            "context": context,
+            "horizon": horizon,
+            "prior_levels": prior_levels,
+            "data_range": "metrics on frames scaled to [0, 1] (uint8 / 255), data_range 1",
+            "versions": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    ds["time"].attrs.update(units="frames", long_name="frames since the first context frame")
+    ds["level"].attrs.update(long_name="level of the hierarchy (1 is the fastest)")
+    return ds
+
+
+def versions() -> str:
+    import netCDF4
+
+    return ", ".join(f"{name} {version}" for name, version in [
+        ("pyro-cwvae", __version__), ("pyro-ppl", pyro.__version__), ("torch", torch.__version__),
+        ("numpy", np.__version__), ("xarray", xr.__version__), ("netCDF4", netCDF4.__version__)])
+
+
+def write_rollout(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write ``ds`` as NetCDF atomically; images as zlib-compressed uint8, one chunk per frame block."""
+    S, N, T, C = ds.prediction.shape[:4]
+    block = min(T, 64)
+    encoding = {
+        "prediction": {"zlib": True, "complevel": 4, "chunksizes": (1, 1, block, C, 64, 64)},
+        "truth": {"zlib": True, "complevel": 4, "chunksizes": (1, block, C, 64, 64)},
+    }
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+    return Path(path)
