@@ -72,6 +72,10 @@ def fit(
     run_dir: Optional[Path] = typer.Option(None, help="Where the run is written [default: runs/<dataset>-<time>]."),
     levels: Optional[int] = typer.Option(None, help="Levels of latent chains L."),
     factor: Optional[int] = typer.Option(None, help="Temporal abstraction factor k."),
+    z_size: Optional[int] = typer.Option(None, help="Stochastic state size per level."),
+    h_size: Optional[int] = typer.Option(None, help="Deterministic (GRU) state size per level."),
+    embed_size: Optional[int] = typer.Option(None, help="Hidden width of the RSSM cells."),
+    dec_std: Optional[float] = typer.Option(None, help="Stddev of the Normal likelihood of the frames."),
     steps: Optional[int] = typer.Option(None, help="Total optimisation steps."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per batch."),
     seq_len: Optional[int] = typer.Option(None, help="Frames per training sequence."),
@@ -95,19 +99,20 @@ def fit(
     from .runs import new_run_config, resume_config
     from .train import fit as run_fit
 
-    given = dict(dataset=dataset, data_dir=data_dir, run_dir=run_dir, levels=levels, factor=factor, steps=steps,
+    given = dict(dataset=dataset, data_dir=data_dir, run_dir=run_dir, levels=levels, factor=factor, z_size=z_size,
+                 h_size=h_size, embed_size=embed_size, dec_std=dec_std, steps=steps,
                  batch_size=batch_size, seq_len=seq_len, lr=lr, model=model, guide=guide, elbo=elbo,
                  device=device, seed=seed, speed=speed, workers=workers, checkpoint_every=checkpoint_every,
                  kl_warmup=kl_warmup)
     options = {k: plain(v) for k, v in given.items() if v is not None}
     cfg = resume_config(options) if resume else new_run_config(options, overwrite)
     data = open_dataset(cfg.dataset, cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
-    typer.echo(f"{'resuming' if resume else 'training'} {cfg.levels}-level CW-VAE (k={cfg.factor}) on "
-               f"{data.name} into {cfg.run_dir}", err=True)
     result = run_fit(cfg, data, resume=resume, max_bad_steps=max_bad_steps, progress=not quiet)
     if len(result.history):
         first, last = result.history.rows[0], result.history.last()
         typer.echo(f"step {result.step}: loss {first[1]:.2f} -> {last[1]:.2f} nats/frame; run in {result.run_dir}")
+    if result.interrupted:
+        raise typer.Exit(130)  # the conventional code of a program stopped by a signal
 
 
 @app.command()

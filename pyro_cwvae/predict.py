@@ -134,6 +134,8 @@ def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context
         raise UserError("--horizon, --context, --samples and --sequences must each be at least 1")
     if not 0 <= prior_levels <= cfg.levels:
         raise UserError(f"--prior-levels {prior_levels} must lie between 0 and the run's {cfg.levels} levels")
+    if dataset.channels != cfg.channels:
+        raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the run was trained on {cfg.channels}")
     videos = dataset.test_videos(sequences)
     shortest = min(len(v) for v in videos)
     if context > shortest:

@@ -125,8 +125,10 @@ def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_ste
     attrs = {"config": cfg.to_json()}
 
     def save(step: int) -> None:
-        save_checkpoint(run_dir, step=step, cfg=cfg, nets=nets, optimizer=optimizer, programs=programs)
+        # History first: if a kill lands between the two writes, the history runs ahead of the checkpoint and
+        # a resume drops the extra rows; the other order would leave a gap.
         history.save(run_dir / HISTORY, attrs)
+        save_checkpoint(run_dir, step=step, cfg=cfg, nets=nets, optimizer=optimizer, programs=programs)
 
     pending: list[tuple[int, float, torch.Tensor]] = []  # (step, kl scale, terms still on the device)
     bad_steps = 0
@@ -142,6 +144,9 @@ def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_ste
     batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed,
                             workers=cfg.workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="fit", unit="step", dynamic_ncols=True)
+    if progress:
+        bar.write(f"{'resuming' if resume else 'training'} a {cfg.levels}-level CW-VAE (k={cfg.factor}) on "
+                  f"{dataset.name} from step {start} to {cfg.steps} into {run_dir}")
     stop = StopRequest()
     step = start
     try:

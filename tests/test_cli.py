@@ -1,0 +1,93 @@
+"""The command line through typer's test runner: a run end to end, and one-line errors for bad input."""
+import hashlib
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from pyro_cwvae.cli import app
+
+TINY_ARGS = ["--levels", "2", "--factor", "2", "--seq-len", "8", "--batch-size", "2", "--workers", "0",
+             "--checkpoint-every", "2", "--device", "cpu", "--quiet"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 2-step run trained through the CLI, then rolled out and plotted."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = invoke("fit", "--run-dir", run, "--steps", 2, *TINY_ARGS)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_fit_writes_the_run_directory(run_dir):
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "checkpoint.pt", "history.nc"}
+
+
+def test_fit_resume_continues_to_more_steps(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    result = invoke("fit", "--run-dir", copy, "--resume", "--steps", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "step 3:" in result.output
+
+
+def test_rollout_then_plot(run_dir):
+    result = invoke("rollout", "--run", run_dir, "--horizon", 6, "--context", 4, "--sequences", 2, "--samples", 1,
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "rollout.nc").is_file()
+    result = invoke("plot", run_dir / "rollout.nc", "--out", run_dir / "figures")
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (run_dir / "figures").iterdir()} == {"strip.png", "metrics.png", "kl.png", "rollout.gif"}
+
+
+def snapshot(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+BAD_INPUTS = [
+    (["fit", "--dataset", "moving"], "unknown dataset 'moving'"),
+    (["fit", "--dataset", "gqn"], "--dataset gqn needs --data-dir"),
+    (["fit", "--dataset", "gqn", "--data-dir", "{tmp}/nowhere"], "nowhere"),
+    (["fit", "--levels", "0"], "--levels must be at least 1"),
+    (["fit", "--factor", "0"], "--factor must be at least 1"),
+    (["fit", "--levels", "3", "--factor", "6", "--seq-len", "35"], "shorter than one step of the top level"),
+    (["fit", "--levels", "many"], "Invalid value for '--levels'"),
+    (["fit", "--elbo", "exact"], "Invalid value for '--elbo'"),
+    (["fit", "--model", "{tmp}/missing.py"], "no such file"),
+    (["fit", "--model", "{tmp}/empty.py"], "defines no function named 'model'"),
+    (["fit", "--guide", "{tmp}/empty.py"], "defines no function named 'guide'"),
+    (["fit", "--resume", "--run-dir", "{tmp}/fresh"], "no checkpoint in"),
+    (["fit", "--resume"], "--resume needs --run-dir"),
+    (["fit", "--run-dir", "{run}"], "already holds a run"),
+    (["fit", "--resume", "--run-dir", "{run}", "--levels", "3"], "--levels 3 differs from the resumed run's 2"),
+    (["fit", "--device", "tpu:x"], "--device"),
+    (["rollout", "--run", "{tmp}/fresh"], "no checkpoint in"),
+    (["rollout", "--run", "{run}", "--horizon", "0"], "must each be at least 1"),
+    (["rollout", "--run", "{run}", "--context", "5000"], "longer than the shortest"),
+    (["rollout", "--run", "{run}", "--prior-levels", "3"], "--prior-levels 3 must lie between 0 and the run's 2"),
+    (["plot", "{tmp}/missing.nc"], "no such file"),
+    (["plot", "{run}/config.json"], "cannot read"),
+    (["bogus"], "No such command"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_gets_one_line_and_exit_code_2(run_dir, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)  # a default run directory would land here
+    (tmp_path / "empty.py").write_text(textwrap.dedent("x = 1\n"))
+    before = snapshot(run_dir)
+    result = invoke(*[a.format(tmp=tmp_path, run=run_dir) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message in lines[0]
+    assert snapshot(run_dir) == before
+    assert not (tmp_path / "fresh").exists() and not (tmp_path / "runs").exists()

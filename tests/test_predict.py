@@ -1,0 +1,109 @@
+"""Open-loop rollouts: no peeking past the context, --prior-levels, the NetCDF file, and the per-level KLs."""
+import numpy as np
+import pyro
+import pytest
+import torch
+import xarray as xr
+
+from pyro_cwvae.data import VideoDataset
+from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
+from pyro_cwvae.elbo import elbo_terms
+from pyro_cwvae.predict import level_kls, load_run, rollout, write_rollout
+from pyro_cwvae.train import fit
+
+
+class EditableVideos(VideoDataset):
+    """Generated Moving MNIST with short test videos that a test may edit."""
+
+    name, channels = "test-videos", 1
+
+    def __init__(self, lengths=(30, 30)):
+        self.generator = GeneratedMovingMNIST(test_length=max(lengths))
+        self.videos = [self.generator.test_video(i)[:n].copy() for i, n in enumerate(lengths)]
+
+    def train_batch(self, step, batch_size, seq_len, seed):
+        return self.generator.train_batch(step, batch_size, seq_len, seed)
+
+    @property
+    def num_test(self):
+        return len(self.videos)
+
+    def test_video(self, index):
+        return self.videos[index]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from tests.conftest import TINY
+    from pyro_cwvae.config import Config
+
+    cfg = Config(**{**TINY, "steps": 2}, run_dir=str(tmp_path_factory.mktemp("run")))
+    fit(cfg, GeneratedMovingMNIST(), progress=False)
+    return cfg
+
+
+def roll(cfg, data, **kwargs):
+    options = dict(horizon=12, context=4, samples=2, sequences=2, progress=False)
+    return rollout(cfg.run_dir, data, **{**options, **kwargs})
+
+
+def test_prediction_uses_no_frame_after_the_context(trained):
+    data = EditableVideos()
+    before = roll(trained, data)
+    for video in data.videos:
+        video[4:] = 255 - video[4:]  # change every frame after the context
+    after = roll(trained, data)
+    assert np.array_equal(before.prediction.values, after.prediction.values)
+    assert not np.array_equal(before.truth.values, after.truth.values)
+
+
+def test_prior_levels_make_the_top_levels_ignore_the_context(trained):
+    data, edited = EditableVideos(), EditableVideos()
+    for video in edited.videos:
+        video[:4] = 255 - video[:4]  # different context frames
+    predictions = {n: (roll(trained, data, prior_levels=n).prediction.values,
+                       roll(trained, edited, prior_levels=n).prediction.values) for n in (0, 1, 2)}
+    assert not np.array_equal(*predictions[0])  # filtering sees the context
+    assert not np.array_equal(*predictions[1])  # level 1 still filters it
+    assert np.array_equal(*predictions[2])  # every level from its prior: the context cannot matter
+    assert not np.array_equal(predictions[0][0], predictions[1][0])
+
+
+def test_netcdf_round_trip(trained, tmp_path):
+    data = EditableVideos(lengths=(30, 10))  # the second video ends before context + horizon
+    ds = roll(trained, data, horizon=20)
+    path = write_rollout(ds, tmp_path / "rollout.nc")
+    assert not list(tmp_path.glob("*.tmp"))
+    with xr.open_dataset(path) as loaded:
+        assert loaded.prediction.dims == ("sample", "sequence", "time", "channel", "y", "x")
+        assert loaded.prediction.dtype == np.uint8 and loaded.truth.dtype == np.uint8
+        assert loaded.prediction.encoding["zlib"]
+        assert loaded.sizes["time"] == 24 and int(loaded.is_context.sum()) == 4
+        assert list(loaded.level.values) == [1, 2]
+        assert loaded.kl.attrs["units"] == "nats" and loaded.psnr.attrs["units"] == "dB"
+        assert loaded.attrs["checkpoint_step"] == 2 and loaded.attrs["seed"] == 0
+        assert "pyro-ppl" in loaded.attrs["versions"] and '"levels": 2' in loaded.attrs["config"]
+        np.testing.assert_array_equal(loaded.has_truth[1], np.arange(24) < 10)
+        assert np.isnan(loaded.psnr[:, 1, 10:]).all() and np.isfinite(loaded.ssim[:, 1, :10]).all()
+        # The last-frame baseline is exact at the last context frame.
+        assert np.isinf(loaded.psnr_last_frame[:, 3]).all()
+        # KL: defined exactly where a level is active (within the frames every sequence has), NaN elsewhere.
+        active = np.zeros((2, 24), bool)
+        active[0, :10] = True
+        active[1, :10:2] = True
+        np.testing.assert_array_equal(np.isfinite(loaded.kl.values), np.broadcast_to(active, (2, 2, 24)))
+        table = loaded.kl.sum("time")
+        np.testing.assert_allclose(table.values, np.nansum(loaded.kl.values, axis=-1), rtol=1e-6)
+        xr.testing.assert_identical(loaded.load(), ds)
+
+
+def test_per_level_kl_is_the_analytic_kl_of_the_elbo(trained):
+    run = load_run(trained.run_dir, torch.device("cpu"))
+    video = torch.from_numpy(np.stack(EditableVideos().videos)[:, :8]).float() / 255
+    pyro.set_rng_seed(3)
+    kl = level_kls(run, video)
+    pyro.set_rng_seed(3)
+    with torch.no_grad():
+        terms = elbo_terms(run.model, run.guide, video, run.nets, run.cfg.replace(elbo="meanfield"))
+    per_level = np.nansum(kl, axis=(0, 2)) / video.shape[:2].numel()
+    np.testing.assert_allclose(per_level, terms.kl.numpy(), rtol=1e-5)
