@@ -24,6 +24,7 @@ FORMAT = 1
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's random states: torch (CPU and CUDA), Python and numpy."""
     state = {"pyro": pyro.util.get_rng_state()}  # torch CPU, python and numpy
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -36,7 +37,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, *, step: int, cfg: Config, nets, optimizer, programs) -> Path:
+def save_checkpoint(run_dir: Path, *, step: int, cfg: Config, nets, optimizer, programs, rng: list) -> Path:
+    """Write the checkpoint; ``rng`` holds the random state of every training process, in rank order."""
     state = {
         "format": FORMAT,
         "version": __version__,
@@ -44,7 +46,7 @@ def save_checkpoint(run_dir: Path, *, step: int, cfg: Config, nets, optimizer, p
         "config": cfg.to_dict(),
         "nets": nets.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
+        "rng": rng,
         "programs": {p_kind: {"path": p.path, "source": p.source} for p_kind, p in zip(("model", "guide"), programs)},
     }
     target = Path(run_dir) / CHECKPOINT

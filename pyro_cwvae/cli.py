@@ -108,7 +108,7 @@ def fit(
     cfg = resume_config(options) if resume else new_run_config(options, overwrite)
     data = open_dataset(cfg.dataset, cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
     result = run_fit(cfg, data, resume=resume, max_bad_steps=max_bad_steps, progress=not quiet)
-    if len(result.history):
+    if len(result.history) and result.rank == 0:
         first, last = result.history.rows[0], result.history.last()
         typer.echo(f"step {result.step}: loss {first[1]:.2f} -> {last[1]:.2f} nats/frame; run in {result.run_dir}")
     if result.interrupted:

@@ -28,6 +28,14 @@ class ElboTerms:
     reconstruction: torch.Tensor  # -log p(x | s^1), nats per frame
     kl: torch.Tensor  # (L,) KL of each level, nats per frame
 
+    def pack(self) -> torch.Tensor:
+        """[loss, reconstruction, kl_1, ..., kl_L] as one tensor (a module's output, one device transfer)."""
+        return torch.cat([self.loss[None], self.reconstruction[None], self.kl])
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor) -> "ElboTerms":
+        return cls(packed[0], packed[1], packed[2:])
+
 
 def level_of(site_name: str) -> int | None:
     """1-based level of a latent site ``s_{l}_{t}``; None for sites of other names."""

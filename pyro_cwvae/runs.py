@@ -13,6 +13,7 @@ from typing import Any
 
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .config import Config, option, preset
+from .distributed import launched_ranks
 from .errors import UserError
 from .history import HISTORY
 
@@ -30,6 +31,8 @@ def new_run_config(options: dict[str, Any], overwrite: bool = False) -> Config:
     name = options.pop("dataset", None) or "demo"
     cfg = preset(name)
     if "run_dir" not in options:
+        if launched_ranks() > 1:  # each process would pick its own time stamp
+            raise UserError("--run-dir is required when several processes train together")
         options["run_dir"] = str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = cfg.replace(**options).validate()
     run_dir = Path(cfg.run_dir)

@@ -13,27 +13,28 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import pyro
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .atomic import write_text
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config, kl_scale
 from .data import VideoDataset
 from .data.loader import train_batches
-from . import __version__
-from .atomic import write_text
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state
-from .config import Config, kl_scale
-from .elbo import elbo_terms
+from .distributed import Group, Shard, join, leave
+from .elbo import ElboTerms, elbo_terms
 from .errors import UserError
 from .history import HISTORY, History
 from .nets import CWVAENets
 from .programs import Program, load_programs
 
 CONFIG = "config.json"
-LOG_EVERY = 10  # steps between reading the loss back from the device (progress bar and NaN checks)
+LOG_EVERY = 10  # steps between reading the logged terms back from the device
 
 
 class NumericalError(RuntimeError):
@@ -45,6 +46,8 @@ class FitResult:
     run_dir: Path
     step: int
     history: History
+    nets: CWVAENets
+    rank: int = 0  # this process's rank when several train together
     interrupted: bool = False
 
 
@@ -94,15 +97,37 @@ class StopRequest:
                 signal.signal(sig, handler)
 
 
+class ElboModule(torch.nn.Module):
+    """The packed ELBO terms of a batch as a module, so that DistributedDataParallel can average gradients."""
+
+    def __init__(self, nets: CWVAENets, model, guide, cfg: Config):
+        super().__init__()
+        self.nets, self.model, self.guide, self.cfg = nets, model, guide, cfg
+
+    def forward(self, video: torch.Tensor, kl_scale: float) -> torch.Tensor:
+        return elbo_terms(self.model, self.guide, video, self.nets, self.cfg, kl_scale).pack()
+
+
 def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_steps: int = 0,
         progress: bool = True) -> FitResult:
-    """Train ``cfg`` on ``dataset`` into ``cfg.run_dir`` (a new one, or the one to resume)."""
+    """Train ``cfg`` on ``dataset`` into ``cfg.run_dir`` (a new one, or the one to resume).
+
+    Under ``torchrun`` every process calls this; each trains on its shard of the batches (see distributed.py).
+    """
+    group, device_name = join(cfg.device)
+    try:
+        return _fit(cfg, dataset, group, resolve_device(device_name), resume, max_bad_steps, progress)
+    finally:
+        leave(group)
+
+
+def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps, progress) -> FitResult:
     run_dir = Path(cfg.run_dir)
-    device = resolve_device(cfg.device)
     programs = load_programs(cfg.model, cfg.guide)
-    model, guide = programs[0].fn, programs[1].fn
     if dataset.channels != cfg.channels:
         raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the config says {cfg.channels}")
+    if group.active:
+        dataset = Shard(dataset, group, cfg.batch_size)
 
     pyro.clear_param_store()
     if not resume:
@@ -112,23 +137,34 @@ def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_ste
     if resume:
         state = load_checkpoint(run_dir)
         check_programs_match(state, programs)
+        if len(state["rng"]) != group.world:
+            raise UserError(f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as many, "
+                            f"not {group.world}")
         nets.load_state_dict(state["nets"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
         history = History.load(run_dir / HISTORY, cfg.levels, upto_step=start)
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"][group.rank])
     else:
+        pyro.set_rng_seed(cfg.seed + group.rank)  # the sampling noise: one stream per process
         start, history = 0, History(cfg.levels)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / CONFIG, cfg.to_json())
+        if group.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / CONFIG, cfg.to_json())
+    group.barrier()
 
+    elbo = ElboModule(nets, programs[0].fn, programs[1].fn, cfg)
+    if group.active:
+        elbo = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
     attrs = {"config": cfg.to_json()}
 
     def save(step: int) -> None:
-        # History first: if a kill lands between the two writes, the history runs ahead of the checkpoint and
-        # a resume drops the extra rows; the other order would leave a gap.
-        history.save(run_dir / HISTORY, attrs)
-        save_checkpoint(run_dir, step=step, cfg=cfg, nets=nets, optimizer=optimizer, programs=programs)
+        rng = group.gather(rng_state())  # every process's random state, so a resume continues each stream
+        if group.is_main:
+            # History first: if a kill lands between the two writes, the history runs ahead of the checkpoint
+            # and a resume drops the extra rows; the other order would leave a gap.
+            history.save(run_dir / HISTORY, attrs)
+            save_checkpoint(run_dir, step=step, cfg=cfg, nets=nets, optimizer=optimizer, programs=programs, rng=rng)
 
     pending: list[tuple[int, float, torch.Tensor]] = []  # (step, kl scale, terms still on the device)
     bad_steps = 0
@@ -136,55 +172,57 @@ def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_ste
     def flush() -> None:
         """Read the pending steps' terms back from the device into the history (one synchronisation)."""
         if pending:
-            values = torch.stack([terms for _, _, terms in pending]).cpu().numpy()  # loss, rec, grad norm, kl...
-            steps, scales = zip(*[(step, scale) for step, scale, _ in pending])
+            values = group.mean(torch.stack([terms for _, _, terms in pending])).cpu().numpy()
+            steps, scales = zip(*[(step, scale) for step, scale, _ in pending])  # values: loss, rec, grad norm, kl
             history.extend(np.column_stack([steps, values[:, :3], scales, values[:, 3:]]))
             pending.clear()
 
     batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed,
                             workers=cfg.workers, pin_memory=device.type == "cuda")
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="fit", unit="step", dynamic_ncols=True)
-    if progress:
+    show = progress and group.is_main
+    bar = tqdm(total=cfg.steps, initial=start, disable=not show, desc="fit", unit="step", dynamic_ncols=True)
+    if show:
         bar.write(f"{'resuming' if resume else 'training'} a {cfg.levels}-level CW-VAE (k={cfg.factor}) on "
-                  f"{dataset.name} from step {start} to {cfg.steps} into {run_dir}")
+                  f"{dataset.name} from step {start} to {cfg.steps} into {run_dir}"
+                  + (f" with {group.world} processes" if group.active else ""))
     stop = StopRequest()
-    step = start
     try:
         # Pyro's per-site checks cost time in the hot loop; the tests run the programs with them on.
         with stop.installed(), pyro.validation_enabled(False):
             for step in range(start, cfg.steps):
                 video = next(batches).to(device, non_blocking=True).float().div_(255.0)
                 scale = kl_scale(step, cfg)
-                terms = elbo_terms(model, guide, video, nets, cfg, scale)
+                packed = elbo(video, scale)
                 optimizer.zero_grad(set_to_none=True)
-                terms.loss.backward()
+                packed[0].backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), cfg.clip_norm)
-                finite = bool(torch.isfinite(terms.loss) & torch.isfinite(grad_norm))
-                if not finite:
+                finite = bool(torch.isfinite(packed[0]) & torch.isfinite(grad_norm))
+                bad, stopping = group.any(not finite, stop.requested, device=device)
+                if bad:
                     bad_steps += 1
-                    message = describe_failure(step + 1, terms, grad_norm)
+                    message = describe_failure(step + 1, ElboTerms.unpack(packed), grad_norm)
                     if bad_steps > max_bad_steps:
                         raise NumericalError(message)
                     bar.write(f"skipped: {message} ({bad_steps} of at most {max_bad_steps})")
                     optimizer.zero_grad(set_to_none=True)
                 else:
                     optimizer.step()
-                pending.append((step + 1, scale, torch.cat(
-                    [torch.stack([terms.loss, terms.reconstruction, grad_norm]), terms.kl]).detach()))
+                pending.append((step + 1, scale, torch.cat([packed[:2], grad_norm[None], packed[2:]]).detach()))
                 bar.update(1)
                 done = step + 1
                 if done % LOG_EVERY == 0 or done == cfg.steps:
                     flush()
                     bar.set_postfix_str(postfix(history.last(), cfg.levels), refresh=False)
-                if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.requested:
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
                     flush()
                     save(done)
-                if stop.requested:
-                    bar.write(f"stopped at step {done}: checkpoint saved in {run_dir}")
-                    return FitResult(run_dir, done, history, interrupted=True)
+                if stopping:
+                    if group.is_main:
+                        bar.write(f"stopped at step {done}: checkpoint saved in {run_dir}")
+                    return FitResult(run_dir, done, history, nets, group.rank, interrupted=True)
     finally:
         bar.close()
-    return FitResult(run_dir, cfg.steps, history)
+    return FitResult(run_dir, cfg.steps, history, nets, group.rank)
 
 
 def describe_failure(step: int, terms, grad_norm: torch.Tensor) -> str:
