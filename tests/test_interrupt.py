@@ -14,13 +14,25 @@ from pyro_cwvae.checkpoint import load_checkpoint
 
 ARGS = ["--levels", "2", "--factor", "2", "--seq-len", "8", "--batch-size", "2", "--workers", "0",
         "--z-size", "4", "--h-size", "8", "--checkpoint-every", "1", "--device", "cpu", "--quiet"]
-STEPS = 8
+STEPS = 30
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every process: the same float results
 
 
 def fit_process(run_dir, *extra):
     command = [sys.executable, "-m", "pyro_cwvae", "fit", "--run-dir", str(run_dir), "--steps", str(STEPS), *ARGS, *extra]
     return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for_training(run_dir, process, timeout=120) -> bool:
+    """Wait until the process has written its first file (training has begun); False if it ended first."""
+    deadline = time.monotonic() + timeout
+    mark = (run_dir / "history.nc").stat().st_mtime if (run_dir / "history.nc").exists() else None
+    while time.monotonic() < deadline and process.poll() is None:
+        history = run_dir / "history.nc"
+        if history.exists() and history.stat().st_mtime != mark:
+            return True
+        time.sleep(0.05)
+    return process.poll() is None
 
 
 @pytest.mark.slow
@@ -35,16 +47,16 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         if has_checkpoint and load_checkpoint(killed)["step"] == STEPS:
             break
         process = fit_process(killed, "--resume" if has_checkpoint else "--overwrite")
-        if kills < 4:
-            try:
-                process.wait(timeout=rng.uniform(3.0, 8.0))  # startup takes a few seconds, a step a fraction
-            except subprocess.TimeoutExpired:
+        if kills < 4 and wait_for_training(killed, process):
+            time.sleep(rng.uniform(0.0, 2.0))  # a moment during training: mid-step, mid-checkpoint, ...
+            if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 kills += 1
                 continue
         output = process.communicate(timeout=300)[0].decode()
         assert process.returncode == 0, output
+    print(f"survived {kills} SIGKILLs")
     assert kills >= 1, "no kill landed: the run finished before the first one"
 
     a, b = load_checkpoint(straight), load_checkpoint(killed)
