@@ -7,6 +7,7 @@ checkpoint loaded against a different model, level count or image size is refuse
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -67,4 +68,15 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
         raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a pyro-cwvae checkpoint of format {FORMAT}")
+    if state["version"] != __version__:
+        warnings.warn(f"{path} was written by pyro-cwvae {state['version']}; this is {__version__}")
     return state
+
+
+def restore_nets(nets: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Load the checkpoint's weights; UserError naming the first tensor that does not fit the model."""
+    try:
+        nets.load_state_dict(state["nets"])
+    except RuntimeError as error:
+        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise UserError(f"the checkpoint's weights do not fit the configured model: {detail}") from error

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .atomic import atomic_path
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, restore_nets
 from .config import Config
 from .data import VideoDataset
 from .elbo import level_of
@@ -50,7 +50,7 @@ def load_run(run_dir: str | Path, device: torch.device) -> TrainedRun:
     programs = load_programs(cfg.model, cfg.guide)
     check_programs_match(state, programs)
     nets = CWVAENets(cfg).to(device)
-    nets.load_state_dict(state["nets"])
+    restore_nets(nets, state)
     nets.eval()
     return TrainedRun(cfg, nets, programs[0].fn, programs[1].fn, state["step"])
 

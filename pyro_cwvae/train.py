@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .atomic import write_text
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, restore_nets, rng_state, save_checkpoint, set_rng_state
 from .config import Config, kl_scale
 from .data import VideoDataset
 from .data.loader import train_batches
@@ -140,7 +140,7 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
         if len(state["rng"]) != group.world:
             raise UserError(f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as many, "
                             f"not {group.world}")
-        nets.load_state_dict(state["nets"])
+        restore_nets(nets, state)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
         history = History.load(run_dir / HISTORY, cfg.levels, upto_step=start)

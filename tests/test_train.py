@@ -97,3 +97,18 @@ def test_bad_steps_can_be_skipped(tiny_cfg, tmp_path):
     state = load_checkpoint(cfg.run_dir)
     assert result.step == state["step"] == 4
     assert all(torch.isfinite(t).all() for t in state["nets"].values())
+
+
+def test_checkpoint_of_another_model_is_refused_with_the_mismatch(tiny_cfg):
+    from pyro_cwvae.checkpoint import restore_nets
+    from pyro_cwvae.errors import UserError
+    from pyro_cwvae.nets import CWVAENets
+
+    fit(tiny_cfg, GeneratedMovingMNIST(), progress=False)
+    state = load_checkpoint(tiny_cfg.run_dir)
+    with pytest.raises(UserError, match="do not fit the configured model: .*size mismatch"):
+        restore_nets(CWVAENets(tiny_cfg.replace(z_size=5)), state)
+    with pytest.raises(UserError, match="do not fit the configured model"):
+        restore_nets(CWVAENets(tiny_cfg.replace(levels=3)), state)
+    with pytest.raises(UserError, match="1 channel"):
+        fit(tiny_cfg.replace(channels=3), GeneratedMovingMNIST(), resume=True, progress=False)
