@@ -87,12 +87,13 @@ def open_loop_states(run: TrainedRun, context: torch.Tensor, num_frames: int, pr
 
 
 @torch.no_grad()
-def decode(run: TrainedRun, states: torch.Tensor) -> np.ndarray:
+def decode(run: TrainedRun, states: torch.Tensor, progress: bool = False) -> np.ndarray:
     """uint8 frames (B, T, C, 64, 64) of the decoder's means, decoded a chunk of frames at a time."""
     B, T = states.shape[:2]
     out = np.empty((B, T, run.cfg.channels, 64, 64), dtype=np.uint8)
-    for start in range(0, T, max(1, DECODE_CHUNK // B)):
-        chunk = states[:, start:start + max(1, DECODE_CHUNK // B)]
+    step = max(1, DECODE_CHUNK // B)
+    for start in tqdm(range(0, T, step), desc="decoding", unit="chunk", disable=not progress, leave=False):
+        chunk = states[:, start:start + step]
         frames = run.nets.decoder(chunk).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         out[:, start:start + chunk.shape[1]] = frames.cpu().numpy()
     return out
@@ -154,7 +155,7 @@ def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context
     states = open_loop_states(run, context_video.repeat(samples, 1, 1, 1, 1), total, prior_levels)
     bar.update()
     bar.set_postfix_str("decoding")
-    prediction = decode(run, states).reshape(samples, sequences, total, cfg.channels, 64, 64)
+    prediction = decode(run, states, progress).reshape(samples, sequences, total, cfg.channels, 64, 64)
     bar.update()
 
     bar.set_postfix_str("metrics")
