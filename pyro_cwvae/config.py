@@ -102,6 +102,7 @@ class Config:
         return self.from_dict({**self.to_dict(), **changes})
 
 
+CONFIG_FILE = "config.json"  # the resolved config in a run directory
 ELBOS = ("trace", "meanfield")
 FIELDS = {f.name for f in dataclasses.fields(Config)}
 

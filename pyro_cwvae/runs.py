@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CHECKPOINT, load_checkpoint
-from .config import Config, option, preset
+from .config import CONFIG_FILE, Config, option, preset
 from .distributed import launched_ranks
 from .errors import UserError
 from .history import HISTORY
 
-RUN_FILES = ("config.json", CHECKPOINT, HISTORY)
+RUN_FILES = (CONFIG_FILE, CHECKPOINT, HISTORY)
 CHANGEABLE_ON_RESUME = {"steps", "device", "workers", "checkpoint_every", "data_dir", "run_dir"}
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .atomic import write_text
 from .checkpoint import load_checkpoint, restore_nets, rng_state, save_checkpoint, set_rng_state
-from .config import Config, kl_scale
+from .config import CONFIG_FILE, Config, kl_scale
 from .data import VideoDataset
 from .data.loader import train_batches
 from .distributed import Group, Shard, join, leave
@@ -33,7 +33,6 @@ from .history import HISTORY, History
 from .nets import CWVAENets
 from .programs import Program, load_programs
 
-CONFIG = "config.json"
 LOG_EVERY = 10  # steps between reading the logged terms back from the device
 
 
@@ -150,7 +149,7 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
         start, history = 0, History(cfg.levels)
         if group.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(run_dir / CONFIG, cfg.to_json())
+            write_text(run_dir / CONFIG_FILE, cfg.to_json())
     group.barrier()
 
     elbo = ElboModule(nets, programs[0].fn, programs[1].fn, cfg)
