@@ -563,7 +563,7 @@ def main(argv=None) -> None:
     with pyro.validation_enabled(False):
         if args.profile:
             for name in args.sizes:
-                print(profile(name, args, device), "\n", flush=True)
+                print(profile(name, args, device) + "\n", flush=True)
             return
         rows, memory = [], {}
         for name in args.sizes:
@@ -579,7 +579,7 @@ def main(argv=None) -> None:
               f"rounds after one warm-up step each; reference-size rows use the batch shown"
               + (" (reduced from 50 on the CPU)" if device.type == "cpu" and any(
                   SIZES[r['size']].big and r['batch'] != 50 for r in rows) else "") + ".\n")
-        print(steps_table(rows, memory), "\n", flush=True)
+        print(steps_table(rows, memory) + "\n", flush=True)
         if args.no_rollout:
             return
         rollout_rows, rollout_memory = [], {}
