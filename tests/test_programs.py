@@ -108,3 +108,18 @@ def test_bad_model_files_are_refused(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(UserError, match=message):
         load_program("model", str(path))
+
+
+def test_decoder_first_layer_equals_the_transposed_convolution(tiny_cfg):
+    """The decoder computes its first transposed conv (of a 1x1 input) as a matrix product: same numbers."""
+    import torch.nn.functional as F
+
+    decoder = CWVAENets(tiny_cfg).decoder
+    states = torch.randn(5, tiny_cfg.state_size)
+    first = decoder.deconvs[0](decoder.dense(states)[:, :, None, None])
+    hidden = F.leaky_relu(first, 0.2)
+    for deconv in decoder.deconvs[1:-1]:
+        hidden = F.leaky_relu(deconv(hidden), 0.2)
+    expected = torch.tanh(decoder.deconvs[-1](hidden))
+    assert first.shape[-2:] == (5, 5) and expected.shape == (5, 1, 64, 64)
+    assert torch.allclose(decoder(states), expected, atol=1e-6)
