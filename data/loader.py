@@ -5,6 +5,7 @@ shared random state and a resumed run gets the batches an uninterrupted run woul
 """
 from __future__ import annotations
 
+import signal
 from typing import Iterator
 
 import torch
@@ -24,6 +25,13 @@ class _StepBatches(Dataset):
         return torch.from_numpy(self.dataset.train_batch(step, self.batch_size, self.seq_len, self.seed))
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: the workers leave it to the training process, which saves a
+    checkpoint and then shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def train_batches(dataset: VideoDataset, start: int, stop: int, batch_size: int, seq_len: int, seed: int,
                   workers: int = 1, pin_memory: bool = False) -> Iterator[torch.Tensor]:
     """uint8 batches ``(B, T, C, 64, 64)`` for steps ``start .. stop-1``, loaded ahead by ``workers`` processes."""
@@ -35,5 +43,6 @@ def train_batches(dataset: VideoDataset, start: int, stop: int, batch_size: int,
         prefetch_factor=2 if workers else None,
         pin_memory=pin_memory,
         generator=torch.Generator(),  # keep the global torch RNG (the model's noise) untouched
+        worker_init_fn=_ignore_interrupts,
     )
     return iter(loader)

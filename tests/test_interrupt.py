@@ -67,16 +67,17 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         xr.testing.assert_equal(ha.drop_attrs(), hb.drop_attrs())
 
 
-def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
+def test_sigterm_to_the_process_group_saves_a_checkpoint_before_exiting(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "pyro_cwvae", "fit", "--run-dir", str(run), "--steps", "100000", *ARGS,
-               "--checkpoint-every", "100000"]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               "--checkpoint-every", "100000", "--workers", "1"]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     deadline = time.monotonic() + 120
     while not (run / "config.json").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(3.0)  # a few training steps
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)  # to the whole group, data-loading worker included, as a terminal does
     output = process.communicate(timeout=120)[0].decode()
     assert process.returncode == 130, output
     state = load_checkpoint(run)
