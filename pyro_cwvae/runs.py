@@ -6,7 +6,6 @@ options that do not change what is being learned may differ.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,13 +37,9 @@ def new_run_config(options: dict[str, Any], overwrite: bool = False) -> Config:
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file, not a folder")
-    if holds_run(run_dir):
-        if not overwrite:
-            raise UserError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start over")
-        for name in RUN_FILES:
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    return cfg
+    if holds_run(run_dir) and not overwrite:
+        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start over")
+    return cfg  # the old run's files are replaced only once training starts (train.fit), never on bad input
 
 
 def resume_config(options: dict[str, Any]) -> Config:

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .atomic import write_text
-from .checkpoint import load_checkpoint, restore_nets, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CHECKPOINT, load_checkpoint, restore_nets, rng_state, save_checkpoint, set_rng_state
 from .config import CONFIG_FILE, Config, kl_scale
 from .data import VideoDataset
 from .data.loader import train_batches
@@ -149,6 +149,8 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
         start, history = 0, History(cfg.levels)
         if group.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in (CHECKPOINT, HISTORY):  # an overwritten run's files must not outlive its config
+                (run_dir / stale).unlink(missing_ok=True)
             write_text(run_dir / CONFIG_FILE, cfg.to_json())
     group.barrier()
 

@@ -115,3 +115,16 @@ def test_bad_input_gets_one_line_and_exit_code_2(run_dir, tmp_path, monkeypatch,
     assert message in errors[0]
     assert snapshot(run_dir) == before
     assert not (tmp_path / "fresh").exists() and not (tmp_path / "runs").exists()
+
+
+def test_overwrite_replaces_a_run_only_once_training_starts(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = snapshot(copy)
+    failed = invoke("fit", "--run-dir", copy, "--overwrite", "--model", tmp_path / "missing.py")
+    assert failed.exit_code == 2 and snapshot(copy) == before  # bad input: the old run is untouched
+    result = invoke("fit", "--run-dir", copy, "--overwrite", "--steps", 1, *TINY_ARGS)
+    assert result.exit_code == 0, result.output
+    assert "step 1:" in result.output and snapshot(copy)["checkpoint.pt"] != before["checkpoint.pt"]
