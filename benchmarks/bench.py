@@ -3,6 +3,7 @@
     python benchmarks/bench.py --quick                  # the whole table in a few minutes on a small CPU
     python benchmarks/bench.py --device cuda            # reference sizes (batch 50) on a GPU
     python benchmarks/bench.py --profile --sizes mmnist # where the time of a Pyro training step goes
+    python benchmarks/bench.py --accel --device cuda    # bf16 / tf32 / torch.compile against fp32
 
 Prints markdown tables. Every timing row is measured side by side in one process, with the implementations
 interleaved (one step of each in turn, then again), so machine noise hits them alike; the tables give medians,
@@ -48,7 +49,9 @@ from pyro.poutine.util import prune_subsample_sites  # noqa: E402
 from torch.distributions import Normal, kl_divergence  # noqa: E402
 
 from benchmarks import reference  # noqa: E402
+from pyro_cwvae.accel import autocast, compile_nets, set_matmul_precision  # noqa: E402
 from pyro_cwvae.config import PRESETS, Config  # noqa: E402
+from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST  # noqa: E402
 from pyro_cwvae.elbo import ElboTerms, elbo_terms, level_of  # noqa: E402
 from pyro_cwvae.guides.cwvae import guide  # noqa: E402
 from pyro_cwvae.models.cwvae import model  # noqa: E402
@@ -355,6 +358,66 @@ def machine(device: torch.device) -> str:
             f"torch {torch.__version__}, pyro-ppl {pyro.__version__}, Python {platform.python_version()}")
 
 
+# ------------------------------------------------------------------------------------------------ accelerations
+
+
+ACCELERATIONS = {  # row label: (--precision, --compile); fp32 first, the baseline of each size
+    "fp32": ("fp32", "none"),
+    "tf32": ("tf32", "none"),
+    "bf16 autocast": ("bf16", "none"),
+    "compile": ("fp32", "default"),
+    "bf16 autocast + compile": ("bf16", "default"),
+}
+
+
+class AcceleratedStep(TrainingStep):
+    """A Pyro meanfield training step with ``--precision`` and ``--compile`` applied, as ``pyro_cwvae.train`` does."""
+
+    def __init__(self, precision: str, compile_mode: str, nets: CWVAENets, cfg: Config, video: torch.Tensor):
+        super().__init__("meanfield", nets, cfg, video)
+        self.precision = precision
+        compile_nets(self.nets, compile_mode)
+        self.losses: list[float] = []
+
+    def loss(self) -> torch.Tensor:
+        set_matmul_precision(self.precision, self.video.device)
+        pyro.set_rng_seed(len(self.losses))  # every option draws the same noise at its n-th step
+        with autocast(self.precision, self.video.device):
+            loss = super().loss()
+        self.losses.append(loss.item())
+        return loss
+
+
+def measure_accelerations(name: str, args, device: torch.device) -> str:
+    """Each acceleration against fp32 at one size: s/step, first-step (compile) time, and the loss it reaches."""
+    cfg = size_config(name, frames_for(name, args))
+    batch = batch_for(name, args, device)
+    frames = GeneratedMovingMNIST().train_batch(0, batch, cfg.seq_len, seed=0)  # real frames: a loss worth comparing
+    video = torch.from_numpy(frames).to(device).float().div_(255).expand(-1, -1, cfg.channels, -1, -1).contiguous()
+    nets = make_nets(cfg, device)
+    options = {label: o for label, o in ACCELERATIONS.items() if device.type == "cuda" or o[0] != "tf32"}
+    steps = {label: AcceleratedStep(*option, nets, cfg, video) for label, option in options.items()}
+    first = {label: timed(step, device) for label, step in steps.items()}  # compiles where asked
+    times = {label: [] for label in steps}
+    for _ in range(args.repeats):
+        for label, step in steps.items():
+            times[label].append(timed(step, device))
+    base = steps["fp32"].losses
+    lines = [f"Size {name}, batch {batch} x {cfg.seq_len} frames, Pyro meanfield training step on one Moving MNIST "
+             f"batch; {args.repeats} interleaved rounds after a first step each. Loss: nats/frame at the first step "
+             f"(same weights, same noise) and after {1 + args.repeats} steps, as the difference from fp32.\n",
+             "| option | s/step | / fp32 | first step s | loss at step 1 | diff | "
+             f"loss at step {1 + args.repeats} | diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, step in steps.items():
+        losses = step.losses
+        lines.append(f"| {label} | {median(times[label]):.3f} | {paired_ratio(times[label], times['fp32']):.2f} "
+                     f"| {first[label]:.1f} | {losses[0]:.2f} | {losses[0] - base[0]:+.3f} | {losses[-1]:.2f} "
+                     f"| {losses[-1] - base[-1]:+.3f} |")
+    set_matmul_precision("fp32", device)
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------------- profile
 
 
@@ -366,8 +429,9 @@ def meanfield_terms_direct(video: torch.Tensor, nets: CWVAENets, cfg: Config) ->
     The candidate change to ``pyro_cwvae/elbo.py`` measured by ``--profile``.
     """
     args = (video, nets, cfg)
-    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args))
-    model_trace = prune_subsample_sites(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args))
+    with nets.sharing_deterministic_path():
+        guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args))
+        model_trace = prune_subsample_sites(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args))
     frames = video.shape[0] * video.shape[1]
     reconstruction = video.new_zeros(())
     per_level = [[] for _ in range(cfg.levels + 1)]
@@ -385,24 +449,14 @@ def meanfield_terms_direct(video: torch.Tensor, nets: CWVAENets, cfg: Config) ->
     return ElboTerms((reconstruction + kl.sum()) / frames, reconstruction / frames, kl[1:] / frames)
 
 
-def latent_path(nets: CWVAENets, cfg: Config, embeddings: list[torch.Tensor], recompute: bool) -> torch.Tensor:
-    """The levels' GRU chains, posterior and prior heads and KLs, as the reference computes them; with
-    ``recompute`` also the model's second pass: h again from the posterior samples, a prior head per step."""
+def latent_path(nets: CWVAENets, cfg: Config, embeddings: list[torch.Tensor]) -> torch.Tensor:
+    """The levels' GRU chains, posterior and prior heads and KLs, as the reference computes them."""
     B = embeddings[0].shape[0]
     above = embeddings[0].new_zeros(B, cfg.clock.num_steps(cfg.levels + 1, cfg.seq_len), cfg.state_size)
     total = embeddings[0].new_zeros(())
     for level in range(cfg.levels, 0, -1):
-        states, posterior, prior = reference.filter_level(nets, cfg, level, embeddings[level - 1], above)
-        if recompute:
-            transition = nets.level(level).transition
-            z, h = embeddings[0].new_zeros(B, cfg.z_size), embeddings[0].new_zeros(B, cfg.h_size)
-            for step, z_next in enumerate(states[..., :cfg.z_size].unbind(1)):
-                h = transition.deterministic(z, h, above[:, cfg.clock.parent_step(step)])
-                loc, scale = transition(h)
-                total = total + (loc.square().sum() + scale.sum()) * 0  # keeps the second pass in the graph
-                z = z_next
+        above, posterior, prior = reference.filter_level(nets, cfg, level, embeddings[level - 1], above)
         total = total + kl_divergence(posterior, prior).sum()
-        above = states
     return total + above.sum()
 
 
@@ -454,8 +508,7 @@ def profile(name: str, args, device: torch.device) -> str:
         "conv encoder (fwd+bwd)": lambda: backward(encoder.frames(video.flatten(0, 1)).sum()),
         "level embedding stacks (fwd+bwd)": lambda: backward(level_embeddings()),
         "decoder + likelihood (fwd+bwd)": lambda: backward(decoder_loglik()),
-        "latent path, GRU once (fwd+bwd)": lambda: backward(latent_path(nets, cfg, embeddings, False)),
-        "latent path + model's 2nd GRU pass (fwd+bwd)": lambda: backward(latent_path(nets, cfg, embeddings, True)),
+        "latent path: GRUs, heads, KLs (fwd+bwd)": lambda: backward(latent_path(nets, cfg, embeddings)),
         "step: reference": steps["reference"],
         "step: Pyro meanfield": steps["meanfield"],
         "step: Pyro meanfield, latent log-probs skipped": direct_meanfield_step,
@@ -533,6 +586,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-rollout", action="store_true", help="skip the rollout table")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a small batch (CPU): minutes")
     parser.add_argument("--profile", action="store_true", help="break a training step down at each of --sizes")
+    parser.add_argument("--accel", action="store_true",
+                        help="--precision and --compile options against fp32 at each of --sizes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -561,9 +616,10 @@ def main(argv=None) -> None:
     print(f"`{command}`\n\n{machine(device)}\n")
     started = time.perf_counter()
     with pyro.validation_enabled(False):
-        if args.profile:
+        if args.profile or args.accel:
             for name in args.sizes:
-                print(profile(name, args, device) + "\n", flush=True)
+                table = profile(name, args, device) if args.profile else measure_accelerations(name, args, device)
+                print(table + "\n", flush=True)
             return
         rows, memory = [], {}
         for name in args.sizes:

@@ -2,6 +2,7 @@
 # GPU checks for a machine with one CUDA GPU and no network, in well under 8 minutes:
 #   1. the GPU-marked tests          python -m pytest -m gpu -q   (none yet is fine)
 #   2. the benchmark tables          python benchmarks/bench.py --device cuda
+#   3. the accelerations table       python benchmarks/bench.py --device cuda --accel --sizes mmnist
 #
 # Run from anywhere:   bash benchmarks/gpu.sh [RESULTS_DIR]      (default RESULTS_DIR: runs/gpu-bench, git-ignored)
 #
@@ -36,7 +37,7 @@ sys.exit(0 if torch.cuda.is_available() else "torch sees no CUDA device")
 EOF
 
 echo "== GPU tests"
-timeout 150 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/tests.log"
+timeout 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/tests.log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -eq 5 ]; then
   echo "(no test is marked gpu yet)"
@@ -46,10 +47,17 @@ fi
 
 echo "== benchmark"
 # shellcheck disable=SC2086
-timeout 300 "$PYTHON" benchmarks/bench.py --device cuda ${BENCH_ARGS:-} 2> "$RESULTS/bench.err" \
+timeout 240 "$PYTHON" benchmarks/bench.py --device cuda ${BENCH_ARGS:-} 2> "$RESULTS/bench.err" \
   | tee "$RESULTS/bench.md"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then
   echo "benchmark failed (exit $rc; 124: timed out):"; tail -20 "$RESULTS/bench.err"; status=1
+fi
+echo "== accelerations"
+timeout 100 "$PYTHON" benchmarks/bench.py --device cuda --accel --sizes mmnist --repeats 3 2> "$RESULTS/accel.err" \
+  | tee "$RESULTS/accel.md"
+rc=${PIPESTATUS[0]}
+if [ "$rc" -ne 0 ]; then
+  echo "accelerations table failed (exit $rc; 124: timed out):"; tail -20 "$RESULTS/accel.err"; status=1
 fi
 exit $status

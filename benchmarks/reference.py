@@ -6,7 +6,8 @@ It runs the same ``CWVAENets`` (same weights) through the same computation as ``
 - encode all frames in one call;
 - walk the levels top-down and the steps of each level in time order exactly like the guide: the GRU state
   h_t^l from the previous posterior sample and the state above, then z_t^l ~ q(. | h_t^l, e_t^l);
-- the prior p(z_t^l | h_t^l) from the same h (the Pyro model recomputes h; here it is computed once);
+- the prior p(z_t^l | h_t^l) from the same h, computed once (as the Pyro programs do when traced together inside
+  ``nets.sharing_deterministic_path()``);
 - decode the level-1 states in one call; Normal log-likelihood with std ``cfg.dec_std``;
 - the KL of each level analytically with ``torch.distributions.kl_divergence``.
 
@@ -44,6 +45,11 @@ def diagonal_normal(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
     return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
 
+def state(concatenated: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, h) from a state stored as [z, h]."""
+    return tuple(concatenated.split([cfg.z_size, cfg.h_size], -1))
+
+
 def filter_level(nets: CWVAENets, cfg: Config, level: int, embedding: torch.Tensor, above: torch.Tensor,
                  ) -> tuple[torch.Tensor, Independent, Independent]:
     """Run the posterior chain of one level over its steps, as the guide does.
@@ -57,7 +63,7 @@ def filter_level(nets: CWVAENets, cfg: Config, level: int, embedding: torch.Tens
     z, h = embedding.new_zeros(B, cfg.z_size), embedding.new_zeros(B, cfg.h_size)
     hs, zs, locs, scales = [], [], [], []
     for step in range(steps):
-        h = cell.transition.deterministic(z, h, above[:, cfg.clock.parent_step(step)])
+        h = cell.transition.deterministic((z, h), state(above[:, cfg.clock.parent_step(step)], cfg))
         loc, scale = cell.posterior(h, embedding[:, step])
         z = diagonal_normal(loc, scale).rsample()  # one standard-normal draw per step, in time order
         hs.append(h), zs.append(z), locs.append(loc), scales.append(scale)
@@ -109,9 +115,9 @@ def open_loop_states(nets: CWVAENets, context: torch.Tensor, num_frames: int, cf
     for level in range(cfg.levels, 0, -1):
         transition = nets.level(level).transition
         states = list(filtered[level].unbind(1))
-        z, h = states[-1].split([cfg.z_size, cfg.h_size], -1)
+        z, h = state(states[-1], cfg)
         for step in range(len(states), clock.num_steps(level, num_frames)):
-            h = transition.deterministic(z, h, above[:, clock.parent_step(step)])
+            h = transition.deterministic((z, h), state(above[:, clock.parent_step(step)], cfg))
             z = diagonal_normal(*transition(h)).rsample()  # as Pyro draws it: loc + scale * standard normal
             states.append(torch.cat([z, h], -1))
         above = torch.stack(states, 1)

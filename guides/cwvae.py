@@ -20,19 +20,20 @@ def guide(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
     B, T = video.shape[:2]
     clock = cfg.clock
     embeddings = nets.encoder(video)  # e_t^l for every level, all frames encoded in one batched call
-    above = video.new_zeros(B, clock.num_steps(cfg.levels + 1, T), cfg.state_size)
+    initial = nets.initial_state(B)  # (0, 0)
+    above = [initial] * clock.num_steps(cfg.levels + 1, T)  # the top level reads zeros from above
     with pyro.plate("batch", B):
         for level in range(cfg.levels, 0, -1):
             cell = nets.level(level)
-            z, h = video.new_zeros(B, cfg.z_size), video.new_zeros(B, cfg.h_size)
-            states = []
+            state, states = initial, []
             for step in pyro.markov(range(clock.num_steps(level, T))):
-                h = cell.transition.deterministic(z, h, above[:, clock.parent_step(step)])
+                h = cell.transition.deterministic(state, above[clock.parent_step(step)])
                 loc, scale = cell.posterior(h, embeddings[level - 1][:, step])
                 # q(s_t^l | s_{t-1}^l, s_t^{l+1}, e_t^l)
                 with poutine.scale(scale=kl_scale):
                     z = pyro.sample(clock.site_name(level, clock.frame(level, step)),
                                     dist.Normal(loc, scale).to_event(1))
-                states.append(torch.cat([z, h], -1))
-            above = torch.stack(states, 1)
-    return above
+                state = (z, h)
+                states.append(state)
+            above = states
+    return torch.stack([torch.cat(state, -1) for state in above], 1)

@@ -8,10 +8,11 @@ r"""The CW-VAE generative model (paper eq. 3) as a Pyro program.
                  |         |                |         |
     frames:     x_0       x_1              x_2       x_3
 
-Each state s_t^l = [z_t^l, h_t^l]: z is the latent sampled at site ``s_{l}_{t}``; h is the GRU state, a
+Each state s_t^l = (z_t^l, h_t^l): z is the latent sampled at site ``s_{l}_{t}``; h is the GRU state, a
 deterministic function of the previous state and the state above (so it is a plain tensor, not a site). The
 top level reads zeros from "above". All frames are decoded in one batched call and observed in one site ``x``:
-they are conditionally independent given level 1.
+they are conditionally independent given level 1. The ELBO traces the guide and this model inside
+``nets.sharing_deterministic_path()``, so each GRU step that both programs take is computed once.
 
 Copy this file, edit it, and train the copy with ``pyro-cwvae fit --model PATH``.
 """
@@ -30,25 +31,25 @@ def model(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
     pyro.module("cwvae", nets)
     B, T = video.shape[:2] if video is not None else (batch_size, num_frames)
     clock = cfg.clock
-    device = next(nets.parameters()).device
-    # The top level reads zeros from the (absent) level above.
-    above = torch.zeros(B, clock.num_steps(cfg.levels + 1, T), cfg.state_size, device=device)
+    initial = nets.initial_state(B)  # (0, 0)
+    above = [initial] * clock.num_steps(cfg.levels + 1, T)  # the top level reads zeros from above
     with pyro.plate("batch", B):
         for level in range(cfg.levels, 0, -1):
             transition = nets.level(level).transition
-            z, h = torch.zeros(B, cfg.z_size, device=device), torch.zeros(B, cfg.h_size, device=device)
-            states = []
+            state, states = initial, []
             for step in pyro.markov(range(clock.num_steps(level, T))):
-                h = transition.deterministic(z, h, above[:, clock.parent_step(step)])
+                h = transition.deterministic(state, above[clock.parent_step(step)])
                 loc, scale = transition(h)
                 # p(s_t^l | s_{t-1}^l, s_t^{l+1})
                 with poutine.scale(scale=kl_scale):
                     z = pyro.sample(clock.site_name(level, clock.frame(level, step)),
                                     dist.Normal(loc, scale).to_event(1))
-                states.append(torch.cat([z, h], -1))
-            above = torch.stack(states, 1)
+                state = (z, h)
+                states.append(state)
+            above = states
+        level1 = torch.stack([torch.cat(state, -1) for state in above], 1)
         if video is not None:
             # prod_t p(x_t | s_t^1), all frames in one site
-            frames = nets.decoder(above)
+            frames = nets.decoder(level1)
             pyro.sample("x", dist.Normal(frames, cfg.dec_std).to_event(4), obs=video)
-    return above
+    return level1

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from .cli_data import app as data_app
+from .config import COMPILE_MODES, PRECISIONS
 from .data import DatasetError
 from .errors import UserError
 
@@ -65,6 +66,10 @@ class Elbo(str, Enum):
     meanfield = "meanfield"
 
 
+Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)
+CompileMode = Enum("CompileMode", {name: name for name in COMPILE_MODES}, type=str)
+
+
 @app.command()
 def fit(
     dataset: Optional[str] = typer.Option(None, help="mmnist | gqn | minerl | kth; none: the demo on generated Moving MNIST."),
@@ -84,6 +89,8 @@ def fit(
     guide: Optional[Path] = typer.Option(None, help="A guide program file (default: the packaged guides/cwvae.py)."),
     elbo: Optional[Elbo] = typer.Option(None, help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    precision: Optional[Precision] = typer.Option(None, help="tf32 (CUDA) or bf16 autocast instead of fp32."),
+    compile: Optional[CompileMode] = typer.Option(None, help="torch.compile the networks (default: none)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the weights, the noise and the batches."),
     speed: Optional[float] = typer.Option(None, help="Generated Moving MNIST: digit speed multiplier."),
     workers: Optional[int] = typer.Option(None, help="Data-loading worker processes."),
@@ -102,8 +109,8 @@ def fit(
     given = dict(dataset=dataset, data_dir=data_dir, run_dir=run_dir, levels=levels, factor=factor, z_size=z_size,
                  h_size=h_size, embed_size=embed_size, dec_std=dec_std, steps=steps,
                  batch_size=batch_size, seq_len=seq_len, lr=lr, model=model, guide=guide, elbo=elbo,
-                 device=device, seed=seed, speed=speed, workers=workers, checkpoint_every=checkpoint_every,
-                 kl_warmup=kl_warmup)
+                 device=device, precision=precision, compile=compile, seed=seed, speed=speed, workers=workers,
+                 checkpoint_every=checkpoint_every, kl_warmup=kl_warmup)
     options = {k: plain(v) for k, v in given.items() if v is not None}
     cfg = resume_config(options) if resume else new_run_config(options, overwrite)
     data = open_dataset(cfg.dataset, cfg.data_dir, speed=cfg.speed, seed=cfg.seed)

@@ -44,6 +44,8 @@ class Config:
     kl_warmup: int = 0  # steps of linear KL annealing from 0 to 1 (0: none, as in the paper)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast); see accel.py
+    compile: str = "none"  # none | default | max-autotune: torch.compile of the networks; see accel.py
     model: Optional[str] = None  # path to a model program (default: the packaged models/cwvae.py)
     guide: Optional[str] = None  # path to a guide program (default: the packaged guides/cwvae.py)
     # OUTPUT -------------------------------------------------------------------------------------------------
@@ -74,6 +76,9 @@ class Config:
             raise UserError(f"--enc-dense-layers must be at least 1, got {self.enc_dense_layers}")
         if self.channels not in (1, 3):
             raise UserError(f"channels must be 1 or 3, got {self.channels}")
+        for name, allowed in (("precision", PRECISIONS), ("compile", COMPILE_MODES)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.elbo not in ELBOS:
             raise UserError(f"--elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}")
         if self.workers < 0 or self.kl_warmup < 0:
@@ -104,6 +109,8 @@ class Config:
 
 CONFIG_FILE = "config.json"  # the resolved config in a run directory
 ELBOS = ("trace", "meanfield")
+PRECISIONS = ("fp32", "tf32", "bf16")
+COMPILE_MODES = ("none", "default", "max-autotune")
 FIELDS = {f.name for f in dataclasses.fields(Config)}
 
 # Each preset overrides the field defaults above (which are the reference mmnist values).

@@ -46,7 +46,8 @@ def level_of(site_name: str) -> int | None:
 def elbo_terms(model, guide, video, nets, cfg, kl_scale: float = 1.0) -> ElboTerms:
     """Negative ELBO of ``video`` (B, T, C, 64, 64) and its terms, differentiable."""
     args = (video, nets, cfg, kl_scale)
-    model_trace, guide_trace = get_importance_trace("flat", float("inf"), model, guide, args, {})
+    with nets.sharing_deterministic_path():  # the model reuses the guide's GRU steps
+        model_trace, guide_trace = get_importance_trace("flat", float("inf"), model, guide, args, {})
     frames = video.shape[0] * video.shape[1]
     reconstruction = video.new_zeros(())
     per_level = [[] for _ in range(cfg.levels + 1)]  # index 0: latent sites of a variant that fit no level

@@ -7,6 +7,9 @@ transposed-conv decoder back to 64x64.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +18,8 @@ from .config import Config
 
 FEATURES = 1024  # encoder output per frame: 256 channels x 2 x 2
 EVAL_CHUNK = 512  # frames per conv call when no gradient is needed (rollouts of long videos)
+
+State = tuple[torch.Tensor, torch.Tensor]  # s_t^l = (z_t^l, h_t^l)
 
 
 class Encoder(nn.Module):
@@ -91,10 +96,23 @@ class Transition(nn.Module):
         self.gru = nn.GRUCell(cfg.embed_size, cfg.h_size)
         self.hidden = nn.Linear(cfg.h_size, cfg.embed_size)
         self.head = GaussianHead(cfg.embed_size, cfg.z_size, cfg.min_std)
+        self.memo: Optional[dict] = None  # set by CWVAENets.sharing_deterministic_path
 
-    def deterministic(self, z_prev: torch.Tensor, h_prev: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
-        """h_t^l from the previous state and the state of the level above."""
-        return self.gru(F.relu(self.inp(torch.cat([z_prev, above], -1))), h_prev)
+    def deterministic(self, previous: State, above: State) -> torch.Tensor:
+        """h_t^l from the previous state s_{t-1}^l and the state above s_t^{l+1}."""
+        if self.memo is None:
+            return self.gru_step(previous, above)
+        # The same input tensors give the same h: the model, replayed on the guide's samples, reuses the
+        # guide's GRU steps (and their autograd graph) instead of recomputing them.
+        inputs = (*previous, *above)
+        key = (id(self), *map(id, inputs))
+        if key not in self.memo:
+            self.memo[key] = (inputs, self.gru_step(previous, above))  # keeping the inputs keeps their ids unique
+        return self.memo[key][1]
+
+    def gru_step(self, previous: State, above: State) -> torch.Tensor:
+        z_prev, h_prev = previous
+        return self.gru(F.relu(self.inp(torch.cat([z_prev, *above], -1))), h_prev).float()  # float32 under autocast
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prior loc and scale of z_t^l given h_t^l."""
@@ -125,7 +143,8 @@ class GaussianHead(nn.Module):
         self.min_std = min_std
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loc(hidden), F.softplus(self.scale(hidden)) + self.min_std
+        # float32 under autocast too: log-densities and KLs need the precision
+        return self.loc(hidden).float(), F.softplus(self.scale(hidden).float()) + self.min_std
 
 
 class Decoder(nn.Module):
@@ -148,7 +167,7 @@ class Decoder(nn.Module):
         hidden = F.leaky_relu(hidden, 0.2)  # 5x5
         for deconv in self.deconvs[1:-1]:
             hidden = F.leaky_relu(deconv(hidden), 0.2)  # 13x13, 30x30
-        frames = torch.tanh(self.deconvs[-1](hidden))  # 64x64
+        frames = torch.tanh(self.deconvs[-1](hidden).float())  # 64x64, float32 under autocast too
         return frames.view(*states.shape[:-1], *frames.shape[1:])
 
 
@@ -166,10 +185,42 @@ class CWVAENets(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        self.state_sizes = (cfg.z_size, cfg.h_size)
         self.encoder = HierarchicalEncoder(cfg)
         self.levels = nn.ModuleList(Level(cfg) for _ in range(cfg.levels))
         self.decoder = Decoder(cfg)
+        self.memo: Optional[dict] = None
 
     def level(self, level: int) -> Level:
         """The cell of level ``level`` (1-based, as in the paper)."""
         return self.levels[level - 1]
+
+    def initial_state(self, batch_size: int) -> State:
+        """(0, 0): the state before each level's first step, and what the top level reads from above."""
+        if self.memo is not None and ("initial", batch_size) in self.memo:
+            return self.memo[("initial", batch_size)]
+        weight = self.decoder.dense.weight
+        state = tuple(weight.new_zeros(batch_size, size) for size in self.state_sizes)
+        if self.memo is not None:
+            self.memo[("initial", batch_size)] = state
+        return state
+
+    @contextmanager
+    def sharing_deterministic_path(self) -> Iterator[None]:
+        """Within this block, a GRU step called again with the very same input tensors returns its first result.
+
+        Traced together (the guide first, then the model replayed on the guide's samples), the two programs then
+        compute each h_t^l once, as a hand-written CW-VAE would; the ELBO and its gradients are unchanged.
+        """
+        if self.memo is not None:  # already inside such a block
+            yield
+            return
+        self.memo = {}
+        for level in self.levels:
+            level.transition.memo = self.memo
+        try:
+            yield
+        finally:
+            self.memo = None
+            for level in self.levels:
+                level.transition.memo = None

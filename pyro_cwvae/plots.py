@@ -40,6 +40,8 @@ _GAP = 2
 """Pixels of white between frames in the strip and the GIF."""
 _GROUP_GAP = 8
 """Pixels of white between sequences."""
+_STRIP_CONTEXT = 4
+"""Context frames in the strip: their posterior reconstructions show what the model has learned to encode."""
 
 
 def write_figures(
@@ -93,8 +95,8 @@ def check_rollout(ds: xr.Dataset) -> None:
 def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
     """Ground truth above each sample's prediction, for every sequence of ``ds``.
 
-    Columns are the last context frame followed by ``max_frames`` evenly spaced predicted frames,
-    labelled with their time (frames counted from the first context frame). Each sequence is a block of
+    Columns are a few context frames (the samples' rows show their reconstructions by the guide and decoder)
+    followed by ``max_frames`` evenly spaced predicted frames, labelled with their time (frames counted from the first context frame). Each sequence is a block of
     rows: ground truth, then one row per sample. Frames without ground truth are left blank.
     """
     times = _strip_times(ds, max_frames)
@@ -215,10 +217,12 @@ def write_gif(ds: xr.Dataset, path: Path) -> Path:
 
 
 def _strip_times(ds: xr.Dataset, max_frames: int) -> np.ndarray:
-    """Positions along ``time`` for the strip: the last context frame, then evenly spaced predictions."""
+    """Positions along ``time`` for the strip: evenly spaced context frames (the last one included), then
+    evenly spaced predictions."""
     context = np.flatnonzero(ds.is_context.values)
     future = np.flatnonzero(~ds.is_context.values)
-    return np.concatenate([context[-1:], future[_evenly_spaced(len(future), max_frames)]])
+    return np.concatenate([context[_evenly_spaced(len(context), _STRIP_CONTEXT)],
+                           future[_evenly_spaced(len(future), max_frames)]])
 
 
 def _evenly_spaced(length: int, count: int) -> np.ndarray:

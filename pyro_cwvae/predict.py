@@ -79,11 +79,14 @@ def open_loop_states(run: TrainedRun, context: torch.Tensor, num_frames: int, pr
     """
     cfg, batch = run.cfg, context.shape[0]
     guide = run.guide
-    if prior_levels:
-        prior = poutine.trace(run.model).get_trace(None, run.nets, cfg, num_frames=context.shape[1], batch_size=batch)
-        guide = poutine.replay(guide, trace=sites_above(prior, cfg.levels - prior_levels + 1))
-    posterior = poutine.trace(guide).get_trace(context, run.nets, cfg)
-    return poutine.replay(run.model, trace=posterior)(None, run.nets, cfg, num_frames=num_frames, batch_size=batch)
+    with run.nets.sharing_deterministic_path():  # the model continues from the guide's GRU steps
+        if prior_levels:
+            prior = poutine.trace(run.model).get_trace(None, run.nets, cfg, num_frames=context.shape[1],
+                                                        batch_size=batch)
+            guide = poutine.replay(guide, trace=sites_above(prior, cfg.levels - prior_levels + 1))
+        posterior = poutine.trace(guide).get_trace(context, run.nets, cfg)
+        return poutine.replay(run.model, trace=posterior)(None, run.nets, cfg, num_frames=num_frames,
+                                                          batch_size=batch)
 
 
 @torch.no_grad()
@@ -103,9 +106,10 @@ def decode(run: TrainedRun, states: torch.Tensor, progress: bool = False) -> np.
 def level_kls(run: TrainedRun, video: torch.Tensor) -> np.ndarray:
     """KL[q || p] in nats of every active step of every level: (B, L, T), NaN where a level is inactive."""
     B, T = video.shape[:2]
-    guide_trace = poutine.trace(run.guide).get_trace(video, run.nets, run.cfg)
-    model_trace = poutine.trace(poutine.replay(run.model, trace=guide_trace)).get_trace(
-        None, run.nets, run.cfg, num_frames=T, batch_size=B)
+    with run.nets.sharing_deterministic_path():
+        guide_trace = poutine.trace(run.guide).get_trace(video, run.nets, run.cfg)
+        model_trace = poutine.trace(poutine.replay(run.model, trace=guide_trace)).get_trace(
+            None, run.nets, run.cfg, num_frames=T, batch_size=B)
     kl = np.full((B, run.cfg.levels, T), np.nan, dtype=np.float32)
     for name, site in guide_trace.nodes.items():
         level = level_of(name)

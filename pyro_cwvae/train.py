@@ -8,7 +8,6 @@ would have been.
 """
 from __future__ import annotations
 
-import math
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,13 +20,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .accel import autocast, compile_nets, set_matmul_precision
 from .atomic import write_text
 from .checkpoint import CHECKPOINT, load_checkpoint, restore_nets, rng_state, save_checkpoint, set_rng_state
 from .config import CONFIG_FILE, Config, kl_scale
 from .data import VideoDataset
 from .data.loader import train_batches
 from .distributed import Group, Shard, join, leave
-from .elbo import ElboTerms, elbo_terms
+from .elbo import elbo_terms
 from .errors import UserError
 from .history import HISTORY, History
 from .nets import CWVAENets
@@ -104,7 +104,8 @@ class ElboModule(torch.nn.Module):
         self.nets, self.model, self.guide, self.cfg = nets, model, guide, cfg
 
     def forward(self, video: torch.Tensor, kl_scale: float) -> torch.Tensor:
-        return elbo_terms(self.model, self.guide, video, self.nets, self.cfg, kl_scale).pack()
+        with autocast(self.cfg.precision, video.device):
+            return elbo_terms(self.model, self.guide, video, self.nets, self.cfg, kl_scale).pack()
 
 
 def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_steps: int = 0,
@@ -122,6 +123,7 @@ def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_ste
 
 def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps, progress) -> FitResult:
     run_dir = Path(cfg.run_dir)
+    set_matmul_precision(cfg.precision, device)
     programs = load_programs(cfg.model, cfg.guide)
     if dataset.channels != cfg.channels:
         raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the config says {cfg.channels}")
@@ -154,6 +156,7 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
             write_text(run_dir / CONFIG_FILE, cfg.to_json())
     group.barrier()
 
+    compile_nets(nets, cfg.compile)
     elbo = ElboModule(nets, programs[0].fn, programs[1].fn, cfg)
     if group.active:
         elbo = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
@@ -170,11 +173,20 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
     pending: list[tuple[int, float, torch.Tensor]] = []  # (step, kl scale, terms still on the device)
     bad_steps = 0
 
+    # Reading a value back from the device makes the host wait for the step. Skipping bad steps needs the
+    # verdict before each update; otherwise it is read at the next flush, which always comes before a save,
+    # so a non-finite step is never written to a checkpoint.
+    check_each_step = max_bad_steps > 0
+
     def flush() -> None:
         """Read the pending steps' terms back from the device into the history (one synchronisation)."""
         if pending:
             values = group.mean(torch.stack([terms for _, _, terms in pending])).cpu().numpy()
             steps, scales = zip(*[(step, scale) for step, scale, _ in pending])  # values: loss, rec, grad norm, kl
+            if not check_each_step:
+                for step, row in zip(steps, values):
+                    if not np.isfinite(row[[0, 2]]).all():
+                        raise NumericalError(describe_failure(step, row))
             history.extend(np.column_stack([steps, values[:, :3], scales, values[:, 3:]]))
             pending.clear()
 
@@ -197,18 +209,19 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
                 optimizer.zero_grad(set_to_none=True)
                 packed[0].backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), cfg.clip_norm)
-                finite = bool(torch.isfinite(packed[0]) & torch.isfinite(grad_norm))
+                logged = torch.cat([packed[:2], grad_norm[None], packed[2:]]).detach()
+                finite = bool(torch.isfinite(logged[[0, 2]]).all()) if check_each_step else True
                 bad, stopping = group.any(not finite, stop.requested, device=device)
                 if bad:
                     bad_steps += 1
-                    message = describe_failure(step + 1, ElboTerms.unpack(packed), grad_norm)
+                    message = describe_failure(step + 1, group.mean(logged).cpu().numpy())
                     if bad_steps > max_bad_steps:
                         raise NumericalError(message)
                     bar.write(f"skipped: {message} ({bad_steps} of at most {max_bad_steps})")
                     optimizer.zero_grad(set_to_none=True)
                 else:
                     optimizer.step()
-                pending.append((step + 1, scale, torch.cat([packed[:2], grad_norm[None], packed[2:]]).detach()))
+                pending.append((step + 1, scale, logged))
                 bar.update(1)
                 done = step + 1
                 if done % LOG_EVERY == 0 or done == cfg.steps:
@@ -226,14 +239,12 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
     return FitResult(run_dir, cfg.steps, history, nets, group.rank)
 
 
-def describe_failure(step: int, terms, grad_norm: torch.Tensor) -> str:
-    """Which term went non-finite at ``step``: the reconstruction, the KL of which level, or the gradient."""
-    bad = []
-    if not torch.isfinite(terms.reconstruction):
-        bad.append("reconstruction")
-    bad += [f"KL of level {level}" for level, value in enumerate(terms.kl.tolist(), start=1) if not math.isfinite(value)]
+def describe_failure(step: int, logged: np.ndarray) -> str:
+    """Which term went non-finite at ``step``, from its logged row [loss, reconstruction, grad norm, KLs]."""
+    bad = ["reconstruction"] if not np.isfinite(logged[1]) else []
+    bad += [f"KL of level {level}" for level, value in enumerate(logged[3:], start=1) if not np.isfinite(value)]
     if not bad:
-        bad.append("loss" if not torch.isfinite(terms.loss) else "gradient norm")
+        bad.append("loss" if not np.isfinite(logged[0]) else "gradient norm")
     return f"non-finite {', '.join(bad)} at step {step}"
 
 

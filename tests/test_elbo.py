@@ -1,4 +1,6 @@
 """The ELBO terms against Pyro's own estimators and the analytic KL against a Monte-Carlo estimate."""
+import contextlib
+
 import pyro
 import pytest
 import torch
@@ -47,3 +49,61 @@ def test_analytic_kl_matches_monte_carlo(tiny_cfg, video):
 def test_level_of_reads_site_names():
     assert level_of("s_2_36") == 2
     assert level_of("x") is None and level_of("s_a_1") is None
+
+
+def count_gru_steps(nets: CWVAENets) -> list[int]:
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    for level in nets.levels:
+        level.transition.gru.register_forward_hook(hook)
+    return calls
+
+
+def test_the_model_reuses_the_guides_gru_steps(tiny_cfg, video):
+    nets = CWVAENets(tiny_cfg)
+    calls = count_gru_steps(nets)
+    elbo_terms(model, guide, video, nets, tiny_cfg)
+    steps = sum(tiny_cfg.clock.num_steps(level, video.shape[1]) for level in range(1, tiny_cfg.levels + 1))
+    assert calls[0] == steps  # once per latent site, not once in the guide and again in the model
+    pyro.infer.Trace_ELBO().differentiable_loss(model, guide, video, nets, tiny_cfg)
+    assert calls[0] == 3 * steps  # outside elbo_terms both programs compute their own
+
+
+def variant_model(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
+    """The packaged model with a prior that ignores the levels above: its GRU inputs differ from the guide's."""
+    B, T = video.shape[:2]
+    initial = nets.initial_state(B)
+    with pyro.plate("batch", B):
+        for level in range(cfg.levels, 0, -1):
+            transition = nets.level(level).transition
+            state, states = initial, []
+            for step in pyro.markov(range(cfg.clock.num_steps(level, T))):
+                h = transition.deterministic(state, initial)
+                z = pyro.sample(cfg.clock.site_name(level, cfg.clock.frame(level, step)),
+                                pyro.distributions.Normal(*transition(h)).to_event(1))
+                state = (z, h)
+                states.append(state)
+        level1 = torch.stack([torch.cat(state, -1) for state in states], 1)
+        pyro.sample("x", pyro.distributions.Normal(nets.decoder(level1), cfg.dec_std).to_event(4), obs=video)
+
+
+def priors(model, video, nets, cfg, sharing: bool) -> dict[str, torch.Tensor]:
+    """The prior loc of every latent site of ``model`` replayed on the guide's samples."""
+    pyro.set_rng_seed(2)
+    with nets.sharing_deterministic_path() if sharing else contextlib.nullcontext():
+        guide_trace = poutine.trace(guide).get_trace(video, nets, cfg)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(video, nets, cfg)
+    return {name: site["fn"].base_dist.loc for name, site in model_trace.nodes.items() if level_of(name)}
+
+
+@pytest.mark.parametrize("program", [model, variant_model])
+def test_sharing_the_gru_steps_changes_no_prior(tiny_cfg, video, program):
+    """The reuse is keyed on the very input tensors, so a model that feeds its GRU differently is not fooled."""
+    nets = CWVAENets(tiny_cfg)
+    shared, recomputed = (priors(program, video, nets, tiny_cfg, sharing) for sharing in (True, False))
+    assert shared.keys() == recomputed.keys() and len(shared) == 4 + 8  # T = 8, k = 2
+    for name in shared:
+        torch.testing.assert_close(shared[name], recomputed[name], rtol=0, atol=1e-6)

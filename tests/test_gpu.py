@@ -46,3 +46,10 @@ def test_metrics_on_cuda_match_cpu():
     a, b = torch.rand(3, 5, 1, 64, 64), torch.rand(3, 5, 1, 64, 64)
     torch.testing.assert_close(psnr(a.cuda(), b.cuda()).cpu(), psnr(a, b))
     torch.testing.assert_close(ssim(a.cuda(), b.cuda()).cpu(), ssim(a, b))
+
+
+@pytest.mark.parametrize("precision,compile_mode", [("tf32", "none"), ("bf16", "none"), ("bf16", "default")])
+def test_fit_with_accelerations_on_cuda(tiny_cfg, precision, compile_mode):
+    cfg = tiny_cfg.replace(device="cuda", steps=3, precision=precision, compile=compile_mode)
+    result = fit(cfg, GeneratedMovingMNIST(), progress=False)
+    assert np.isfinite(result.history.rows).all() and result.step == 3
