@@ -118,6 +118,9 @@ def fit(
     if len(result.history) and result.rank == 0:
         first, last = result.history.rows[0], result.history.last()
         typer.echo(f"step {result.step}: loss {first[1]:.2f} -> {last[1]:.2f} nats/frame; run in {result.run_dir}")
+        if not result.interrupted:
+            typer.echo(f"next: pyro-cwvae rollout --run {result.run_dir} && "
+                       f"pyro-cwvae plot {result.run_dir / 'rollout.nc'}")
     if result.interrupted:
         raise typer.Exit(130)  # the conventional code of a program stopped by a signal
 

@@ -180,6 +180,19 @@ class Level(nn.Module):
         self.posterior = Posterior(cfg)
 
 
+def initialize_like_reference(module: nn.Module) -> None:
+    """The reference's initial weights (Keras' defaults), not PyTorch's: Glorot-uniform kernels, orthogonal GRU
+    recurrent kernels, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.GRUCell):
+        nn.init.xavier_uniform_(module.weight_ih)
+        nn.init.orthogonal_(module.weight_hh)
+        nn.init.zeros_(module.bias_ih)
+        nn.init.zeros_(module.bias_hh)
+
+
 class CWVAENets(nn.Module):
     """All networks of a CW-VAE, registered with ``pyro.module`` by the model and guide programs."""
 
@@ -190,6 +203,7 @@ class CWVAENets(nn.Module):
         self.levels = nn.ModuleList(Level(cfg) for _ in range(cfg.levels))
         self.decoder = Decoder(cfg)
         self.memo: Optional[dict] = None
+        self.apply(initialize_like_reference)
 
     def level(self, level: int) -> Level:
         """The cell of level ``level`` (1-based, as in the paper)."""

@@ -123,3 +123,19 @@ def test_decoder_first_layer_equals_the_transposed_convolution(tiny_cfg):
     expected = torch.tanh(decoder.deconvs[-1](hidden))
     assert first.shape[-2:] == (5, 5) and expected.shape == (5, 1, 64, 64)
     assert torch.allclose(decoder(states), expected, atol=1e-6)
+
+
+def test_initial_weights_follow_the_reference(tiny_cfg):
+    """Keras' defaults, as in the reference: Glorot-uniform kernels, orthogonal GRU recurrent kernels, zero biases."""
+    nets = CWVAENets(tiny_cfg.replace(h_size=16))
+    for name, tensor in nets.named_parameters():
+        if "bias" in name:
+            assert not tensor.any(), name
+    dense = nets.level(1).posterior.hidden1.weight  # (out, in)
+    bound = (6 / sum(dense.shape)) ** 0.5
+    assert dense.abs().max() <= bound and dense.abs().max() > 0.9 * bound  # uniform on [-bound, bound]
+    conv = nets.decoder.deconvs[1].weight  # (in, out, k, k)
+    bound = (6 / ((conv.shape[0] + conv.shape[1]) * conv.shape[2] * conv.shape[3])) ** 0.5
+    assert conv.abs().max() <= bound and conv.abs().max() > 0.9 * bound
+    recurrent = nets.level(1).transition.gru.weight_hh.detach()  # (3h, h): orthonormal columns
+    torch.testing.assert_close(recurrent.T @ recurrent, torch.eye(16), atol=1e-5, rtol=0)
