@@ -37,7 +37,7 @@ sys.exit(0 if torch.cuda.is_available() else "torch sees no CUDA device")
 EOF
 
 echo "== GPU tests"
-timeout 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/tests.log"
+timeout 150 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/tests.log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -eq 5 ]; then
   echo "(no test is marked gpu yet)"
@@ -47,7 +47,7 @@ fi
 
 echo "== benchmark"
 # shellcheck disable=SC2086
-timeout 240 "$PYTHON" benchmarks/bench.py --device cuda ${BENCH_ARGS:-} 2> "$RESULTS/bench.err" \
+timeout 200 "$PYTHON" benchmarks/bench.py --device cuda ${BENCH_ARGS:-} 2> "$RESULTS/bench.err" \
   | tee "$RESULTS/bench.md"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then

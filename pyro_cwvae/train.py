@@ -116,9 +116,15 @@ def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_ste
     """
     group, device_name = join(cfg.device)
     try:
-        return _fit(cfg, dataset, group, resolve_device(device_name), resume, max_bad_steps, progress)
-    finally:
-        leave(group)
+        result = _fit(cfg, dataset, group, resolve_device(device_name), resume, max_bad_steps, progress)
+    except BaseException:
+        leave(group)  # without waiting: the other processes may never get this far
+        raise
+    # Every process is done with its collectives (rank 0 with its last save) before any tears the group down:
+    # a process leaving early can abort at exit in the communication library's threads.
+    group.barrier()
+    leave(group)
+    return result
 
 
 def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps, progress) -> FitResult:
