@@ -40,10 +40,9 @@ def compile_nets(nets: CWVAENets, mode: str) -> None:
     """Compile the networks' forward passes in place (parameter names, and so checkpoints, are unchanged)."""
     if mode == "none":
         return
-    options = dict(mode=mode, dynamic=False)
-    for module in (nets.encoder.frames, *nets.encoder.levels, nets.decoder):
-        module.compile(**options)
+    modules = [nets.encoder.frames, *nets.encoder.levels, nets.decoder]
     for level in nets.levels:
-        level.transition.compile(**options)  # the prior head
-        level.transition.gru_step = torch.compile(level.transition.gru_step, **options)
-        level.posterior.compile(**options)
+        modules += [level.transition, level.posterior]  # the transition's forward is the prior head
+        level.transition.gru_step = torch.compile(level.transition.gru_step, mode=mode, dynamic=False)
+    for module in modules:
+        module.forward = torch.compile(module.forward, mode=mode, dynamic=False)
