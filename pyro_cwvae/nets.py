@@ -221,7 +221,8 @@ class CWVAENets(nn.Module):
 
     @contextmanager
     def sharing_deterministic_path(self) -> Iterator[None]:
-        """Within this block, a GRU step called again with the very same input tensors returns its first result.
+        """Within this block, a GRU step called again with the very same input tensors returns its first result,
+        and ``initial_state`` returns the same zero tensors for a batch size (so first steps match too).
 
         Traced together (the guide first, then the model replayed on the guide's samples), the two programs then
         compute each h_t^l once, as a hand-written CW-VAE would; the ELBO and its gradients are unchanged.
