@@ -134,7 +134,14 @@ class Posterior(nn.Module):
 
 
 class GaussianHead(nn.Module):
-    """Diagonal Gaussian parameters: loc, and scale = softplus(.) + min_std."""
+    """Diagonal Gaussian parameters: loc = Dense(hidden), scale = softplus(Dense(hidden + 0.54)) + min_std.
+
+    The official code (cells.py, ``_prior`` and ``_posterior``) adds 0.54 to the *input* of the stddev layer,
+    not to its output: it shifts the layer's input, so it changes the initial scales and every gradient of that
+    layer's kernel (it is not a reparameterisation of the bias).
+    """
+
+    STD_INPUT_OFFSET = 0.54
 
     def __init__(self, inputs: int, outputs: int, min_std: float):
         super().__init__()
@@ -144,7 +151,8 @@ class GaussianHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # float32 under autocast too: log-densities and KLs need the precision
-        return self.loc(hidden).float(), F.softplus(self.scale(hidden).float()) + self.min_std
+        scale = F.softplus(self.scale(hidden + self.STD_INPUT_OFFSET).float()) + self.min_std
+        return self.loc(hidden).float(), scale
 
 
 class Decoder(nn.Module):
