@@ -2,8 +2,10 @@
 
     q(s_t^l | s_{t-1}^l, s_t^{l+1}, e_t^l),   e_t^l = sum of the embeddings of frames x_t .. x_{t + k^(l-1) - 1}
 
-The guide walks the levels top-down like the model and shares all its weights except the posterior output
-heads: the GRU state h_t^l is computed from the posterior samples, then the posterior head reads [h_t^l, e_t^l].
+The guide walks the levels top-down like the model. It shares the model's deterministic path: h_t^l is the same
+GRU step, taken on the posterior samples. The posterior itself has weights of its own: two dense ReLU layers on
+[h_t^l, e_t^l], then the mean and stddev layers (``nets.Posterior``). The paper's text says only the output layer is
+separate; this follows the official code (cells.py, ``_posterior``), which is what the paper's numbers were made with.
 Site names match the model's (``s_{l}_{t}``), so ``poutine.block(hide_fn=...)`` can select a level.
 
 Copy this file, edit it, and train the copy with ``pyro-cwvae fit --guide PATH``.

@@ -87,7 +87,9 @@ def fit(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
     model: Optional[Path] = typer.Option(None, help="A model program file (default: the packaged models/cwvae.py)."),
     guide: Optional[Path] = typer.Option(None, help="A guide program file (default: the packaged guides/cwvae.py)."),
-    elbo: Optional[Elbo] = typer.Option(None, help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)."),
+    elbo: Optional[Elbo] = typer.Option(None, help="trace: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO "
+                                        "(analytic KL, as the official code) [default: meanfield for --dataset, trace "
+                                        "for the demo]."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     precision: Optional[Precision] = typer.Option(None, help="tf32 (CUDA) or bf16 autocast instead of fp32."),
     compile: Optional[CompileMode] = typer.Option(None, help="torch.compile the networks (default: none)."),

@@ -166,7 +166,7 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
     elbo = ElboModule(nets, programs[0].fn, programs[1].fn, cfg)
     if group.active:
         elbo = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
-    attrs = {"config": cfg.to_json()}
+    attrs = {"config": cfg.to_json(), "elbo": cfg.elbo}  # which estimator the losses come from
 
     def save(step: int) -> None:
         rng = group.gather(rng_state())  # every process's random state, so a resume continues each stream

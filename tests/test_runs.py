@@ -1,0 +1,35 @@
+"""Run configs: the dataset presets use the analytic-KL ELBO of the official code unless the user says otherwise,
+and the run's files record which ELBO was used."""
+import pytest
+import xarray as xr
+
+from pyro_cwvae.config import PRESETS
+from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
+from pyro_cwvae.history import HISTORY
+from pyro_cwvae.runs import new_run_config
+from pyro_cwvae.train import fit
+from tests.conftest import TINY
+
+
+@pytest.mark.parametrize("dataset", ["mmnist", "gqn", "minerl", "kth"])
+def test_dataset_presets_train_with_analytic_kls(dataset, tmp_path):
+    cfg = new_run_config({"dataset": dataset, "run_dir": str(tmp_path / "run")})
+    assert cfg.elbo == "meanfield"
+
+
+def test_an_elbo_given_by_the_user_overrides_the_preset(tmp_path):
+    cfg = new_run_config({"dataset": "mmnist", "elbo": "trace", "run_dir": str(tmp_path / "run")})
+    assert cfg.elbo == "trace"
+
+
+def test_the_demo_keeps_the_package_default_trace_elbo(tmp_path):
+    assert "elbo" not in PRESETS["demo"]
+    assert new_run_config({"run_dir": str(tmp_path / "run")}).elbo == "trace"
+
+
+@pytest.mark.parametrize("elbo", ["trace", "meanfield"])
+def test_history_records_the_elbo(elbo, tmp_path):
+    cfg = new_run_config({**TINY, "steps": 1, "checkpoint_every": 1, "elbo": elbo, "run_dir": str(tmp_path / "run")})
+    fit(cfg, GeneratedMovingMNIST(), progress=False)
+    with xr.open_dataset(tmp_path / "run" / HISTORY) as history:
+        assert history.attrs["elbo"] == elbo
