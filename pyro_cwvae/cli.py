@@ -131,7 +131,10 @@ def fit(
 def rollout(
     run: Path = typer.Option(..., help="The run directory of a trained model."),
     horizon: int = typer.Option(1000, help="Frames to predict after the context."),
-    context: Optional[int] = typer.Option(None, help="Frames the guide filters first [default: the run's, 36]."),
+    context: Optional[int] = typer.Option(
+        None, help="Frames given before the prediction (default: the run's, 36). As in the official code, level l "
+        "filters floor(context / k**(l-1)) steps; a step whose k**(l-1) frames are not all in the context is drawn "
+        "from the prior, and the levels below filter conditioned on it."),
     samples: int = typer.Option(3, help="Predictions per sequence."),
     sequences: int = typer.Option(8, help="Test sequences, the first ones in the split's fixed order."),
     prior_levels: int = typer.Option(0, help="Top levels that ignore the context and start from their prior."),

@@ -1,9 +1,10 @@
 """Open-loop rollouts (paper Section 3, "Evaluation") and per-level KLs (Sections 3.8-3.9) of a trained run.
 
-The guide filters the first ``context`` frames; the model then runs over context + horizon frames with the
-guide's latents replayed for the context and every later latent drawn from its prior, so no frame after the
+The guide filters the first ``context`` frames (each level the steps whose window of frames lies wholly inside
+the context, as the official code does; the others are drawn from the prior); the model then runs over context +
+horizon frames with those latents replayed and every later latent drawn from its prior, so no frame after the
 context can reach a prediction. Everything is done with the run's own model and guide programs through
-``poutine.trace`` / ``poutine.replay``, so a variant a user trained is rolled out as written.
+``poutine.trace`` / ``poutine.replay`` / ``poutine.escape``, so a variant a user trained is rolled out as written.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pyro
 import torch
 import xarray as xr
 from pyro import poutine
+from pyro.poutine.runtime import NonlocalExit
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
@@ -60,33 +62,86 @@ def read_run_config(run_dir: str | Path) -> Config:
     return Config.from_dict(load_checkpoint(Path(run_dir))["config"])
 
 
-def sites_above(trace, lowest_level: int) -> poutine.Trace:
-    """A copy of ``trace`` holding only the latent sites of levels >= ``lowest_level``."""
-    kept = trace.copy()
-    for name in list(kept.nodes):
-        level = level_of(name)
-        if level is None or level < lowest_level:
-            kept.remove_node(name)
-    return kept
+def filtered_steps(cfg: Config, level: int, context_frames: int, prior_levels: int) -> int:
+    """Steps of ``level`` whose posterior filters the context: those whose window of k**(l-1) frames lies wholly
+    inside it, floor(context / k**(l-1)) as in the official ``open_loop_unroll``; none for the top ``prior_levels``."""
+    if level > cfg.levels - prior_levels:
+        return 0
+    return context_frames // cfg.clock.period(level)
+
+
+def trace_until(fn, decided: poutine.Trace, wanted: set[str], *args, **kwargs) -> poutine.Trace:
+    """Trace of ``fn`` replayed on ``decided``, stopped at the first latent site neither decided nor ``wanted``.
+
+    Stopping there means the sites below are neither computed nor drawn: each pass consumes noise only for the
+    sites it keeps.
+    """
+    def undecided(msg) -> bool:
+        return level_of(msg["name"]) is not None and msg["name"] not in decided and msg["name"] not in wanted
+
+    tracer = poutine.trace(poutine.escape(poutine.replay(fn, trace=decided), escape_fn=undecided))
+    try:
+        tracer(*args, **kwargs)
+    except NonlocalExit:
+        pass  # the rest of the program is not needed
+    return tracer.trace
+
+
+def keep(decided: poutine.Trace, trace: poutine.Trace, names: set[str]) -> None:
+    """Add the sites ``names`` of ``trace`` to ``decided``."""
+    for name in names:
+        decided.add_node(name, **trace.nodes[name])
+
+
+def context_latents(run: TrainedRun, context: torch.Tensor, prior_levels: int = 0) -> poutine.Trace:
+    """The latent sites of the context frames (B, C_T, C, 64, 64), decided level by level from the top.
+
+    Level l filters the context with the guide for its ``filtered_steps``; its other context steps (a window only
+    partly inside the context, or a level among the top ``prior_levels``) are drawn from the model's prior. The
+    levels below then filter their frames conditioned on those draws. Our clock keeps eq. 1's alignment (step i of
+    level l conditions steps i*k .. i*k + k-1 of the level below) for any context; the official code only accepts
+    contexts that are multiples of k**(L-1) (``tools.validate_config``), and its tiling of the level above would
+    misalign the lower levels otherwise.
+
+    Noise is drawn in this order: for l = L .. 1, the filtered steps of level l in time order, then its steps from
+    the prior in time order.
+    """
+    if prior_levels == 0 and context.shape[1] % run.cfg.clock.top_period == 0:  # every step filters: one pass
+        return poutine.trace(run.guide).get_trace(context, run.nets, run.cfg)
+    return latents_level_by_level(run, context, prior_levels)
+
+
+def latents_level_by_level(run: TrainedRun, context: torch.Tensor, prior_levels: int) -> poutine.Trace:
+    """``context_latents`` in general: per level a guide pass for its filtered steps and a model pass for the rest,
+    each replayed on the levels above and stopped before the levels below."""
+    cfg, clock = run.cfg, run.cfg.clock
+    B, T = context.shape[:2]
+    decided = poutine.Trace()
+    for level in range(cfg.levels, 0, -1):
+        sites = [clock.site_name(level, frame) for frame in clock.active_frames(level, T)]
+        filtered = set(sites[:filtered_steps(cfg, level, T, prior_levels)])
+        from_prior = set(sites) - filtered
+        if filtered:  # q(s_t^l | s_{t-1}^l, s_t^{l+1}, e_t^l) on fully observed windows
+            keep(decided, trace_until(run.guide, decided, filtered, context, run.nets, cfg), filtered)
+        if from_prior:  # p(s_t^l | s_{t-1}^l, s_t^{l+1})
+            keep(decided, trace_until(run.model, decided, from_prior, None, run.nets, cfg, num_frames=T,
+                                      batch_size=B), from_prior)
+    return decided
 
 
 @torch.no_grad()
 def open_loop_states(run: TrainedRun, context: torch.Tensor, num_frames: int, prior_levels: int = 0) -> torch.Tensor:
     """Level-1 states (B, num_frames, state) given only the ``context`` frames (B, C_T, C, 64, 64).
 
-    With ``prior_levels`` N > 0 the top N levels ignore the context: their context latents are drawn from the
-    prior, and the lower levels filter the context conditioned on them (paper Section 3.6, Figure 7).
+    The context's latents come from ``context_latents``; the model then runs over all ``num_frames`` frames with
+    them replayed and every later latent drawn from its prior (top level first), so no frame after the context
+    can reach a prediction. With ``prior_levels`` N > 0 the top N levels ignore the context (paper Section 3.6,
+    Figure 7).
     """
-    cfg, batch = run.cfg, context.shape[0]
-    guide = run.guide
-    with run.nets.sharing_deterministic_path():  # the model continues from the guide's GRU steps
-        if prior_levels:
-            prior = poutine.trace(run.model).get_trace(None, run.nets, cfg, num_frames=context.shape[1],
-                                                        batch_size=batch)
-            guide = poutine.replay(guide, trace=sites_above(prior, cfg.levels - prior_levels + 1))
-        posterior = poutine.trace(guide).get_trace(context, run.nets, cfg)
-        return poutine.replay(run.model, trace=posterior)(None, run.nets, cfg, num_frames=num_frames,
-                                                          batch_size=batch)
+    with run.nets.sharing_deterministic_path():  # the passes reuse each other's GRU steps
+        decided = context_latents(run, context, prior_levels)
+        return poutine.replay(run.model, trace=decided)(None, run.nets, run.cfg, num_frames=num_frames,
+                                                        batch_size=context.shape[0])
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Open-loop rollouts: no peeking past the context, --prior-levels, the NetCDF file, and the per-level KLs."""
+"""Open-loop rollouts: the official context semantics, no peeking past the context, --prior-levels, the NetCDF
+file, and the per-level KLs."""
 import numpy as np
 import pyro
 import pytest
@@ -8,7 +9,12 @@ import xarray as xr
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.elbo import elbo_terms
-from pyro_cwvae.predict import level_kls, load_run, rollout, write_rollout
+from pyro import poutine
+
+from pyro_cwvae.guides.cwvae import guide
+from pyro_cwvae.models.cwvae import model
+from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.predict import TrainedRun, context_latents, filtered_steps, level_kls, load_run, rollout, write_rollout
 from pyro_cwvae.train import fit
 
 
@@ -45,6 +51,90 @@ def trained(tmp_path_factory):
 def roll(cfg, data, **kwargs):
     options = dict(horizon=12, context=4, samples=2, sequences=2, progress=False)
     return rollout(cfg.run_dir, data, **{**options, **kwargs})
+
+
+def three_levels(tiny_cfg):
+    """An untrained 3-level CW-VAE with k 2 (periods 1, 2, 4) and a batch of two 7-frame videos."""
+    cfg = tiny_cfg.replace(levels=3, seq_len=8)
+    run = TrainedRun(cfg, CWVAENets(cfg).eval(), model, guide, step=0)
+    return run, torch.rand(2, 7, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def latents(run, context, num_frames=12, prior_levels=0, seed=5):
+    """The context's decided sites and the open-loop model trace, both {site name: value}, under one seed."""
+    pyro.set_rng_seed(seed)
+    with torch.no_grad(), run.nets.sharing_deterministic_path():
+        decided = context_latents(run, context, prior_levels)
+        rolled = poutine.trace(poutine.replay(run.model, trace=decided)).get_trace(
+            None, run.nets, run.cfg, num_frames=num_frames, batch_size=context.shape[0])
+    values = lambda trace: {n: s["value"] for n, s in trace.nodes.items() if n.startswith("s_")}
+    return values(decided), values(rolled), decided, rolled
+
+
+def changed_sites(before, after):
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def test_filtered_steps_follow_the_official_floor(tiny_cfg):
+    cfg = tiny_cfg.replace(levels=3, factor=6)
+    assert [filtered_steps(cfg, level, 8, 0) for level in (1, 2, 3)] == [8, 1, 0]  # the paper's Figure 7
+    assert [filtered_steps(cfg, level, 36, 0) for level in (1, 2, 3)] == [36, 6, 1]
+    assert [filtered_steps(cfg, level, 36, 2) for level in (1, 2, 3)] == [36, 0, 0]
+
+
+def test_partially_observed_steps_come_from_the_prior(tiny_cfg):
+    """Context 5 with periods 1, 2, 4: s_3_4 (frames 4-7) and s_2_4 (frames 4-5) see only frame 4."""
+    run, video = three_levels(tiny_cfg)
+    context = video[:, :5]
+    decided, rolled, decided_trace, rolled_trace = latents(run, context)
+    assert set(decided) == {"s_3_0", "s_3_4", "s_2_0", "s_2_2", "s_2_4", *(f"s_1_{t}" for t in range(5))}
+    for name in decided:  # the context's latents are replayed as decided
+        assert torch.equal(rolled[name], decided[name])
+    # A site drawn from the prior has the model's own conditional as its distribution; a filtered one the guide's.
+    same = {name for name in decided
+            if torch.equal(decided_trace.nodes[name]["fn"].mean, rolled_trace.nodes[name]["fn"].mean)}
+    assert same == {"s_3_4", "s_2_4"}
+
+    edited = context.clone()
+    edited[:, 4] = 1 - edited[:, 4]  # the only context frame of the partial steps' windows
+    decided_edit, rolled_edit, _, _ = latents(run, edited)
+    assert changed_sites(decided, decided_edit) == {"s_1_4"}  # the partial steps ignore their frame
+    changed = changed_sites(rolled, rolled_edit)
+    assert not any(name.startswith(("s_3_", "s_2_")) for name in changed)  # the top levels' predictions too
+    assert {f"s_1_{t}" for t in range(4, 12)} == changed  # level 1 filtered frame 4
+
+    edited = context.clone()
+    edited[:, 3] = 1 - edited[:, 3]  # inside the full windows of s_3_0 and s_2_2
+    decided_edit, _, _, _ = latents(run, edited)
+    assert changed_sites(decided, decided_edit) >= {"s_3_0", "s_2_2", "s_1_3"}
+
+
+def test_prior_levels_draw_every_context_step_of_the_top_levels(tiny_cfg):
+    run, video = three_levels(tiny_cfg)
+    context = video[:, :5]
+    decided, rolled, decided_trace, rolled_trace = latents(run, context, prior_levels=1)
+    same = {name for name in decided
+            if torch.equal(decided_trace.nodes[name]["fn"].mean, rolled_trace.nodes[name]["fn"].mean)}
+    assert same == {"s_3_0", "s_3_4", "s_2_4"}
+    edited = 1 - context
+    decided_edit, _, _, _ = latents(run, edited, prior_levels=1)
+    assert changed_sites(decided, decided_edit) == set(decided) - {"s_3_0", "s_3_4"}
+
+
+def test_whole_top_steps_take_one_guide_pass_with_the_same_draws(tiny_cfg, monkeypatch):
+    import pyro_cwvae.predict as predict
+
+    run, video = three_levels(tiny_cfg)
+    context = video[:, :4]  # one whole top step
+    pyro.set_rng_seed(2)
+    general = predict.latents_level_by_level(run, context, 0)
+    monkeypatch.setattr(predict, "latents_level_by_level", None)  # the fast path must not need it
+    pyro.set_rng_seed(2)
+    fast = context_latents(run, context)
+    names = [name for name in fast.nodes if name.startswith("s_")]
+    assert sorted(names) == sorted(general.nodes)
+    for name in names:
+        assert torch.equal(fast.nodes[name]["value"], general.nodes[name]["value"]), name
 
 
 def test_prediction_uses_no_frame_after_the_context(trained):
