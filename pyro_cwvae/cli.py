@@ -98,6 +98,10 @@ def fit(
     workers: Optional[int] = typer.Option(None, help="Data-loading worker processes."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
     kl_warmup: Optional[int] = typer.Option(None, help="Steps of linear KL annealing (0: none)."),
+    kl_balance: Optional[float] = typer.Option(None, help="Share of each level's KL gradient that trains the "
+                                               "posterior, the rest trains the prior (official kl_grad_post_perc)."),
+    free_nats: Optional[float] = typer.Option(None, help="Nats per sequence and level the KL term leaves free."),
+    kl_beta: Optional[str] = typer.Option(None, help="Weight of each level's KL term, level 1 first: e.g. 1,0.5,0.5."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run."),
     max_bad_steps: int = typer.Option(0, min=0, help="Skip up to this many steps with a non-finite loss or gradient."),
@@ -112,7 +116,8 @@ def fit(
                  h_size=h_size, embed_size=embed_size, dec_std=dec_std, steps=steps,
                  batch_size=batch_size, seq_len=seq_len, lr=lr, model=model, guide=guide, elbo=elbo,
                  device=device, precision=precision, compile=compile, seed=seed, speed=speed, workers=workers,
-                 checkpoint_every=checkpoint_every, kl_warmup=kl_warmup)
+                 checkpoint_every=checkpoint_every, kl_warmup=kl_warmup, kl_balance=kl_balance, free_nats=free_nats,
+                 kl_beta=weights(kl_beta))
     options = {k: plain(v) for k, v in given.items() if v is not None}
     cfg = resume_config(options) if resume else new_run_config(options, overwrite)
     data = open_dataset(cfg.dataset, cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
@@ -169,6 +174,16 @@ def plot(
 
     paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+def weights(text: Optional[str]) -> Optional[list[float]]:
+    """``1,0.5,0.5`` as a list of floats (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--kl-beta takes comma-separated numbers, one per level, got {text!r}") from None
 
 
 def plain(value):

@@ -42,6 +42,10 @@ class Config:
     clip_norm: float = 10_000.0  # global gradient-norm clip, as in the reference
     elbo: str = "trace"  # trace (Trace_ELBO, the package default) | meanfield (analytic KL; the dataset presets)
     kl_warmup: int = 0  # steps of linear KL annealing from 0 to 1 (0: none, as in the paper)
+    # KL shaping of the official code (off there and here by default); see elbo.py. They change the gradients only:
+    kl_balance: Optional[float] = None  # share of each level's KL gradient that trains q (official kl_grad_post_perc)
+    free_nats: Optional[float] = None  # nats per sequence and level that the KL term does not penalise
+    kl_beta: Optional[list[float]] = None  # weight of each level's KL term, level 1 first
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast); see accel.py
@@ -83,6 +87,12 @@ class Config:
             raise UserError(f"--elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}")
         if self.workers < 0 or self.kl_warmup < 0:
             raise UserError("--workers and --kl-warmup must not be negative")
+        if self.kl_balance is not None and not 0 <= self.kl_balance <= 1:
+            raise UserError(f"--kl-balance must lie between 0 and 1, got {self.kl_balance}")
+        if self.free_nats is not None and self.free_nats < 0:
+            raise UserError(f"--free-nats must not be negative, got {self.free_nats}")
+        if self.kl_beta is not None and (len(self.kl_beta) != self.levels or min(self.kl_beta) < 0):
+            raise UserError(f"--kl-beta needs one non-negative weight per level ({self.levels}), got {self.kl_beta}")
         if self.seq_len < self.clock.top_period:
             raise UserError(
                 f"--seq-len {self.seq_len} is shorter than one step of the top level "

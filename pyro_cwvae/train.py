@@ -213,9 +213,9 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
                 scale = kl_scale(step, cfg)
                 packed = elbo(video, scale)
                 optimizer.zero_grad(set_to_none=True)
-                packed[0].backward()
+                packed[-1].backward()  # the objective: the loss, or its KL-shaped version
                 grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), cfg.clip_norm)
-                logged = torch.cat([packed[:2], grad_norm[None], packed[2:]]).detach()
+                logged = torch.cat([packed[:2], grad_norm[None], packed[2:-1]]).detach()
                 finite = bool(torch.isfinite(logged[[0, 2]]).all()) if check_each_step else True
                 bad, stopping = group.any(not finite, stop.requested, device=device)
                 if bad:

@@ -1,0 +1,102 @@
+"""KL balancing, free nats and per-level KL weights (the official code's kl_grad_post_perc, free_nats, beta):
+each changes the training objective as its formula says, and never the reported loss and KLs."""
+import pyro
+import pytest
+import torch
+
+from pyro_cwvae.elbo import elbo_terms
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.guides.cwvae import guide
+from pyro_cwvae.models.cwvae import model
+from pyro_cwvae.nets import CWVAENets
+
+ELBOS = ["trace", "meanfield"]
+
+
+def terms_and_grads(cfg, nets, video, seed=3):
+    pyro.set_rng_seed(seed)  # the same latent draws for every variant of the objective
+    terms = elbo_terms(model, guide, video, nets, cfg)
+    params = [p for _, p in nets.named_parameters()]
+    return terms, torch.autograd.grad(terms.objective, params, allow_unused=True)
+
+
+def per_sequence(terms, video):
+    """The level KLs summed over one sequence: the quantity the official loss floors and frees."""
+    return terms.kl * video.shape[1]
+
+
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_neutral_shaping_gives_the_loss_and_its_gradient(tiny_cfg, video, elbo):
+    cfg = tiny_cfg.replace(elbo=elbo)
+    nets = CWVAENets(cfg)
+    plain, plain_grads = terms_and_grads(cfg, nets, video)
+    neutral, grads = terms_and_grads(cfg.replace(free_nats=0.0, kl_beta=[1.0, 1.0]), nets, video)
+    torch.testing.assert_close(neutral.objective, plain.loss)
+    for grad, want in zip(grads, plain_grads):
+        torch.testing.assert_close(grad, want)
+
+
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_half_balanced_kl_has_half_the_kl_gradient(tiny_cfg, video, elbo):
+    """KL(sg q || p) and KL(q || sg p) split the KL's gradient between p and q: at 0.5 each, the objective's
+    gradient is the reconstruction's plus half the KL's (while the floor of 1 nat is not reached)."""
+    cfg = tiny_cfg.replace(elbo=elbo)
+    nets = CWVAENets(cfg)
+    plain, _ = terms_and_grads(cfg, nets, video)
+    assert (0.5 * per_sequence(plain, video) > 1.0).all()  # the posterior's floor does not bite
+    balanced, grads = terms_and_grads(cfg.replace(kl_balance=0.5), nets, video)
+    params = list(nets.parameters())
+    pyro.set_rng_seed(3)
+    again = elbo_terms(model, guide, video, nets, cfg)
+    expected = torch.autograd.grad(again.reconstruction + 0.5 * again.kl.sum(), params, allow_unused=True)
+    torch.testing.assert_close(balanced.loss, plain.loss)  # the reported numbers do not change
+    torch.testing.assert_close(balanced.kl, plain.kl)
+    torch.testing.assert_close(balanced.objective, plain.loss)  # the value is the KL's; only the gradient moves
+    for grad, want in zip(grads, expected):
+        if want is None:
+            assert grad is None or not grad.any()
+        else:
+            torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_fully_posterior_balanced_kl_does_not_train_the_prior_heads(tiny_cfg, video, elbo):
+    cfg = tiny_cfg.replace(elbo=elbo)
+    nets = CWVAENets(cfg)
+    _, plain_grads = terms_and_grads(cfg, nets, video)
+    _, grads = terms_and_grads(cfg.replace(kl_balance=1.0), nets, video)
+    names = [name for name, _ in nets.named_parameters()]
+    prior_heads = [i for i, name in enumerate(names) if ".transition.hidden." in name or ".transition.head." in name]
+    assert prior_heads and all(plain_grads[i].abs().sum() > 0 for i in prior_heads)  # they do learn without it
+    assert all(grads[i] is None or not grads[i].any() for i in prior_heads)
+
+
+def test_free_nats_leave_the_kl_below_them_unpenalised(tiny_cfg, video):
+    cfg = tiny_cfg.replace(elbo="meanfield")
+    nets = CWVAENets(cfg)
+    plain, _ = terms_and_grads(cfg, nets, video)
+    kl = per_sequence(plain, video).detach()
+    free = float(kl.min() + kl.max()) / 2  # one level below the free nats, one above
+    shaped, _ = terms_and_grads(cfg.replace(free_nats=free), nets, video)
+    expected = plain.reconstruction + torch.clamp(kl - free, min=0).sum() / video.shape[1]
+    torch.testing.assert_close(shaped.objective, expected)
+    torch.testing.assert_close(shaped.loss, plain.loss)
+
+
+def test_kl_beta_weights_each_level(tiny_cfg, video):
+    cfg = tiny_cfg.replace(elbo="meanfield")
+    nets = CWVAENets(cfg)
+    plain, _ = terms_and_grads(cfg, nets, video)
+    shaped, _ = terms_and_grads(cfg.replace(kl_beta=[2.0, 0.25]), nets, video)
+    torch.testing.assert_close(shaped.objective, plain.reconstruction + 2.0 * plain.kl[0] + 0.25 * plain.kl[1])
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(kl_balance=1.5), "--kl-balance must lie between 0 and 1"),
+    (dict(free_nats=-1.0), "--free-nats must not be negative"),
+    (dict(kl_beta=[1.0]), "--kl-beta needs one non-negative weight per level"),
+    (dict(kl_beta=[1.0, -1.0]), "--kl-beta needs one non-negative weight per level"),
+])
+def test_bad_shaping_options_are_refused(tiny_cfg, change, message):
+    with pytest.raises(UserError, match=message):
+        tiny_cfg.replace(**change).validate()
