@@ -31,6 +31,7 @@ from .elbo import elbo_terms
 from .errors import UserError
 from .history import HISTORY, History
 from .nets import CWVAENets
+from .optim import KerasAdam
 from .programs import Program, load_programs
 
 LOG_EVERY = 10  # steps between reading the logged terms back from the device
@@ -140,7 +141,7 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
     if not resume:
         pyro.set_rng_seed(cfg.seed)  # before building the networks: the seed fixes the initial weights too
     nets = CWVAENets(cfg).to(device)
-    optimizer = torch.optim.Adam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)  # the reference's Keras Adam
     if resume:
         state = load_checkpoint(run_dir)
         check_programs_match(state, programs)

@@ -1,0 +1,111 @@
+"""KerasAdam against a NumPy transcription of Keras' Adam update ("epsilon hat"), and its resume."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.optim import KerasAdam
+
+LR, BETA1, BETA2, EPS_HAT = 0.01, 0.9, 0.999, 1e-4
+# Gradients of the order of eps_hat, so the placement of epsilon changes the update by far more than rounding.
+GRADS = [np.array([[1e-4, -3e-4, 2e-3], [0.5, -5e-5, 1e-3]]), np.array([[-2e-4, 1e-4, 1e-3], [0.2, 4e-5, -2e-3]])]
+W0 = np.array([[0.3, -1.2, 0.7], [2.0, 0.1, -0.4]])
+W0.setflags(write=False)  # the optimizers update their own copies
+
+FUSED_ON_CPU = torch.torch_version.TorchVersion(torch.__version__) >= "2.4"
+FAST_PATHS = [dict(foreach=False), dict(foreach=True),
+              pytest.param(dict(fused=True), marks=pytest.mark.skipif(not FUSED_ON_CPU, reason="no fused CPU Adam"))]
+
+
+def keras_adam(w, grads):
+    """Keras' Adam, from its update rule: lr_t = lr sqrt(1 - beta2^t) / (1 - beta1^t), w -= lr_t m / (sqrt(v) + eps)."""
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        lr_t = LR * np.sqrt(1 - BETA2 ** t) / (1 - BETA1 ** t)
+        m = BETA1 * m + (1 - BETA1) * g
+        v = BETA2 * v + (1 - BETA2) * g * g
+        w = w - lr_t * m / (np.sqrt(v) + EPS_HAT)
+    return w
+
+
+def take_steps(optimizer, params, grads):
+    """Set each parameter's gradient to its row of each gradient array and step once per array."""
+    for g in grads:
+        for p, row in zip(params, g):
+            p.grad = torch.as_tensor(row, dtype=p.dtype)
+        optimizer.step()
+
+
+def rows_as_params(w):
+    return [torch.nn.Parameter(torch.tensor(row, dtype=torch.float64)) for row in w]
+
+
+def stacked(params):
+    return torch.stack([p.detach() for p in params]).numpy()
+
+
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["single", "foreach", "fused"])
+def test_keras_adam_matches_numpy_transcription_of_keras_update(fast_path):
+    params = rows_as_params(W0)
+    take_steps(KerasAdam(params, lr=LR, betas=(BETA1, BETA2), eps=EPS_HAT, **fast_path), params, GRADS)
+    np.testing.assert_allclose(stacked(params), keras_adam(W0, GRADS), rtol=1e-12, atol=1e-15)
+
+
+def test_torch_adam_with_fixed_eps_differs_from_keras_update():
+    """The transcription tells the two apart: a KerasAdam that fell back to a fixed eps would fail the test above."""
+    params = rows_as_params(W0)
+    take_steps(torch.optim.Adam(params, lr=LR, betas=(BETA1, BETA2), eps=EPS_HAT), params, GRADS)
+    assert np.abs(stacked(params) - keras_adam(W0, GRADS)).max() > 1e-3
+
+
+def test_keras_adam_float32_matches_to_float32_precision():
+    params = [torch.nn.Parameter(torch.tensor(row, dtype=torch.float32)) for row in W0]
+    take_steps(KerasAdam(params, lr=LR, eps=EPS_HAT), params, GRADS)
+    np.testing.assert_allclose(stacked(params), keras_adam(W0, GRADS), rtol=1e-6, atol=1e-7)
+
+
+def through_bytes(state_dict):
+    """A state dict as a checkpoint gives it back: saved and loaded, sharing nothing with the original."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("fast_path", FAST_PATHS, ids=["single", "foreach", "fused"])
+def test_keras_adam_resumes_bit_for_bit_from_state_dict(fast_path):
+    grads = GRADS + [g[::-1, ::-1] * 0.3 for g in GRADS] + GRADS
+    params = rows_as_params(W0)
+    optimizer = KerasAdam(params, lr=LR, eps=EPS_HAT, **fast_path)
+    take_steps(optimizer, params, grads[:3])
+    saved, saved_params = through_bytes(optimizer.state_dict()), [p.detach().clone() for p in params]
+    take_steps(optimizer, params, grads[3:])
+
+    resumed_params = [torch.nn.Parameter(p) for p in saved_params]
+    resumed = KerasAdam(resumed_params, lr=LR, eps=0.5, **fast_path)
+    resumed.load_state_dict(saved)  # restores the groups' settings, eps_hat with lr, as torch does
+    take_steps(resumed, resumed_params, grads[3:])
+    assert all(torch.equal(a, b) for a, b in zip(params, resumed_params))
+    assert resumed.param_groups[0]["eps_hat"] == EPS_HAT
+
+
+def test_keras_adam_takes_over_a_torch_adam_state_dict_with_its_eps_as_eps_hat():
+    """A checkpoint written with torch's Adam continues the Keras way from the step it reached."""
+    params = rows_as_params(W0)
+    torch_adam = torch.optim.Adam(params, lr=LR, eps=EPS_HAT)
+    take_steps(torch_adam, params, GRADS[:1])
+    keras = KerasAdam(params, lr=LR, eps=0.5)
+    keras.load_state_dict(through_bytes(torch_adam.state_dict()))
+    take_steps(keras, params, GRADS[1:])
+    assert keras.param_groups[0]["eps_hat"] == EPS_HAT
+    assert keras.param_groups[0]["eps"] == pytest.approx(EPS_HAT / np.sqrt(1 - BETA2 ** 2), rel=1e-15)
+
+
+def test_keras_adam_refuses_a_group_whose_parameters_have_taken_different_step_counts():
+    params = rows_as_params(W0)
+    optimizer = KerasAdam(params, lr=LR, eps=EPS_HAT)
+    take_steps(optimizer, params[:1], GRADS[:1])  # the second parameter has no gradient: Adam skips it
+    with pytest.raises(UserError, match="steps"):
+        take_steps(optimizer, params, GRADS[1:])
