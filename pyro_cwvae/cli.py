@@ -144,6 +144,10 @@ def rollout(
     sequences: int = typer.Option(8, help="Test sequences, the first ones in the split's fixed order."),
     prior_levels: int = typer.Option(0, help="Top levels that ignore the context and start from their prior."),
     seed: int = typer.Option(0, help="Seed of the predictions."),
+    protocol: str = typer.Option(
+        "paper", help="paper: PSNR/SSIM as the paper's evaluation computed them (raw float means, SSIM range 2, "
+        "PSNR per channel, best of the samples per sequence); standard: on the saved uint8 frames, range 1, "
+        "PSNR pooled over channels, mean over samples."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     data_dir: Optional[Path] = typer.Option(None, help="Where the run's data is now, if it moved."),
     out: Optional[Path] = typer.Option(None, help="The NetCDF file to write [default: RUN/rollout.nc]."),
@@ -151,16 +155,14 @@ def rollout(
 ):
     """Open-loop predictions, their PSNR/SSIM with baselines, and per-level KLs, as one NetCDF file."""
     from .data.registry import open_dataset
-    from .predict import read_run_config, rollout as run_rollout, write_rollout
+    from .predict import read_run_config, rollout as run_rollout, summary, write_rollout
 
     cfg = read_run_config(run)
     data = open_dataset(cfg.dataset, str(data_dir) if data_dir else cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
     ds = run_rollout(run, data, horizon=horizon, context=context, samples=samples, sequences=sequences, seed=seed,
-                     device=device, prior_levels=prior_levels, progress=not quiet)
+                     device=device, prior_levels=prior_levels, protocol=protocol, progress=not quiet)
     path = write_rollout(ds, out or run / "rollout.nc")
-    table = ds.kl.sum("time").mean("sequence")
-    typer.echo(f"wrote {path}: {samples} x {sequences} sequences, {ds.sizes['time']} frames; KL per level (nats): "
-               + ", ".join(f"{int(level)}: {value:.1f}" for level, value in zip(table.level, table.values)))
+    typer.echo(f"wrote {path}: {samples} x {sequences} sequences, {ds.sizes['time']} frames\n{summary(ds)}")
 
 
 @app.command()

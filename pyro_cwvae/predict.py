@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyro
@@ -27,7 +28,7 @@ from .checkpoint import load_checkpoint, restore_nets
 from .config import Config
 from .data import VideoDataset
 from .elbo import level_of
-from .metrics import psnr, ssim
+from .metrics import PROTOCOLS, Protocol, best_of_samples, quantize
 from .nets import CWVAENets
 from .programs import load_programs
 from .errors import UserError
@@ -144,17 +145,62 @@ def open_loop_states(run: TrainedRun, context: torch.Tensor, num_frames: int, pr
                                                         batch_size=context.shape[0])
 
 
+def decoded_chunks(run: TrainedRun, states: torch.Tensor, progress: bool = False
+                   ) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The decoder's float means (B, n, C, 64, 64) of consecutive chunks of the frames of ``states`` (B, T, state),
+    each with its slice of time: memory stays flat whatever the horizon."""
+    B, T = states.shape[:2]
+    step = max(1, DECODE_CHUNK // B)
+    for start in tqdm(range(0, T, step), desc="decoding", unit="chunk", disable=not progress, leave=False):
+        yield slice(start, start + step), run.nets.decoder(states[:, start:start + step])
+
+
 @torch.no_grad()
 def decode(run: TrainedRun, states: torch.Tensor, progress: bool = False) -> np.ndarray:
     """uint8 frames (B, T, C, 64, 64) of the decoder's means, decoded a chunk of frames at a time."""
+    out = np.empty((*states.shape[:2], run.cfg.channels, 64, 64), dtype=np.uint8)
+    for frames, means in decoded_chunks(run, states, progress):
+        out[:, frames] = quantize(means).cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def decode_and_score(run: TrainedRun, states: torch.Tensor, truth: np.ndarray, protocol: Protocol,
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``decode`` and the PSNR and SSIM (B, T) of each frame under ``protocol``, scored chunk by chunk while
+    decoding, so the float means of all frames never exist at once.
+
+    ``truth`` (N, T, C, 64, 64) uint8 is shared by the B = samples x N rows of ``states`` (sample-major).
+    """
     B, T = states.shape[:2]
     out = np.empty((B, T, run.cfg.channels, 64, 64), dtype=np.uint8)
-    step = max(1, DECODE_CHUNK // B)
-    for start in tqdm(range(0, T, step), desc="decoding", unit="chunk", disable=not progress, leave=False):
-        chunk = states[:, start:start + step]
-        frames = run.nets.decoder(chunk).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-        out[:, start:start + chunk.shape[1]] = frames.cpu().numpy()
-    return out
+    psnr_, ssim_ = np.empty((B, T)), np.empty((B, T))
+    for frames, means in decoded_chunks(run, states, progress):
+        out[:, frames] = quantize(means).cpu().numpy()
+        true = unit_frames(truth[:, frames], means.device).repeat(B // truth.shape[0], 1, 1, 1, 1)
+        scores = protocol.score(protocol.frames(means), true)
+        psnr_[:, frames], ssim_[:, frames] = (score.cpu().numpy() for score in scores)
+    return out, psnr_, ssim_
+
+
+def unit_frames(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 frames as floats in [0, 1] on ``device``."""
+    return torch.from_numpy(np.require(frames, requirements=["C", "W"])).to(device).float().div_(255)  # copies views
+
+
+@torch.no_grad()
+def score_frames(frames: np.ndarray, truth: np.ndarray, protocol: Protocol, device: torch.device
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR and SSIM (N, T) of uint8 frames against ``truth`` (N, T, C, 64, 64), a chunk of time at a time."""
+    N, T = truth.shape[:2]
+    frames = np.broadcast_to(frames, truth.shape)
+    psnr_, ssim_ = np.empty((N, T)), np.empty((N, T))
+    step = max(1, DECODE_CHUNK // N)
+    for start in range(0, T, step):
+        chunk = slice(start, start + step)
+        scores = protocol.score(unit_frames(frames[:, chunk], device), unit_frames(truth[:, chunk], device))
+        psnr_[:, chunk], ssim_[:, chunk] = (score.cpu().numpy() for score in scores)
+    return psnr_, ssim_
 
 
 @torch.no_grad()
@@ -175,90 +221,122 @@ def level_kls(run: TrainedRun, video: torch.Tensor) -> np.ndarray:
     return kl
 
 
-def frames_metrics(prediction: np.ndarray, truth: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """PSNR and SSIM of uint8 frames (..., C, H, W) against truth broadcast to them, per frame."""
-    pred = torch.from_numpy(prediction).to(device).float().div_(255)
-    true = torch.from_numpy(np.broadcast_to(truth, prediction.shape).copy()).to(device).float().div_(255)
-    return psnr(pred, true).float().cpu().numpy(), ssim(pred, true).float().cpu().numpy()
-
-
-def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context: int | None = None,
-            samples: int = 3, sequences: int = 8, seed: int = 0, device: str = "auto", prior_levels: int = 0,
-            progress: bool = True) -> xr.Dataset:
-    """Predict ``horizon`` frames after ``context`` frames of the first ``sequences`` test videos."""
-    torch_device = resolve_device(device)
-    run = load_run(run_dir, torch_device)
-    cfg = run.cfg
-    context = cfg.context if context is None else context
+def check_options(cfg: Config, dataset: VideoDataset, horizon: int, context: int, samples: int, sequences: int,
+                  prior_levels: int) -> None:
+    """``UserError`` for options that cannot work with this run and data."""
     if horizon < 1 or context < 1 or samples < 1 or sequences < 1:
         raise UserError("--horizon, --context, --samples and --sequences must each be at least 1")
     if not 0 <= prior_levels <= cfg.levels:
         raise UserError(f"--prior-levels {prior_levels} must lie between 0 and the run's {cfg.levels} levels")
     if dataset.channels != cfg.channels:
         raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the run was trained on {cfg.channels}")
+
+
+def read_test_frames(dataset: VideoDataset, sequences: int, total: int, context: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The first ``total`` frames of the first test videos, uint8 (N, total, C, 64, 64) with zeros past a video's
+    end, the mask of frames each video has, and the length of the shortest video (which must hold the context)."""
     videos = dataset.test_videos(sequences)
     shortest = min(len(v) for v in videos)
     if context > shortest:
         raise UserError(f"--context {context} is longer than the shortest of the {sequences} test videos ({shortest} frames)")
-    total = context + horizon
-    truth = np.zeros((sequences, total, cfg.channels, 64, 64), dtype=np.uint8)
+    truth = np.zeros((sequences, total, dataset.channels, 64, 64), dtype=np.uint8)
     has_truth = np.zeros((sequences, total), dtype=bool)
     for n, v in enumerate(videos):
         truth[n, :len(v[:total])] = v[:total]
         has_truth[n, :len(v[:total])] = True
+    return truth, has_truth, shortest
+
+
+def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context: int | None = None,
+            samples: int = 3, sequences: int = 8, seed: int = 0, device: str = "auto", prior_levels: int = 0,
+            protocol: str = "paper", progress: bool = True) -> xr.Dataset:
+    """Predict ``horizon`` frames after ``context`` frames of the first ``sequences`` test videos, scored under
+    the evaluation ``protocol`` (``metrics.PROTOCOLS``: "paper" or "standard")."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol {protocol!r} is none of {', '.join(PROTOCOLS)}")
+    scoring = PROTOCOLS[protocol]
+    torch_device = resolve_device(device)
+    run = load_run(run_dir, torch_device)
+    cfg = run.cfg
+    context = cfg.context if context is None else context
+    check_options(cfg, dataset, horizon, context, samples, sequences, prior_levels)
+    total = context + horizon
+    truth, has_truth, shortest = read_test_frames(dataset, sequences, total, context)
 
     bar = tqdm(total=4, desc="rollout", disable=not progress, unit="stage")
     pyro.set_rng_seed(seed)
-    context_video = torch.from_numpy(truth[:, :context]).to(torch_device).float().div_(255)
     bar.set_postfix_str(f"filtering {context} frames, predicting {horizon}")
-    states = open_loop_states(run, context_video.repeat(samples, 1, 1, 1, 1), total, prior_levels)
+    context_video = unit_frames(truth[:, :context], torch_device).repeat(samples, 1, 1, 1, 1)
+    states = open_loop_states(run, context_video, total, prior_levels)
     bar.update()
-    bar.set_postfix_str("decoding")
-    prediction = decode(run, states, progress).reshape(samples, sequences, total, cfg.channels, 64, 64)
+    bar.set_postfix_str(f"decoding, {protocol} metrics")
+    prediction, psnr_, ssim_ = decode_and_score(run, states, truth, scoring, progress)
+    prediction = prediction.reshape(samples, sequences, total, cfg.channels, 64, 64)
+    scores = {"psnr": psnr_.reshape(samples, sequences, total), "ssim": ssim_.reshape(samples, sequences, total)}
     bar.update()
 
-    bar.set_postfix_str("metrics")
-    psnr_, ssim_ = frames_metrics(prediction, truth[None], torch_device)
-    last = np.broadcast_to(truth[:, context - 1:context], truth.shape)
+    bar.set_postfix_str("baselines")
     random_frames = dataset.train_batch(step=-1, batch_size=sequences, seq_len=1, seed=seed)
-    psnr_last, ssim_last = frames_metrics(truth, last, torch_device)
-    psnr_random, ssim_random = frames_metrics(truth, np.broadcast_to(random_frames, truth.shape), torch_device)
+    for name, frames in (("last_frame", truth[:, context - 1:context]), ("random_frame", random_frames)):
+        scores[f"psnr_{name}"], scores[f"ssim_{name}"] = score_frames(frames, truth, scoring, torch_device)
     bar.update()
 
     bar.set_postfix_str("per-level KL")
     kl_frames = min(total, shortest)  # the KL needs the true frames of every sequence
     kl = np.full((sequences, cfg.levels, total), np.nan, dtype=np.float32)
-    kl[:, :, :kl_frames] = level_kls(run, torch.from_numpy(truth[:, :kl_frames]).to(torch_device).float().div_(255))
+    kl[:, :, :kl_frames] = level_kls(run, unit_frames(truth[:, :kl_frames], torch_device))
     bar.update()
     bar.close()
 
-    no_truth = ~has_truth
-    for metric in (psnr_, ssim_):
-        metric[:, no_truth] = np.nan
-    for metric in (psnr_last, ssim_last, psnr_random, ssim_random):
-        metric[no_truth] = np.nan
-    return to_dataset(run, prediction, truth, has_truth, context, horizon, psnr_, ssim_, psnr_last, ssim_last,
-                      psnr_random, ssim_random, kl, seed=seed, prior_levels=prior_levels)
+    for score in scores.values():
+        score[..., ~has_truth] = np.nan
+    predicted = has_truth & (np.arange(total) >= context)
+    for metric in ("psnr", "ssim"):
+        scores[f"{metric}_best"] = best_of_samples(scores[metric], predicted)
+    return to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, scoring,
+                      seed=seed, prior_levels=prior_levels)
 
 
-def to_dataset(run, prediction, truth, has_truth, context, horizon, psnr_, ssim_, psnr_last, ssim_last,
-               psnr_random, ssim_random, kl, *, seed, prior_levels) -> xr.Dataset:
-    """The rollout as named arrays with units, and the run's config and versions in the attributes."""
+METRIC_NAMES = {
+    "psnr": "PSNR of each sample's prediction",
+    "ssim": "SSIM of each sample's prediction",
+    "psnr_best": "PSNR of the best of the {samples} samples of each sequence (highest mean PSNR over the predicted frames)",
+    "ssim_best": "SSIM of the best of the {samples} samples of each sequence (highest mean SSIM over the predicted frames)",
+    "psnr_last_frame": "PSNR of repeating the last context frame",
+    "ssim_last_frame": "SSIM of repeating the last context frame",
+    "psnr_random_frame": "PSNR of a random training frame",
+    "ssim_random_frame": "SSIM of a random training frame",
+}
+
+
+def metric_variable(name: str, scores: np.ndarray, protocol: Protocol, samples: int) -> tuple:
+    """The (dims, values, attrs) of one metric variable: its units and the conventions it was computed with."""
+    metric = name.split("_")[0]
+    conventions = protocol.conventions()
+    baseline = name.endswith("_frame")
+    attrs = {
+        "units": "dB" if metric == "psnr" else "1",
+        "long_name": METRIC_NAMES[name].format(samples=samples),
+        "protocol": protocol.name,
+        "convention": conventions[metric],
+        "frames": "ground-truth uint8 frames / 255" if baseline else conventions["frames"],
+    }
+    dims = ("sample", "sequence", "time")[3 - scores.ndim:]
+    return dims, scores.astype(np.float32), attrs
+
+
+def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, protocol, *, seed,
+               prior_levels) -> xr.Dataset:
+    """The rollout as named arrays with units, and the run's config, the protocol and versions in the attributes."""
     S, N, T, C = prediction.shape[:4]
     frame = ("sample", "sequence", "time", "channel", "y", "x")
-    db = {"units": "dB"}
     ds = xr.Dataset(
         {
             "prediction": (frame, prediction, {"long_name": "decoded frames: reconstructions of the context, then open-loop predictions", "units": "pixel intensity 0-255"}),
             "truth": (frame[1:], truth, {"long_name": "ground-truth frames (zeros where has_truth is false)", "units": "pixel intensity 0-255"}),
             "is_context": ("time", np.arange(T) < context, {"long_name": "frame was given to the guide"}),
             "has_truth": (("sequence", "time"), has_truth, {"long_name": "the test video reaches this frame"}),
-            "psnr": (frame[:3], psnr_.astype(np.float32), {**db, "long_name": "PSNR of the prediction"}),
-            "ssim": (frame[:3], ssim_.astype(np.float32), {"units": "1", "long_name": "SSIM of the prediction"}),
-            "psnr_last_frame": (frame[1:3], psnr_last, {**db, "long_name": "PSNR of repeating the last context frame"}),
-            "ssim_last_frame": (frame[1:3], ssim_last, {"units": "1", "long_name": "SSIM of repeating the last context frame"}),
-            "psnr_random_frame": (frame[1:3], psnr_random, {**db, "long_name": "PSNR of a random training frame"}),
-            "ssim_random_frame": (frame[1:3], ssim_random, {"units": "1", "long_name": "SSIM of a random training frame"}),
+            **{name: metric_variable(name, values, protocol, S) for name, values in scores.items()},
             "kl": (("sequence", "level", "time"), kl, {"units": "nats", "long_name": "KL[q || p] at each active step (NaN: level inactive)"}),
         },
         coords={"sample": np.arange(S), "sequence": np.arange(N), "time": np.arange(T), "channel": np.arange(C),
@@ -271,7 +349,8 @@ def to_dataset(run, prediction, truth, has_truth, context, horizon, psnr_, ssim_
             "context": context,
             "horizon": horizon,
             "prior_levels": prior_levels,
-            "data_range": "metrics on frames scaled to [0, 1] (uint8 / 255), data_range 1",
+            "protocol": protocol.name,
+            **{f"protocol_{key}": line for key, line in protocol.conventions().items()},
             "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
@@ -279,6 +358,20 @@ def to_dataset(run, prediction, truth, has_truth, context, horizon, psnr_, ssim_
     ds["time"].attrs.update(units="frames", long_name="frames since the first context frame")
     ds["level"].attrs.update(long_name="level of the hierarchy (1 is the fastest)")
     return ds
+
+
+def summary(ds: xr.Dataset) -> str:
+    """The rollout in two lines: its scores over the predicted frames as its protocol reports them, and the KL
+    of each level."""
+    protocol = PROTOCOLS[ds.attrs["protocol"]]
+    predicted = ~ds.is_context
+    suffix, how = ("_best", f"best of {ds.sizes['sample']} samples") if protocol.best_of_samples else ("", "all samples")
+    psnr_, ssim_ = (ds[metric + suffix].where(predicted) for metric in ("psnr", "ssim"))
+    psnr_ = psnr_.where(np.isfinite(psnr_))  # a frame predicted exactly has no finite PSNR
+    table = ds.kl.sum("time").mean("sequence")
+    return (f"PSNR {float(psnr_.mean()):.2f} dB, SSIM {float(ssim_.mean()):.3f} over the predicted frames "
+            f"({protocol.name} protocol, {how})\nKL per level (nats): "
+            + ", ".join(f"{int(level)}: {value:.1f}" for level, value in zip(table.level, table.values)))
 
 
 def versions() -> str:

@@ -1,4 +1,4 @@
-"""PSNR and SSIM agree with scikit-image frame by frame."""
+"""PSNR and SSIM agree with scikit-image frame by frame; each convention of the two protocols; best of N."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pyro_cwvae.metrics import psnr, ssim
+from pyro_cwvae.metrics import PAPER, STANDARD, best_of_samples, psnr, ssim
 
 TOLERANCE = 1e-4
 
@@ -107,3 +107,76 @@ def test_rejects_bad_shapes():
         psnr(torch.zeros(2, 1, 8, 8), torch.zeros(3, 1, 8, 8))
     with pytest.raises(ValueError, match="at least 7x7"):
         ssim(torch.zeros(1, 6, 6), torch.zeros(1, 6, 6))
+
+
+def biased_rgb_means(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truth in [0, 1] and decoder-like float means that overshoot it: slightly biased, partly outside [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    truth = torch.cat([blob_frames([(0, 0), (4, -3)], 3), gradient_frames(2, 3)])
+    means = 1.1 * truth - 0.05 + 0.03 * torch.randn(truth.shape, generator=gen)
+    means[:, 1] += 0.04  # one channel further off: per-channel PSNR differs from the pooled one
+    assert means.min() < 0 and means.max() > 1
+    return means, truth
+
+
+def test_paper_protocol_is_skimage_0_18_on_raw_float_means():
+    means, truth = biased_rgb_means(6)
+    got_psnr, got_ssim = PAPER.score(PAPER.frames(means), truth)
+    p, t = means.double().numpy(), truth.double().numpy()
+    # scikit-image 0.18 with no data_range: 2 for SSIM on floats, 1 for PSNR with non-negative truth; per channel
+    want_ssim = [structural_similarity(a, b, data_range=2.0, channel_axis=0) for a, b in zip(t, p)]
+    want_psnr = [np.mean([peak_signal_noise_ratio(a[c], b[c], data_range=1.0) for c in range(3)]) for a, b in zip(t, p)]
+    np.testing.assert_allclose(got_ssim.numpy(), want_ssim, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(got_psnr.numpy(), want_psnr, rtol=0, atol=TOLERANCE)
+
+
+def test_standard_protocol_scores_the_saved_uint8_frames():
+    means, truth = biased_rgb_means(7)
+    got_psnr, got_ssim = STANDARD.score(STANDARD.frames(means), truth)
+    p = np.round(np.clip(means.double().numpy(), 0, 1) * 255) / 255
+    t = truth.double().numpy()
+    want_ssim = [structural_similarity(a, b, data_range=1.0, channel_axis=0) for a, b in zip(t, p)]
+    want_psnr = [peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in zip(t, p)]
+    np.testing.assert_allclose(got_ssim.numpy(), want_ssim, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(got_psnr.numpy(), want_psnr, rtol=0, atol=TOLERANCE)
+
+
+def test_each_convention_changes_the_numbers():
+    means, truth = biased_rgb_means(8)
+    raw, saved = PAPER.frames(means), STANDARD.frames(means)
+    assert not torch.equal(raw, saved)
+    assert (ssim(raw, truth, 2.0) - ssim(raw, truth, 1.0)).abs().min() > 1e-3
+    assert (psnr(raw, truth, per_channel=True) - psnr(raw, truth)).abs().min() > 1e-3
+    assert (psnr(raw, truth) - psnr(saved, truth)).abs().min() > 1e-3
+    assert PAPER.conventions().keys() == STANDARD.conventions().keys() == {"frames", "ssim", "psnr", "samples"}
+    assert all(PAPER.conventions()[k] != STANDARD.conventions()[k] for k in PAPER.conventions())
+
+
+def test_best_of_samples_ranks_by_the_mean_over_the_ranked_frames():
+    rng = np.random.default_rng(9)
+    scores = rng.uniform(10, 30, (4, 3, 10))
+    ranked = np.broadcast_to(np.arange(10) >= 4, (3, 10)).copy()  # the predicted frames
+    ranked[1, 8:] = False  # the second video ends early
+    scores[:, 1, 8:] = np.nan
+    scores[2, 0, :4] = 1000.0  # a sample best on the context frames only: not chosen for it
+    want = np.empty((3, 10))
+    for n in range(3):
+        means = [scores[s, n][ranked[n]].mean() for s in range(4)]
+        want[n] = scores[int(np.argmax(means)), n]
+    np.testing.assert_array_equal(best_of_samples(scores, ranked), want)
+
+
+def test_best_of_samples_edge_cases():
+    scores = np.array([[[20.0, 20.0]], [[20.0, np.inf]]])  # sample 1 predicts a frame exactly
+    np.testing.assert_array_equal(best_of_samples(scores, np.ones((1, 2), bool)), scores[1])
+    nothing = np.full((2, 1, 2), np.nan)
+    assert np.isnan(best_of_samples(nothing, np.ones((1, 2), bool))).all()
+
+
+def test_psnr_per_channel_is_the_mean_of_skimage_per_channel():
+    gen = torch.Generator().manual_seed(11)
+    truth = torch.rand(3, 3, 16, 16, generator=gen)
+    pred = (truth + 0.1 * torch.randn(truth.shape, generator=gen)).clamp(0, 1)
+    want = [np.mean([peak_signal_noise_ratio(t[c], p[c], data_range=1.0) for c in range(3)])
+            for t, p in zip(truth.double().numpy(), pred.double().numpy())]
+    np.testing.assert_allclose(psnr(pred, truth, per_channel=True).numpy(), want, rtol=0, atol=TOLERANCE)

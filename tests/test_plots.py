@@ -11,7 +11,7 @@ from pyro_cwvae.plots import write_figures
 SAMPLES, SEQUENCES, TIME, CONTEXT, LEVELS, RATE = 2, 2, 40, 10, 3, 4
 
 
-def rollout(channels: int, seed: int = 0) -> xr.Dataset:
+def rollout(channels: int, seed: int = 0, protocol: str = "paper") -> xr.Dataset:
     """A small synthetic rollout dataset with the schema the rollout command writes."""
     rng = np.random.default_rng(seed)
     shape = (SEQUENCES, TIME, channels, 64, 64)
@@ -43,6 +43,8 @@ def rollout(channels: int, seed: int = 0) -> xr.Dataset:
             "has_truth": (("sequence", "time"), has_truth),
             "psnr": (("sample", "sequence", "time"), psnr),
             "ssim": (("sample", "sequence", "time"), scores(0, 1, (SAMPLES, SEQUENCES, TIME))),
+            "psnr_best": (("sequence", "time"), psnr.max(0)),
+            "ssim_best": (("sequence", "time"), scores(0, 1, (SEQUENCES, TIME))),
             "psnr_last_frame": (("sequence", "time"), scores(8, 20, (SEQUENCES, TIME))),
             "ssim_last_frame": (("sequence", "time"), scores(0, 0.8, (SEQUENCES, TIME))),
             "psnr_random_frame": (("sequence", "time"), scores(5, 15, (SEQUENCES, TIME))),
@@ -58,6 +60,7 @@ def rollout(channels: int, seed: int = 0) -> xr.Dataset:
             "x": np.arange(64),
             "level": level,
         },
+        attrs={"protocol": protocol},
     )
 
 
@@ -89,3 +92,19 @@ def test_missing_prediction_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no variable 'prediction'"):
         write_figures(rollout(1).drop_vars("prediction"), tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("protocol", ["paper", "standard"])
+def test_metric_curves_follow_the_protocol(protocol):
+    ds = rollout(1, protocol=protocol)
+    fig = plots.plot_metrics(ds)
+    try:
+        future = ds.isel(time=slice(CONTEXT, None))
+        psnr = future.psnr_best if protocol == "paper" else future.psnr.stack(curve=("sample", "sequence"))
+        psnr = psnr.where(np.isfinite(psnr))
+        want = psnr.mean("curve" if protocol == "standard" else "sequence").values
+        np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), want, rtol=1e-6)
+        assert np.array_equal(fig.axes[0].lines[0].get_xdata(), np.arange(1, TIME - CONTEXT + 1))
+        assert (f"best of {SAMPLES}" in fig._suptitle.get_text()) == (protocol == "paper")
+    finally:
+        plots.plt.close(fig)

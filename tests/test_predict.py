@@ -5,16 +5,19 @@ import pyro
 import pytest
 import torch
 import xarray as xr
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.elbo import elbo_terms
+from pyro_cwvae.errors import UserError
 from pyro import poutine
 
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.predict import TrainedRun, context_latents, filtered_steps, level_kls, load_run, rollout, write_rollout
+from pyro_cwvae.predict import (TrainedRun, context_latents, filtered_steps, level_kls, load_run, open_loop_states,
+                                rollout, summary, write_rollout)
 from pyro_cwvae.train import fit
 
 
@@ -197,3 +200,63 @@ def test_per_level_kl_is_the_analytic_kl_of_the_elbo(trained):
         terms = elbo_terms(run.model, run.guide, video, run.nets, run.cfg.replace(elbo="meanfield"))
     per_level = np.nansum(kl, axis=(0, 2)) / video.shape[:2].numel()
     np.testing.assert_allclose(per_level, terms.kl.numpy(), rtol=1e-5)
+
+
+def test_paper_protocol_scores_the_raw_float_means_while_decoding(trained, monkeypatch):
+    import pyro_cwvae.predict as predict
+
+    data = EditableVideos()
+    monkeypatch.setattr(predict, "DECODE_CHUNK", 6)  # several chunks of 3 frames: scores written chunk by chunk
+    ds = roll(trained, data, samples=2, seed=4)
+    run = load_run(trained.run_dir, torch.device("cpu"))
+    truth = torch.from_numpy(np.stack(data.videos)[:, :16]).float() / 255
+    pyro.set_rng_seed(4)
+    states = open_loop_states(run, truth[:, :4].repeat(2, 1, 1, 1, 1), 16)
+    with torch.no_grad():
+        means = run.nets.decoder(states).view(2, 2, 16, 1, 64, 64).double().numpy()
+    t = truth.double().numpy()
+    want_psnr = np.empty((2, 2, 16))
+    want_ssim = np.empty((2, 2, 16))
+    for index in np.ndindex(2, 2, 16):
+        true, pred = t[index[1:]][0], means[index][0]  # one channel: per channel is per frame
+        want_psnr[index] = peak_signal_noise_ratio(true, pred, data_range=1.0)
+        want_ssim[index] = structural_similarity(true, pred, data_range=2.0)
+    np.testing.assert_allclose(ds.psnr.values, want_psnr, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ds.ssim.values, want_ssim, rtol=0, atol=1e-4)
+    assert ds.attrs["protocol"] == "paper" and ds.psnr.attrs["protocol"] == "paper"
+    assert "data_range 2" in ds.attrs["protocol_ssim"] and "not quantised" in ds.psnr.attrs["frames"]
+
+
+def test_best_of_samples_is_chosen_per_metric_over_the_predicted_frames(trained):
+    ds = roll(trained, EditableVideos(), samples=3)
+    predicted = ~ds.is_context
+    for metric in ("psnr", "ssim"):
+        ranking = ds[metric].where(predicted).mean("time")  # (sample, sequence)
+        best = ds[metric].isel(sample=ranking.argmax("sample"))
+        np.testing.assert_array_equal(ds[f"{metric}_best"].values, best.values)
+        assert ds[f"{metric}_best"].dims == ("sequence", "time")
+        assert (ds[f"{metric}_best"].where(predicted).mean("time") >= ranking.max("sample") - 1e-6).all()
+
+
+def test_summary_reports_the_protocols_numbers(trained):
+    ds = roll(trained, EditableVideos(), samples=3)
+    for name, suffix in (("paper", "_best"), ("standard", "")):
+        ds.attrs["protocol"] = name
+        psnr = ds["psnr" + suffix].isel(time=slice(4, None)).values
+        ssim = ds["ssim" + suffix].isel(time=slice(4, None)).values
+        line = summary(ds).splitlines()[0]
+        assert line.startswith(f"PSNR {psnr[np.isfinite(psnr)].mean():.2f} dB, SSIM {ssim.mean():.3f}"), line
+        assert f"{name} protocol" in line
+
+
+def test_standard_protocol_scores_the_saved_frames(trained):
+    ds = roll(trained, EditableVideos(), protocol="standard")
+    pred = ds.prediction.values.astype(np.float64) / 255
+    truth = ds.truth.values.astype(np.float64) / 255
+    for index in [(0, 0, 1), (1, 1, 9)]:
+        true, frame = truth[index[1:]][0], pred[index][0]
+        assert abs(ds.psnr.values[index] - peak_signal_noise_ratio(true, frame, data_range=1.0)) < 1e-4
+        assert abs(ds.ssim.values[index] - structural_similarity(true, frame, data_range=1.0)) < 1e-4
+    assert ds.attrs["protocol"] == "standard" and "data_range 1" in ds.ssim.attrs["convention"]
+    with pytest.raises(UserError, match="--protocol 'best'"):
+        roll(trained, EditableVideos(), protocol="best")
