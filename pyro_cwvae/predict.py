@@ -221,6 +221,34 @@ def level_kls(run: TrainedRun, video: torch.Tensor) -> np.ndarray:
     return kl
 
 
+def kl_per_sequence(kl: np.ndarray, frames: int, seq_len: int) -> np.ndarray:
+    """Table 1's quantity: the KL (N, L, T) of each level summed over windows of ``seq_len`` frames (a training
+    sequence) from frame 0, averaged over the windows and sequences, (L,). Only windows wholly inside the first
+    ``frames`` frames (those with a KL) count; NaN where none fits."""
+    N, L = kl.shape[:2]
+    windows = frames // seq_len
+    if windows == 0:
+        return np.full(L, np.nan, dtype=np.float32)
+    per_window = np.nansum(kl[:, :, :windows * seq_len].reshape(N, L, windows, seq_len), axis=-1)
+    return per_window.mean(axis=(0, 2)).astype(np.float32)
+
+
+def kl_table_variable(kl: np.ndarray, frames: int, seq_len: int) -> tuple:
+    """The (dims, values, attrs) of ``kl_table(level)``: ``kl_per_sequence`` and how it was taken."""
+    windows = frames // seq_len
+    name = f"KL per training sequence of {seq_len} frames (Table 1)"
+    attrs = {
+        "units": "nats",
+        "long_name": (f"{name}: summed over each window of {seq_len} frames from frame 0, mean over "
+                      f"{windows} window(s) x {kl.shape[0]} sequence(s)" if windows else
+                      f"{name}: none, no full window of {seq_len} frames in the {frames} frames with a KL"),
+        "frames_per_sequence": seq_len,
+        "windows_per_sequence": windows,
+        "filtering": "the guide filters each test video from its first frame on, not afresh at each window",
+    }
+    return ("level",), kl_per_sequence(kl, frames, seq_len), attrs
+
+
 def check_options(cfg: Config, dataset: VideoDataset, horizon: int, context: int, samples: int, sequences: int,
                   prior_levels: int) -> None:
     """``UserError`` for options that cannot work with this run and data."""
@@ -293,7 +321,8 @@ def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context
     predicted = has_truth & (np.arange(total) >= context)
     for metric in ("psnr", "ssim"):
         scores[f"{metric}_best"] = best_of_samples(scores[metric], predicted)
-    return to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, scoring,
+    kl_table = kl_table_variable(kl, kl_frames, cfg.seq_len)
+    return to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, kl_table, scoring,
                       seed=seed, prior_levels=prior_levels)
 
 
@@ -325,7 +354,7 @@ def metric_variable(name: str, scores: np.ndarray, protocol: Protocol, samples: 
     return dims, scores.astype(np.float32), attrs
 
 
-def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, protocol, *, seed,
+def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, kl_table, protocol, *, seed,
                prior_levels) -> xr.Dataset:
     """The rollout as named arrays with units, and the run's config, the protocol and versions in the attributes."""
     S, N, T, C = prediction.shape[:4]
@@ -338,6 +367,7 @@ def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, 
             "has_truth": (("sequence", "time"), has_truth, {"long_name": "the test video reaches this frame"}),
             **{name: metric_variable(name, values, protocol, S) for name, values in scores.items()},
             "kl": (("sequence", "level", "time"), kl, {"units": "nats", "long_name": "KL[q || p] at each active step (NaN: level inactive)"}),
+            "kl_table": kl_table,
         },
         coords={"sample": np.arange(S), "sequence": np.arange(N), "time": np.arange(T), "channel": np.arange(C),
                 "y": np.arange(64), "x": np.arange(64), "level": np.arange(1, run.cfg.levels + 1)},
@@ -362,16 +392,16 @@ def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, 
 
 def summary(ds: xr.Dataset) -> str:
     """The rollout in two lines: its scores over the predicted frames as its protocol reports them, and the KL
-    of each level."""
+    of each level per training sequence (Table 1)."""
     protocol = PROTOCOLS[ds.attrs["protocol"]]
     predicted = ~ds.is_context
     suffix, how = ("_best", f"best of {ds.sizes['sample']} samples") if protocol.best_of_samples else ("", "all samples")
     psnr_, ssim_ = (ds[metric + suffix].where(predicted) for metric in ("psnr", "ssim"))
     psnr_ = psnr_.where(np.isfinite(psnr_))  # a frame predicted exactly has no finite PSNR
-    table = ds.kl.sum("time").mean("sequence")
+    table = ds.kl_table
     return (f"PSNR {float(psnr_.mean()):.2f} dB, SSIM {float(ssim_.mean()):.3f} over the predicted frames "
-            f"({protocol.name} protocol, {how})\nKL per level (nats): "
-            + ", ".join(f"{int(level)}: {value:.1f}" for level, value in zip(table.level, table.values)))
+            f"({protocol.name} protocol, {how})\nKL per training sequence of {table.frames_per_sequence} frames "
+            "(nats): " + ", ".join(f"level {int(level)} {value:.1f}" for level, value in zip(table.level, table.values)))
 
 
 def versions() -> str:

@@ -8,7 +8,7 @@ import pyro_cwvae.plots as plots
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.plots import write_figures
 
-SAMPLES, SEQUENCES, TIME, CONTEXT, LEVELS, RATE = 2, 2, 40, 10, 3, 4
+SAMPLES, SEQUENCES, TIME, CONTEXT, LEVELS, RATE, SEQ_LEN = 2, 2, 40, 10, 3, 4, 16
 
 
 def rollout(channels: int, seed: int = 0, protocol: str = "paper") -> xr.Dataset:
@@ -50,6 +50,7 @@ def rollout(channels: int, seed: int = 0, protocol: str = "paper") -> xr.Dataset
             "psnr_random_frame": (("sequence", "time"), scores(5, 15, (SEQUENCES, TIME))),
             "ssim_random_frame": (("sequence", "time"), scores(0, 0.5, (SEQUENCES, TIME))),
             "kl": (("sequence", "level", "time"), kl),
+            "kl_table": ("level", np.nansum(kl[:, :, :SEQ_LEN], -1).mean(0), {"frames_per_sequence": SEQ_LEN}),
         },
         coords={
             "sample": np.arange(SAMPLES),
@@ -106,5 +107,22 @@ def test_metric_curves_follow_the_protocol(protocol):
         np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), want, rtol=1e-6)
         assert np.array_equal(fig.axes[0].lines[0].get_xdata(), np.arange(1, TIME - CONTEXT + 1))
         assert (f"best of {SAMPLES}" in fig._suptitle.get_text()) == (protocol == "paper")
+    finally:
+        plots.plt.close(fig)
+
+
+def test_kl_bars_are_the_table_per_training_sequence():
+    ds = rollout(1)
+    fig = plots.plot_kl(ds)
+    try:
+        heights = [bar.get_height() for bar in fig.axes[0].patches]
+        np.testing.assert_allclose(heights, ds.kl_table.values, rtol=1e-6)
+        assert fig.axes[0].get_title() == f"KL per training sequence of {SEQ_LEN} frames (Table 1)"
+    finally:
+        plots.plt.close(fig)
+    ds["kl_table"][:] = np.nan  # no whole training sequence in the frames with a KL
+    fig = plots.plot_kl(ds)
+    try:
+        assert "no whole training sequence" in fig.axes[0].texts[0].get_text()
     finally:
         plots.plt.close(fig)

@@ -16,8 +16,8 @@ from pyro import poutine
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.predict import (TrainedRun, context_latents, filtered_steps, level_kls, load_run, open_loop_states,
-                                rollout, summary, write_rollout)
+from pyro_cwvae.predict import (TrainedRun, context_latents, filtered_steps, kl_per_sequence, level_kls, load_run,
+                                open_loop_states, rollout, summary, write_rollout)
 from pyro_cwvae.train import fit
 
 
@@ -187,7 +187,25 @@ def test_netcdf_round_trip(trained, tmp_path):
         np.testing.assert_array_equal(np.isfinite(loaded.kl.values), np.broadcast_to(active, (2, 2, 24)))
         table = loaded.kl.sum("time")
         np.testing.assert_allclose(table.values, np.nansum(loaded.kl.values, axis=-1), rtol=1e-6)
+        # Table 1: one window of the 8-frame training sequences fits in the 10 frames with a KL.
+        np.testing.assert_allclose(loaded.kl_table.values, np.nansum(loaded.kl.values[:, :, :8], -1).mean(0),
+                                   rtol=1e-6)
+        assert loaded.kl_table.attrs["frames_per_sequence"] == 8 and loaded.kl_table.attrs["units"] == "nats"
+        assert "(Table 1)" in loaded.kl_table.attrs["long_name"]
         xr.testing.assert_identical(loaded.load(), ds)
+
+
+def test_kl_per_training_sequence_sums_whole_windows():
+    active = np.zeros((2, 20), np.float32)  # levels 1 and 2 with k 2 over 20 frames, KL 1 at each active step
+    active[0] = 1.0
+    active[1, ::2] = 1.0
+    kl = np.where(active > 0, 1.0, np.nan)[None].repeat(3, 0)
+    np.testing.assert_array_equal(kl_per_sequence(kl, 20, 8), [8.0, 4.0])  # two windows, frames 16-19 left out
+    rng = np.random.default_rng(0)
+    kl = np.where(active > 0, rng.uniform(0, 3, (3, 2, 20)), np.nan)
+    want = np.mean([[np.nansum(kl[n, :, w * 6:(w + 1) * 6], -1) for w in range(3)] for n in range(3)], (0, 1))
+    np.testing.assert_allclose(kl_per_sequence(kl, 19, 6), want, rtol=1e-6)
+    assert np.isnan(kl_per_sequence(kl, 7, 8)).all()  # no whole window
 
 
 def test_per_level_kl_is_the_analytic_kl_of_the_elbo(trained):
@@ -247,6 +265,8 @@ def test_summary_reports_the_protocols_numbers(trained):
         line = summary(ds).splitlines()[0]
         assert line.startswith(f"PSNR {psnr[np.isfinite(psnr)].mean():.2f} dB, SSIM {ssim.mean():.3f}"), line
         assert f"{name} protocol" in line
+    table = ", ".join(f"level {level} {value:.1f}" for level, value in zip((1, 2), ds.kl_table.values))
+    assert summary(ds).splitlines()[1] == f"KL per training sequence of 8 frames (nats): {table}"
 
 
 def test_standard_protocol_scores_the_saved_frames(trained):
