@@ -375,6 +375,7 @@ def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, 
             "title": "pyro-cwvae open-loop rollout",
             "config": run.cfg.to_json(),
             "checkpoint_step": run.step,
+            "elbo": run.cfg.elbo,  # the estimator the run was trained with: trace or meanfield
             "seed": seed,
             "context": context,
             "horizon": horizon,

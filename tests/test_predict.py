@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
     from tests.conftest import TINY
     from pyro_cwvae.config import Config
 
-    cfg = Config(**{**TINY, "steps": 2}, run_dir=str(tmp_path_factory.mktemp("run")))
+    cfg = Config(**{**TINY, "steps": 2, "elbo": "meanfield"}, run_dir=str(tmp_path_factory.mktemp("run")))
     fit(cfg, GeneratedMovingMNIST(), progress=False)
     return cfg
 
@@ -175,6 +175,7 @@ def test_netcdf_round_trip(trained, tmp_path):
         assert list(loaded.level.values) == [1, 2]
         assert loaded.kl.attrs["units"] == "nats" and loaded.psnr.attrs["units"] == "dB"
         assert loaded.attrs["checkpoint_step"] == 2 and loaded.attrs["seed"] == 0
+        assert loaded.attrs["elbo"] == "meanfield"  # the run's estimator, not the package default
         assert "pyro-ppl" in loaded.attrs["versions"] and '"levels": 2' in loaded.attrs["config"]
         np.testing.assert_array_equal(loaded.has_truth[1], np.arange(24) < 10)
         assert np.isnan(loaded.psnr[:, 1, 10:]).all() and np.isfinite(loaded.ssim[:, 1, :10]).all()
