@@ -11,8 +11,7 @@ r"""The CW-VAE generative model (paper eq. 3) as a Pyro program.
 Each state s_t^l = (z_t^l, h_t^l): z is the latent sampled at site ``s_{l}_{t}``; h is the GRU state, a
 deterministic function of the previous state and the state above (so it is a plain tensor, not a site). The
 top level reads zeros from "above". All frames are decoded in one batched call and observed in one site ``x``:
-they are conditionally independent given level 1. The ELBO traces the guide and this model inside
-``nets.sharing_deterministic_path()``, so each GRU step that both programs take is computed once.
+they are conditionally independent given level 1.
 
 Copy this file, edit it, and train the copy with ``pyro-cwvae fit --model PATH``.
 """

@@ -8,7 +8,7 @@ transposed-conv decoder back to 64x64.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,91 @@ class HierarchicalEncoder(nn.Module):
         return embeddings
 
 
+STOCHASTIC_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+                     nn.RReLU)  # layers that draw random numbers in training mode
+
+
+class StepCache:
+    """The GRU steps taken inside ``CWVAENets.sharing_deterministic_path()``, so that a step taken again on the
+    same inputs returns the first result and its autograd graph: the model, replayed on the guide's samples,
+    then reuses the guide's h_t^l (one GRU call per latent site), and the ELBO and its gradients are unchanged.
+
+    A step is reused only if all of these are unchanged (``step_key``): the transition, the identity and version
+    (``tensor._version``, bumped by every in-place edit) of each input tensor, the grad mode (an h computed under
+    ``torch.no_grad()`` has no graph to hand on), the autocast state, and the versions of the transition's
+    parameters (an optimizer step inside a block). Entries keep their inputs alive, so no id is reused while
+    they exist. A transition holding a stochastic layer in training mode never shares (``shares_steps``), and
+    inference tensors (no version counter) are never shared. Changes through ``.data`` and fused optimizers
+    (``fused=True``) bump no version: make them outside a block.
+
+    The cache is emptied at the end of every block, nested ones too, and a copy (deepcopy, pickle) of the
+    networks starts empty: nothing outlives one ELBO evaluation or rollout. ``hits`` and ``misses`` count GRU
+    steps since the networks were built: under ``elbo_terms`` one miss (guide) and one hit (model) per site.
+    """
+
+    def __init__(self):
+        self.entries: Optional[dict] = None  # None outside a block
+        self.depth = 0  # blocks entered and not left
+        self.hits = 0
+        self.misses = 0
+
+    def __reduce__(self):
+        return StepCache, ()  # copies start empty, outside any block
+
+    @property
+    def active(self) -> bool:
+        return self.entries is not None
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses}
+
+    @contextmanager
+    def block(self) -> Iterator[None]:
+        """Reuse steps within this block; forget them all when it ends."""
+        self.depth += 1
+        if self.entries is None:
+            self.entries = {}
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            self.entries.clear()
+            if not self.depth:
+                self.entries = None
+
+    def step(self, key: tuple, keep: tuple, gru_step: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The h stored under ``key`` (a hit), or ``gru_step()``'s, stored with ``keep`` alive (a miss)."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        h = gru_step()
+        self.entries[key] = (keep, h)
+        return h
+
+    def initial(self, key: tuple, make: Callable[[], State]) -> State:
+        """The state stored under ``key`` unless it was edited in place since, else ``make()``'s, stored."""
+        entry = self.entries.get(key)
+        if entry is not None and versions(entry[0]) == entry[1]:
+            return entry[0]
+        state = make()
+        self.entries[key] = (state, versions(state))
+        return state
+
+
+def versions(tensors) -> tuple[int, ...]:
+    return tuple(tensor._version for tensor in tensors)
+
+
+def step_key(transition: Transition, inputs: tuple[torch.Tensor, ...]) -> tuple:
+    """What a GRU step's result depends on besides the weights' values (see ``StepCache``)."""
+    device = inputs[-1].device.type
+    autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    return (id(transition), torch.is_grad_enabled(), autocast, versions(transition.weights),
+            *map(id, inputs), *versions(inputs))
+
+
 class Transition(nn.Module):
     """The deterministic path and prior of one level: h_t = GRU(h_{t-1}, [z_{t-1}, s_t^{l+1}]),
     parameterizes p(s_t^l | s_{t-1}^l, s_t^{l+1}) = N(z_t; mean(h_t), std(h_t))."""
@@ -96,19 +181,37 @@ class Transition(nn.Module):
         self.gru = nn.GRUCell(cfg.embed_size, cfg.h_size)
         self.hidden = nn.Linear(cfg.h_size, cfg.embed_size)
         self.head = GaussianHead(cfg.embed_size, cfg.z_size, cfg.min_std)
-        self.memo: Optional[dict] = None  # set by CWVAENets.sharing_deterministic_path
+        self.step_cache: Optional[StepCache] = None  # the networks' cache and what its keys read, set by join
+        self.weights: tuple[nn.Parameter, ...] = ()
+        self.stochastic_layers: tuple[nn.Module, ...] = ()
 
     def deterministic(self, previous: State, above: State) -> torch.Tensor:
-        """h_t^l from the previous state s_{t-1}^l and the state above s_t^{l+1}."""
-        if self.memo is None:
+        """h_t^l from the previous state s_{t-1}^l and the state above s_t^{l+1}.
+
+        Inside ``CWVAENets.sharing_deterministic_path()`` a step already taken on the same inputs is reused
+        (see ``StepCache``), so the model replayed on the guide's samples does not recompute the guide's steps.
+        """
+        cache = self.step_cache
+        if cache is None or not cache.active or not self.shares_steps():
             return self.gru_step(previous, above)
-        # The same input tensors give the same h: the model, replayed on the guide's samples, reuses the
-        # guide's GRU steps (and their autograd graph) instead of recomputing them.
         inputs = (*previous, *above)
-        key = (id(self), *map(id, inputs))
-        if key not in self.memo:
-            self.memo[key] = (inputs, self.gru_step(previous, above))  # keeping the inputs keeps their ids unique
-        return self.memo[key][1]
+        try:
+            key = step_key(self, inputs)
+        except RuntimeError:  # inference tensors have no version counter: such a step is never shared
+            return self.gru_step(previous, above)
+        return cache.step(key, (self, inputs), lambda: self.gru_step(previous, above))
+
+    def join(self, cache: StepCache) -> None:
+        """Share steps through ``cache``. The parameters and stochastic layers are collected here, once a block:
+        walking the modules at every step would cost more than a small GRU step."""
+        self.step_cache = cache
+        self.weights = tuple(self.parameters())
+        self.stochastic_layers = tuple(module for module in self.modules() if isinstance(module, STOCHASTIC_LAYERS))
+
+    def shares_steps(self) -> bool:
+        """Whether two steps on the same inputs give the same h: not while a stochastic layer (dropout, RReLU)
+        is in training mode. A variant that draws random numbers in ``gru_step`` otherwise must return False."""
+        return not any(layer.training for layer in self.stochastic_layers)
 
     def gru_step(self, previous: State, above: State) -> torch.Tensor:
         z_prev, h_prev = previous
@@ -210,7 +313,7 @@ class CWVAENets(nn.Module):
         self.encoder = HierarchicalEncoder(cfg)
         self.levels = nn.ModuleList(Level(cfg) for _ in range(cfg.levels))
         self.decoder = Decoder(cfg)
-        self.memo: Optional[dict] = None
+        self.step_cache = StepCache()  # GRU steps shared by the guide and the model; see StepCache
         self.apply(initialize_like_reference)
 
     def level(self, level: int) -> Level:
@@ -218,32 +321,27 @@ class CWVAENets(nn.Module):
         return self.levels[level - 1]
 
     def initial_state(self, batch_size: int) -> State:
-        """(0, 0): the state before each level's first step, and what the top level reads from above."""
-        if self.memo is not None and ("initial", batch_size) in self.memo:
-            return self.memo[("initial", batch_size)]
+        """(0, 0): the state before each level's first step, and what the top level reads from above.
+
+        Inside ``sharing_deterministic_path()`` the same tensors each time, so that first steps are shared too.
+        """
         weight = self.decoder.dense.weight
-        state = tuple(weight.new_zeros(batch_size, size) for size in self.state_sizes)
-        if self.memo is not None:
-            self.memo[("initial", batch_size)] = state
-        return state
+
+        def zeros() -> State:
+            return tuple(weight.new_zeros(batch_size, size) for size in self.state_sizes)
+
+        if not self.step_cache.active or torch.is_inference_mode_enabled():  # inference tensors: no version
+            return zeros()
+        return self.step_cache.initial(("initial", batch_size, weight.device, weight.dtype), zeros)
 
     @contextmanager
     def sharing_deterministic_path(self) -> Iterator[None]:
-        """Within this block, a GRU step called again with the very same input tensors returns its first result,
-        and ``initial_state`` returns the same zero tensors for a batch size (so first steps match too).
+        """Within this block a GRU step taken again on the same inputs returns its first result (``StepCache``).
 
         Traced together (the guide first, then the model replayed on the guide's samples), the two programs then
         compute each h_t^l once, as a hand-written CW-VAE would; the ELBO and its gradients are unchanged.
         """
-        if self.memo is not None:  # already inside such a block
+        for level in self.levels:  # at every block: also a transition a variant swapped in after construction
+            level.transition.join(self.step_cache)
+        with self.step_cache.block():
             yield
-            return
-        self.memo = {}
-        for level in self.levels:
-            level.transition.memo = self.memo
-        try:
-            yield
-        finally:
-            self.memo = None
-            for level in self.levels:
-                level.transition.memo = None

@@ -1,0 +1,193 @@
+"""The GRU-step cache of ``CWVAENets.sharing_deterministic_path()``: the model reuses the guide's steps, and a step
+is never reused where its result could differ (an input edited in place, another grad mode or autocast state,
+changed weights, a stochastic layer, a copy of the networks)."""
+import contextlib
+import copy
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_cwvae.elbo import elbo_terms, level_of
+from pyro_cwvae.guides.cwvae import guide
+from pyro_cwvae.models.cwvae import model
+from pyro_cwvae.nets import CWVAENets
+
+
+def step_inputs(cfg, batch: int = 3):
+    """A previous state (z, h) and a state from above (z, h) of level 1, as fresh tensors."""
+    generator = torch.Generator().manual_seed(5)
+    z, h, z_above, h_above = (torch.randn(batch, size, generator=generator) for size in [cfg.z_size, cfg.h_size] * 2)
+    return (z, h), (z_above, h_above)
+
+
+def count_gru_calls(nets: CWVAENets) -> list[int]:
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    for level in nets.levels:
+        level.transition.gru.register_forward_hook(hook)
+    return calls
+
+
+def sharing(nets: CWVAENets, on: bool) -> contextlib.AbstractContextManager:
+    return nets.sharing_deterministic_path() if on else contextlib.nullcontext()
+
+
+def test_a_step_on_the_same_inputs_is_reused(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    previous, above = step_inputs(tiny_cfg)
+    calls = count_gru_calls(nets)
+    with nets.sharing_deterministic_path():
+        first = transition.deterministic(previous, above)
+        assert transition.deterministic(previous, above) is first
+    assert calls[0] == 1
+    assert nets.step_cache.stats() == {"hits": 1, "misses": 1}
+
+
+def test_an_input_edited_in_place_is_not_reused(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    previous, above = step_inputs(tiny_cfg)
+    with nets.sharing_deterministic_path():
+        first = transition.deterministic(previous, above)
+        previous[0].add_(1.0)  # e.g. a variant that clamps z in place
+        second = transition.deterministic(previous, above)
+    torch.testing.assert_close(second, transition.gru_step(previous, above), rtol=0, atol=0)
+    assert not torch.allclose(first, second)
+    assert nets.step_cache.stats() == {"hits": 0, "misses": 2}
+
+
+def test_an_initial_state_edited_in_place_is_not_handed_out_again(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    with nets.sharing_deterministic_path():
+        z, h = nets.initial_state(2)
+        assert nets.initial_state(2)[0] is z  # shared, so that first steps are shared too
+        z.add_(1.0)
+        assert torch.count_nonzero(nets.initial_state(2)[0]) == 0
+
+
+def gru_gradients(nets: CWVAENets, video, cfg, sharing_on: bool) -> list[torch.Tensor]:
+    """Gradients of the model's log p(z | h) at the guide's samples, the guide traced without grad, as in a
+    program that evaluates the posterior under ``torch.no_grad()`` and the prior with it."""
+    pyro.set_rng_seed(4)
+    with sharing(nets, sharing_on):
+        with torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(video, nets, cfg)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(video, nets, cfg)
+    log_prior = sum(site["fn"].log_prob(site["value"]).sum() for name, site in model_trace.nodes.items()
+                    if level_of(name))
+    weights = [p for level in nets.levels for p in level.transition.gru.parameters()]
+    return torch.autograd.grad(log_prior, weights, allow_unused=True)
+
+
+def test_a_step_taken_without_grad_is_not_reused_with_grad(tiny_cfg, video):
+    nets = CWVAENets(tiny_cfg)
+    shared, recomputed = (gru_gradients(nets, video, tiny_cfg, on) for on in (True, False))
+    for got, expected in zip(shared, recomputed):
+        assert got is not None, "log p(z | h) sends no gradient to the GRU"
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert nets.step_cache.hits == 0
+
+
+def test_a_step_under_autocast_is_not_reused_without_it(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    previous, above = step_inputs(tiny_cfg)
+    with nets.sharing_deterministic_path():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = transition.deterministic(previous, above)
+        full = transition.deterministic(previous, above)
+    torch.testing.assert_close(full, transition.gru_step(previous, above), rtol=0, atol=0)
+    assert not torch.equal(low, full)  # the test sees a difference: bf16 rounding
+    assert nets.step_cache.stats() == {"hits": 0, "misses": 2}
+
+
+def trace_elbo_loss(nets, video, cfg) -> torch.Tensor:
+    pyro.set_rng_seed(3)
+    return pyro.infer.Trace_ELBO().differentiable_loss(model, guide, video, nets, cfg)
+
+
+def elbo_terms_loss(nets, video, cfg) -> torch.Tensor:
+    pyro.set_rng_seed(3)
+    return elbo_terms(model, guide, video, nets, cfg).loss
+
+
+@pytest.mark.parametrize("loss,fused", [
+    (trace_elbo_loss, False),  # one block: the parameters' versions change with the optimizer step
+    (elbo_terms_loss, True),  # nested blocks, a fused step that bumps no version: the inner block forgets
+])
+def test_no_step_is_reused_after_an_optimizer_step(tiny_cfg, video, loss, fused):
+    nets = CWVAENets(tiny_cfg)
+    optimizer = torch.optim.Adam(nets.parameters(), lr=1e-2, fused=fused)
+    with nets.sharing_deterministic_path():  # e.g. around a whole training loop
+        loss(nets, video, tiny_cfg).backward()
+        optimizer.step()
+        after_step = loss(nets, video, tiny_cfg)
+    recomputed = loss(nets, video, tiny_cfg)  # outside the block: computed afresh
+    torch.testing.assert_close(after_step, recomputed, rtol=1e-6, atol=0)
+    assert nets.step_cache.hits > 0  # the sharing itself stayed on
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_copy_of_the_networks_made_inside_a_block_shares_nothing_outside_it(tiny_cfg, grad):
+    nets = CWVAENets(tiny_cfg)
+    previous, above = step_inputs(tiny_cfg)
+    with nets.sharing_deterministic_path(), torch.set_grad_enabled(grad):
+        nets.level(1).transition.deterministic(previous, above)
+        copied = copy.deepcopy(nets)
+    calls = count_gru_calls(copied)
+    for _ in range(2):
+        copied.level(1).transition.deterministic(previous, above)
+    assert calls[0] == 2
+    assert copied.step_cache.stats() == {"hits": 0, "misses": 0}
+
+
+def test_a_stochastic_step_is_not_reused_in_training_mode(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    transition.inp = nn.Sequential(transition.inp, nn.Dropout(0.5))  # a variant with dropout before the GRU
+    previous, above = step_inputs(tiny_cfg)
+
+    def two_steps(sharing_on: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        with sharing(nets, sharing_on):
+            return transition.deterministic(previous, above), transition.deterministic(previous, above)
+
+    shared, recomputed = two_steps(True), two_steps(False)
+    assert not torch.equal(*recomputed)  # two dropout masks
+    for got, expected in zip(shared, recomputed):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert nets.step_cache.hits == 0
+    nets.eval()  # dropout off: the step is deterministic and shared again
+    first, second = two_steps(True)
+    assert second is first and nets.step_cache.hits == 1
+
+
+def test_programs_under_inference_mode_share_nothing(tiny_cfg, video):
+    """Inference tensors have no version counter: their steps are computed, never shared (and never fail)."""
+    nets = CWVAENets(tiny_cfg)
+    calls = count_gru_calls(nets)
+    with torch.inference_mode(), nets.sharing_deterministic_path():
+        guide_trace = poutine.trace(guide).get_trace(video, nets, tiny_cfg)
+        poutine.replay(model, trace=guide_trace)(video, nets, tiny_cfg)
+    assert calls[0] == 2 * (8 + 4)  # T = 8, k = 2: each program takes its own steps
+    assert nets.step_cache.stats() == {"hits": 0, "misses": 0}
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_elbo_terms_takes_each_gru_step_once(tiny_cfg, video, levels):
+    """Under elbo_terms every model step is a hit: one GRU call per latent site, one miss (guide) and one hit
+    (model) per site."""
+    cfg = tiny_cfg.replace(levels=levels)
+    nets = CWVAENets(cfg)
+    calls = count_gru_calls(nets)
+    elbo_terms(model, guide, video, nets, cfg)
+    sites = sum(cfg.clock.num_steps(level, video.shape[1]) for level in range(1, levels + 1))
+    assert calls[0] == sites
+    assert nets.step_cache.stats() == {"hits": sites, "misses": sites}
