@@ -99,8 +99,9 @@ def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
     """Ground truth above each sample's prediction, for every sequence of ``ds``.
 
     Columns are a few context frames (the samples' rows show their reconstructions by the guide and decoder)
-    followed by ``max_frames`` evenly spaced predicted frames, labelled with their time (frames counted from the first context frame). Each sequence is a block of
-    rows: ground truth, then one row per sample. Frames without ground truth are left blank.
+    followed by ``max_frames`` evenly spaced predicted frames, labelled with their time (frames counted from the
+    first context frame). Each sequence is a block of rows: ground truth, then one row per sample. Frames without
+    ground truth are left blank.
     """
     times = _strip_times(ds, max_frames)
     sub = ds.isel(time=times)

@@ -257,16 +257,19 @@ def check_options(cfg: Config, dataset: VideoDataset, horizon: int, context: int
     if not 0 <= prior_levels <= cfg.levels:
         raise UserError(f"--prior-levels {prior_levels} must lie between 0 and the run's {cfg.levels} levels")
     if dataset.channels != cfg.channels:
-        raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the run was trained on {cfg.channels}")
+        raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the run was trained on "
+                        f"{cfg.channels}")
 
 
-def read_test_frames(dataset: VideoDataset, sequences: int, total: int, context: int) -> tuple[np.ndarray, np.ndarray, int]:
+def read_test_frames(dataset: VideoDataset, sequences: int, total: int, context: int
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
     """The first ``total`` frames of the first test videos, uint8 (N, total, C, 64, 64) with zeros past a video's
     end, the mask of frames each video has, and the length of the shortest video (which must hold the context)."""
     videos = dataset.test_videos(sequences)
     shortest = min(len(v) for v in videos)
     if context > shortest:
-        raise UserError(f"--context {context} is longer than the shortest of the {sequences} test videos ({shortest} frames)")
+        raise UserError(f"--context {context} is longer than the shortest of the {sequences} test videos "
+                        f"({shortest} frames)")
     truth = np.zeros((sequences, total, dataset.channels, 64, 64), dtype=np.uint8)
     has_truth = np.zeros((sequences, total), dtype=bool)
     for n, v in enumerate(videos):
@@ -329,8 +332,10 @@ def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context
 METRIC_NAMES = {
     "psnr": "PSNR of each sample's prediction",
     "ssim": "SSIM of each sample's prediction",
-    "psnr_best": "PSNR of the best of the {samples} samples of each sequence (highest mean PSNR over the predicted frames)",
-    "ssim_best": "SSIM of the best of the {samples} samples of each sequence (highest mean SSIM over the predicted frames)",
+    "psnr_best": "PSNR of the best of the {samples} samples of each sequence (highest mean PSNR over the predicted "
+                 "frames)",
+    "ssim_best": "SSIM of the best of the {samples} samples of each sequence (highest mean SSIM over the predicted "
+                 "frames)",
     "psnr_last_frame": "PSNR of repeating the last context frame",
     "ssim_last_frame": "SSIM of repeating the last context frame",
     "psnr_random_frame": "PSNR of a random training frame",
@@ -361,12 +366,16 @@ def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, 
     frame = ("sample", "sequence", "time", "channel", "y", "x")
     ds = xr.Dataset(
         {
-            "prediction": (frame, prediction, {"long_name": "decoded frames: reconstructions of the context, then open-loop predictions", "units": "pixel intensity 0-255"}),
-            "truth": (frame[1:], truth, {"long_name": "ground-truth frames (zeros where has_truth is false)", "units": "pixel intensity 0-255"}),
+            "prediction": (frame, prediction, {
+                "long_name": "decoded frames: reconstructions of the context, then open-loop predictions",
+                "units": "pixel intensity 0-255"}),
+            "truth": (frame[1:], truth, {"long_name": "ground-truth frames (zeros where has_truth is false)",
+                                         "units": "pixel intensity 0-255"}),
             "is_context": ("time", np.arange(T) < context, {"long_name": "frame was given to the guide"}),
             "has_truth": (("sequence", "time"), has_truth, {"long_name": "the test video reaches this frame"}),
             **{name: metric_variable(name, values, protocol, S) for name, values in scores.items()},
-            "kl": (("sequence", "level", "time"), kl, {"units": "nats", "long_name": "KL[q || p] at each active step (NaN: level inactive)"}),
+            "kl": (("sequence", "level", "time"), kl, {
+                "units": "nats", "long_name": "KL[q || p] at each active step (NaN: level inactive)"}),
             "kl_table": kl_table,
         },
         coords={"sample": np.arange(S), "sequence": np.arange(N), "time": np.arange(T), "channel": np.arange(C),
@@ -396,13 +405,15 @@ def summary(ds: xr.Dataset) -> str:
     of each level per training sequence (Table 1)."""
     protocol = PROTOCOLS[ds.attrs["protocol"]]
     predicted = ~ds.is_context
-    suffix, how = ("_best", f"best of {ds.sizes['sample']} samples") if protocol.best_of_samples else ("", "all samples")
+    best = protocol.best_of_samples
+    suffix, how = ("_best", f"best of {ds.sizes['sample']} samples") if best else ("", "all samples")
     psnr_, ssim_ = (ds[metric + suffix].where(predicted) for metric in ("psnr", "ssim"))
     psnr_ = psnr_.where(np.isfinite(psnr_))  # a frame predicted exactly has no finite PSNR
     table = ds.kl_table
+    kls = ", ".join(f"level {int(level)} {value:.1f}" for level, value in zip(table.level, table.values))
     return (f"PSNR {float(psnr_.mean()):.2f} dB, SSIM {float(ssim_.mean()):.3f} over the predicted frames "
-            f"({protocol.name} protocol, {how})\nKL per training sequence of {table.frames_per_sequence} frames "
-            "(nats): " + ", ".join(f"level {int(level)} {value:.1f}" for level, value in zip(table.level, table.values)))
+            f"({protocol.name} protocol, {how})\n"
+            f"KL per training sequence of {table.frames_per_sequence} frames (nats): {kls}")
 
 
 def versions() -> str:
