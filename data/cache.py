@@ -92,9 +92,12 @@ def load_split(folder: Path, split: str, sources: Sequence[CacheSource], channel
         index = json.loads((folder / f"{split}.json").read_text())
     except (OSError, ValueError):
         return None
-    lengths = np.asarray(index.pop("lengths", []), dtype=np.int64)
-    if index != _index(sources, channels):
+    if not isinstance(index, dict):
         return None
+    lengths = index.pop("lengths", None)
+    if not _valid_lengths(lengths, len(sources)) or index != _index(sources, channels):
+        return None  # stale, damaged or foreign: rebuilt, never trusted
+    lengths = np.asarray(lengths, dtype=np.int64)
     shape = (int(lengths.sum()), channels, IMAGE_SIZE, IMAGE_SIZE)
     path = folder / f"{split}.u8"
     if not path.is_file() or path.stat().st_size != int(np.prod(shape)):
@@ -102,6 +105,12 @@ def load_split(folder: Path, split: str, sources: Sequence[CacheSource], channel
     frames = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     return DecodedSplit(frames, offsets, lengths)
+
+
+def _valid_lengths(lengths, count: int) -> bool:
+    """One positive whole frame count per source video."""
+    return isinstance(lengths, list) and len(lengths) == count and all(
+        type(length) is int and length > 0 for length in lengths)
 
 
 Decoder = Callable[[CacheSource], np.ndarray]

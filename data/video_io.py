@@ -75,6 +75,7 @@ def decode(source: Source, label: str, channels: int) -> tuple[np.ndarray, bool]
     to_gray, to_rgb = VideoReformatter(), VideoReformatter()
     frames, color = [], 0.0
     with _open(source, label) as container:
+        promised = container.streams.video[0].frames  # 0 where the header does not say
         try:
             for frame in container.decode(video=0):
                 rgb = to_rgb.reformat(frame, format="rgb24").to_ndarray()
@@ -85,6 +86,9 @@ def decode(source: Source, label: str, channels: int) -> tuple[np.ndarray, bool]
             raise DatasetError(f"cannot decode {label}: {_one_line(error)}") from error
     if not frames:
         raise DatasetError(f"{label} holds no frames")
+    if len(frames) < promised:  # a cut-off file can decode cleanly, only shorter: never pass it on as whole
+        raise DatasetError(f"{label} is truncated: its header lists {promised} frames but only {len(frames)} "
+                           f"decode; replace or remove the file")
     video = np.stack(frames)
     video = video[:, None] if channels == 1 else video.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(video), color > COLOR_THRESHOLD

@@ -1,41 +1,73 @@
-"""Checkpoints: everything a run needs to continue exactly, saved atomically.
+"""Checkpoints: everything a run needs to continue exactly, saved atomically and read without running code.
 
 A checkpoint holds the networks, the optimizer, the step, every random-number state, the resolved config, the
 model and guide source files and the package version, so that a resumed run continues bit for bit and a
 checkpoint loaded against a different model, level count or image size is refused with a reason.
+
+Run directories are shared between people, so a checkpoint is untrusted input: it is read with torch's
+``weights_only`` loader (tensors and plain Python values; a pickle that names a function is refused before
+anything is called), and every key, type and tensor shape is checked against what this module writes before
+the training or rollout code sees it. Format 2 keeps the random states as tensors and plain numbers; format 1
+kept NumPy's as an array, which the loader admits exactly (``FORMAT_1_GLOBALS``) so older runs still load.
 """
 from __future__ import annotations
 
+import json
 import pickle
+import random
+import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import pyro.util
+import numpy as np
 import torch
 
 from . import __version__
 from .atomic import atomic_path
-from .config import Config
+from .config import CONFIG_FILE, Config
 from .errors import UserError
+from .nets import CWVAENets
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+KEYS = ("format", "version", "step", "config", "nets", "optimizer", "rng", "programs")
+RNG_KEYS = ("torch", "python", "numpy")  # and "cuda" where CUDA was available
+
+# What NumPy pickles a uint32 array with: the random state of format 1. Nothing broader is admitted.
+FORMAT_1_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.ndarray.__reduce__(np.zeros(0))[0]]
+
+
+class Invalid(ValueError):
+    """A part of a checkpoint that is not what this module writes; the message says what and where."""
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's random states: torch (CPU and CUDA), Python and numpy."""
-    state = {"pyro": pyro.util.get_rng_state()}  # torch CPU, python and numpy
+    """This process's random states (torch CPU and CUDA, Python, NumPy) as tensors and plain values."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    pyro.util.set_rng_state(state["pyro"])
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    np.random.set_state(_numpy_state(state["numpy"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state(stored: tuple) -> tuple:
+    """NumPy's ``get_state()`` tuple back from its stored form (the key array as an int64 tensor)."""
+    name, keys, pos, has_gauss, cached_gaussian = stored
+    return name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached_gaussian
 
 
 def save_checkpoint(run_dir: Path, *, step: int, cfg: Config, nets, optimizer, programs, rng: list) -> Path:
@@ -50,27 +82,232 @@ def save_checkpoint(run_dir: Path, *, step: int, cfg: Config, nets, optimizer, p
         "rng": rng,
         "programs": {p_kind: {"path": p.path, "source": p.source} for p_kind, p in zip(("model", "guide"), programs)},
     }
-    target = Path(run_dir) / CHECKPOINT
+    return _write(Path(run_dir) / CHECKPOINT, state)
+
+
+def _write(target: Path, state: dict[str, Any]) -> Path:
     with atomic_path(target) as tmp:
         torch.save(state, tmp)
     return target
 
 
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint of ``run_dir``; UserError if it is missing, truncated or not a pyro-cwvae checkpoint."""
-    path = Path(run_dir) / CHECKPOINT
+    """The checkpoint of ``run_dir``, checked and in the layout of format 2.
+
+    UserError in one line when it is missing, truncated, holds anything but tensors and plain values, or differs
+    from what ``save_checkpoint`` writes in any key, type or shape; also when the run's config.json is damaged.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
     if not path.is_file():
         raise UserError(f"no checkpoint in {run_dir}: expected {path}")
-    try:
-        # weights_only=False: the file holds RNG states (numpy arrays, tuples); it is our own output.
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not a pyro-cwvae checkpoint of format {FORMAT}")
+    state = checked(_read(path, map_location, trust=False), path)
+    check_config_file(run_dir / CONFIG_FILE)
     if state["version"] != __version__:
         warnings.warn(f"{path} was written by pyro-cwvae {state['version']}; this is {__version__}")
     return state
+
+
+def upgrade_checkpoint(run_dir: Path, trust: bool = False) -> int:
+    """Rewrite the checkpoint of ``run_dir`` in format 2; return the format it had.
+
+    ``trust`` reads it with the full pickle loader, which runs whatever code the file names: only for a file
+    whose origin the user trusts and that the safe loader refuses.
+    """
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"no checkpoint in {run_dir}: expected {path}")
+    state = _read(path, "cpu", trust)
+    found = state.get("format") if isinstance(state, dict) else None
+    state = checked(state, path)
+    if found != FORMAT:
+        _write(path, state)
+    return found
+
+
+def _read(path: Path, map_location, trust: bool) -> Any:
+    try:
+        if trust:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(FORMAT_1_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if trust:
+            raise UserError(f"cannot read checkpoint {path}: {_first_line(error)}") from error
+        raise UserError(f"{path} holds {_refused(error)}, which the safe loader does not run; if you trust where it "
+                        f"came from, convert it with `pyro-cwvae checkpoint upgrade {path.parent} --trust`") from error
+    except Exception as error:  # a damaged or crafted file can fail in many ways: name it, in one line
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(error)}") from error
+
+
+def _refused(error: Exception) -> str:
+    """What the safe loader refused, from its message: the function or class the file names."""
+    named = re.search(r"GLOBAL ([\w.]+)", str(error)) or re.search(r"got <class '([\w.]+)'>", str(error))
+    return f"a reference to {named.group(1)}" if named else "objects other than tensors and plain values"
+
+
+def _first_line(error: Exception) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def checked(state: Any, path: Path) -> dict[str, Any]:
+    """``state`` in the layout of format 2 after checking every part; UserError naming ``path`` and the part."""
+    try:
+        _check_keys(state, KEYS, "the checkpoint")
+        if state["format"] not in READABLE_FORMATS:
+            raise Invalid(f"format {state['format']!r} is not one this pyro-cwvae reads "
+                          f"({', '.join(map(str, READABLE_FORMATS))})")
+        _check_type(state["version"], str, "version")
+        _check_type(state["step"], int, "step")
+        if state["step"] < 0:
+            raise Invalid(f"step is {state['step']}")
+        cfg = _checked_config(state["config"])
+        parameters = _check_nets(state["nets"], cfg)
+        _check_optimizer(state["optimizer"], parameters)
+        rng = [_checked_rng(entry, state["format"]) for entry in _list(state["rng"], "rng")]
+        _check_programs(state["programs"])
+    except Invalid as error:
+        raise UserError(f"{path} is not a checkpoint pyro-cwvae can use: {error}") from None
+    return {**state, "format": FORMAT, "rng": rng}
+
+
+def _check_keys(value: Any, keys: tuple[str, ...], what: str, optional: tuple[str, ...] = ()) -> None:
+    if not isinstance(value, dict):
+        raise Invalid(f"{what} is a {type(value).__name__}, not a dict")
+    missing = [key for key in keys if key not in value]
+    unknown = sorted(map(str, set(value) - set(keys) - set(optional)))
+    if missing:
+        raise Invalid(f"{what} lacks {', '.join(missing)}")
+    if unknown:
+        raise Invalid(f"{what} holds unknown key(s) {', '.join(unknown)}")
+
+
+def _check_type(value: Any, kind: type, what: str) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise Invalid(f"{what} must be {'an integer' if kind is int else 'a string'}, got a {type(value).__name__}")
+
+
+def _list(value: Any, what: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise Invalid(f"{what} is not a non-empty list")
+    return value
+
+
+def _checked_config(values: Any) -> Config:
+    if not isinstance(values, dict):
+        raise Invalid(f"config is a {type(values).__name__}, not a dict")
+    try:
+        return Config.from_dict(values).validate()
+    except UserError as error:
+        raise Invalid(f"its config: {error}") from None
+
+
+def _check_nets(nets: Any, cfg: Config) -> list[torch.Size]:
+    """The weights must be those of the model the checkpoint's config builds; returns its parameters' shapes."""
+    with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
+        model = CWVAENets(cfg)
+    expected = model.state_dict()
+    _check_keys(nets, tuple(expected), "nets")
+    for name, tensor in nets.items():
+        want = expected[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise Invalid(f"nets.{name} is a {type(tensor).__name__}, not a tensor")
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
+            raise Invalid(f"nets.{name} is {_describe(tensor)} but the model of its config has {_describe(want)}")
+    return [parameter.shape for parameter in model.parameters()]
+
+
+def _describe(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)}"
+
+
+PLAIN = (bool, int, float, str, type(None))
+
+
+def _check_optimizer(optimizer: Any, shapes: list[torch.Size]) -> None:
+    """An optimizer state for exactly these parameters: per-parameter tensors of their shapes, plain settings."""
+    _check_keys(optimizer, ("state", "param_groups"), "optimizer")
+    indices = []
+    for group in _list(optimizer["param_groups"], "optimizer.param_groups"):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            raise Invalid("an optimizer param group is not a dict with a list of params")
+        for key, setting in group.items():
+            if key != "params" and not _plain(setting):
+                raise Invalid(f"optimizer setting {key!r} is a {type(setting).__name__}")
+        indices += group["params"]
+    if any(type(index) is not int for index in indices) or sorted(indices) != list(range(len(shapes))):
+        raise Invalid(f"the optimizer state is not for the {len(shapes)} parameters of the model")
+    if not isinstance(optimizer["state"], dict):
+        raise Invalid("optimizer.state is not a dict")
+    for index, values in optimizer["state"].items():
+        if index not in indices or not isinstance(values, dict):
+            raise Invalid(f"optimizer.state holds an entry {index!r} for no parameter")
+        for key, value in values.items():
+            tensor_ok = isinstance(value, torch.Tensor) and value.shape in (shapes[index], torch.Size([]))
+            if not (tensor_ok or _plain(value)):
+                raise Invalid(f"optimizer.state[{index}][{key!r}] does not fit a parameter of shape "
+                              f"{tuple(shapes[index])}")
+
+
+def _plain(value: Any) -> bool:
+    """A setting as optimizers store them: a number, flag, string or None, or a tuple/list of those."""
+    items = value if isinstance(value, (tuple, list)) else [value]
+    return all(isinstance(item, PLAIN) for item in items)
+
+
+def _checked_rng(entry: Any, file_format: int) -> dict[str, Any]:
+    """One process's random states in the format-2 layout, each tried on a fresh generator to prove it loads."""
+    if file_format == 1:  # {"pyro": {"torch", "random", "numpy": NumPy's tuple}, "cuda"?}
+        _check_keys(entry, ("pyro",), "an rng entry", optional=("cuda",))
+        _check_keys(entry["pyro"], ("torch", "random", "numpy"), "an rng entry's pyro states")
+        name, keys, *rest = _tuple(entry["pyro"]["numpy"], 5, "the NumPy random state")
+        if not isinstance(keys, np.ndarray) or keys.dtype != np.uint32:
+            raise Invalid("the NumPy random state holds no uint32 key array")
+        numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), *rest)
+        entry = {"torch": entry["pyro"]["torch"], "python": entry["pyro"]["random"], "numpy": numpy_state,
+                 **{key: entry[key] for key in ("cuda",) if key in entry}}
+    _check_keys(entry, RNG_KEYS, "an rng entry", optional=("cuda",))
+    try:
+        torch.Generator().set_state(entry["torch"].cpu())
+        random.Random().setstate(entry["python"])
+        name, keys, *rest = _tuple(entry["numpy"], 5, "the NumPy random state")
+        np.random.RandomState().set_state(_numpy_state((name, keys, *rest)))
+    except Exception as error:  # each setter fails in its own way on a foreign state
+        raise Invalid(f"a random state does not load: {_first_line(error)}") from None
+    if "cuda" in entry and not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in entry["cuda"]):
+        raise Invalid("the CUDA random states are not byte tensors")
+    return entry
+
+
+def _tuple(value: Any, length: int, what: str) -> tuple:
+    if not isinstance(value, tuple) or len(value) != length:
+        raise Invalid(f"{what} is not a tuple of {length}")
+    return value
+
+
+def _check_programs(programs: Any) -> None:
+    _check_keys(programs, ("model", "guide"), "programs")
+    for kind, program in programs.items():
+        _check_keys(program, ("path", "source"), f"programs.{kind}")
+        for key, value in program.items():
+            _check_type(value, str, f"programs.{kind}.{key}")
+
+
+def check_config_file(path: Path) -> None:
+    """A run's config.json, where there is one, must hold a valid config (the checkpoint's copy is the one used:
+    a run directory with a damaged or foreign config.json is refused rather than half trusted)."""
+    if not path.exists():
+        return
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"cannot read {path} as JSON: {_first_line(error)}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} holds a JSON {type(values).__name__}, not a config")
+    try:
+        Config.from_dict(values).validate()
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
 
 
 def restore_nets(nets: torch.nn.Module, state: dict[str, Any]) -> None:

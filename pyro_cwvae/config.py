@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -108,10 +110,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
-        unknown = sorted(set(values) - FIELDS)
+        """A config of ``values`` (a run's file may come from anyone): UserError on an unknown key or a wrong type."""
+        unknown = sorted(map(str, set(values) - FIELDS))
         if unknown:
             raise UserError(f"unknown config key(s): {', '.join(unknown)}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: conform(name, value, hints[name]) for name, value in values.items()})
 
     def replace(self, **changes: Any) -> "Config":
         return self.from_dict({**self.to_dict(), **changes})
@@ -122,6 +126,43 @@ ELBOS = ("trace", "meanfield")
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("none", "default", "max-autotune")
 FIELDS = {f.name for f in dataclasses.fields(Config)}
+
+
+def conform(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as config field ``name`` of type ``hint`` holds it (an integer is a number too); UserError if not."""
+    try:
+        return _conformed(value, hint)
+    except TypeError:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise UserError(f"config key {name!r} must be {_kind(hint)}, got {shown} ({type(value).__name__})") from None
+
+
+def _conformed(value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _conformed(value, next(arg for arg in args if arg is not type(None)))
+    if origin is list and isinstance(value, (list, tuple)):
+        return [_conformed(item, args[0]) for item in value]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and isinstance(value, hint) and (hint is bool or not isinstance(value, bool)):
+        return value
+    if origin is None and hint not in (int, float, str, bool):
+        return value  # a field type this check does not know: left to validate()
+    raise TypeError(hint)
+
+
+def _kind(hint: Any) -> str:
+    """How a message names a field type: 'an integer', 'a list (a number each) or null', ..."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(arg) for arg in args)
+    if origin is list:
+        return f"a list ({_kind(args[0])} each)"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    return names.get(hint, str(hint))
 
 # Each preset overrides the field defaults above (which are the reference mmnist values).
 PRESETS: dict[str, dict[str, Any]] = {

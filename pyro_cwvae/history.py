@@ -52,15 +52,40 @@ class History:
 
     @classmethod
     def load(cls, path: Path, levels: int, upto_step: int) -> "History":
-        """The saved history up to ``upto_step`` (later rows belong to steps the checkpoint never saw)."""
+        """The saved history up to ``upto_step`` (later rows belong to steps the checkpoint never saw).
+
+        UserError naming the file when it is unreadable or not what ``save`` writes for ``levels`` levels.
+        """
         history = cls(levels)
         if not Path(path).exists():
             return history
         try:
             with xr.open_dataset(path, engine="netcdf4") as ds:
+                check_history(ds, levels)
                 ds = ds.sel(step=ds.step <= upto_step).load()
-        except (OSError, ValueError, KeyError) as error:
-            raise UserError(f"cannot read training history {path}: {error}") from error
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            reason = " ".join(str(error).split())
+            raise UserError(f"cannot read training history {path}: {reason}") from error
         table = np.column_stack([ds.step, ds.loss, ds.reconstruction, ds.grad_norm, ds.kl_scale, ds.kl])
         history.extend(list(table))
         return history
+
+
+# Every variable ``to_dataset`` writes, with its dims; all are floating point.
+VARIABLES = {"loss": ("step",), "reconstruction": ("step",), "grad_norm": ("step",), "kl_scale": ("step",),
+             "kl": ("step", "level")}
+
+
+def check_history(ds: xr.Dataset, levels: int) -> None:
+    """ValueError unless ``ds`` holds the variables of a history of ``levels`` levels at increasing integer steps."""
+    for name, dims in VARIABLES.items():
+        if name not in ds.variables:
+            raise ValueError(f"no variable {name!r}")
+        if ds[name].dims != dims or ds[name].dtype.kind != "f":
+            raise ValueError(f"variable {name!r} is {ds[name].dtype} ({', '.join(map(str, ds[name].dims))}), "
+                             f"not floating point ({', '.join(dims)})")
+    if ds.sizes["level"] != levels:
+        raise ValueError(f"it has {ds.sizes['level']} levels, the run {levels}")
+    steps = ds.step.values
+    if steps.dtype.kind not in "iu" or (np.diff(steps) <= 0).any():
+        raise ValueError("its steps are not increasing integers")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,10 +27,13 @@ def load_program(kind: str, path: Optional[str]) -> Program:
         raise UserError(f"--{kind} {path}: no such file")
     spec = importlib.util.spec_from_file_location(f"pyro_cwvae_user_{kind}_{abs(hash(file.resolve()))}", file)
     module = importlib.util.module_from_spec(spec)
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ in a shared run
     try:
         spec.loader.exec_module(module)
     except Exception as error:  # a user's file may fail in any way: report it in one line
         raise UserError(f"--{kind} {path} failed to load: {type(error).__name__}: {error}") from error
+    finally:
+        sys.dont_write_bytecode = writes_bytecode
     fn = getattr(module, kind, None)
     if not callable(fn):
         raise UserError(f"--{kind} {path} defines no function named '{kind}'")
