@@ -20,22 +20,27 @@ from PIL import Image, ImageDraw  # noqa: E402
 from pyro_cwvae.atomic import atomic_path  # noqa: E402
 from pyro_cwvae.errors import UserError  # noqa: E402
 
-REQUIRED_VARIABLES = (
-    "prediction",
-    "truth",
-    "is_context",
-    "has_truth",
-    "psnr",
-    "ssim",
-    "psnr_best",
-    "ssim_best",
-    "psnr_last_frame",
-    "ssim_last_frame",
-    "psnr_random_frame",
-    "ssim_random_frame",
-    "kl",
-    "kl_table",
-)
+_FRAME = ("sample", "sequence", "time", "channel", "y", "x")
+_CURVE = ("sequence", "time")
+# What the figures read: each variable's dims and dtype kind (u: uint8 images, b: flags, f: floats). A rollout
+# file may hold more (later versions add variables); these must be there as written.
+REQUIRED_VARIABLES = {
+    "prediction": (_FRAME, "u"),
+    "truth": (_FRAME[1:], "u"),
+    "is_context": (("time",), "b"),
+    "has_truth": (_CURVE, "b"),
+    "psnr": (_FRAME[:3], "f"),
+    "ssim": (_FRAME[:3], "f"),
+    "psnr_best": (_CURVE, "f"),
+    "ssim_best": (_CURVE, "f"),
+    "psnr_last_frame": (_CURVE, "f"),
+    "ssim_last_frame": (_CURVE, "f"),
+    "psnr_random_frame": (_CURVE, "f"),
+    "ssim_random_frame": (_CURVE, "f"),
+    "kl": (("sequence", "level", "time"), "f"),
+    "kl_table": (("level",), "f"),
+}
+_DTYPE_NAMES = {"u": "uint8", "b": "bool", "f": "floating point"}
 GIF_MAX_FRAMES = 300
 GIF_FRAME_MS = 100
 GIF_SCALE = 2
@@ -86,11 +91,24 @@ def read_rollout(path: Path) -> xr.Dataset:
 
 
 def check_rollout(ds: xr.Dataset) -> None:
-    """Raise ``UserError`` unless ``ds`` has every variable of a rollout and 1 or 3 channels."""
-    for name in REQUIRED_VARIABLES:
+    """Raise ``UserError`` unless ``ds`` has every variable the figures read, with its dims and dtype, at least
+    one entry along each dim, integer labels and 1 or 3 channels."""
+    for name, (dims, kind) in REQUIRED_VARIABLES.items():
         if name not in ds.variables:
             raise UserError(f"dataset is not a pyro-cwvae rollout: no variable {name!r}")
-    channels = ds.sizes.get("channel", 0)
+        variable = ds[name]
+        if variable.dims != dims:
+            raise UserError(f"variable {name!r} has dims ({', '.join(map(str, variable.dims))}), "
+                            f"not ({', '.join(dims)})")
+        if variable.dtype.kind != kind or kind == "u" and variable.dtype != np.uint8:
+            raise UserError(f"variable {name!r} is {variable.dtype}, not {_DTYPE_NAMES[kind]}")
+    for dim in ("sample", "sequence", "time", "level", "channel", "y", "x"):
+        if ds.sizes[dim] < 1:
+            raise UserError(f"dimension {dim!r} is empty")
+    for dim in ("sample", "sequence", "time", "level"):
+        if ds[dim].dtype.kind not in "iu":
+            raise UserError(f"coordinate {dim!r} is {ds[dim].dtype}, not integers")
+    channels = ds.sizes["channel"]
     if channels not in (1, 3):
         raise UserError(f"rollout frames must have 1 or 3 channels to be plotted, not {channels}")
 
