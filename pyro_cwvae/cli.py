@@ -152,7 +152,7 @@ def rollout(
         "PSNR pooled over channels, mean over samples."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     data_dir: Optional[Path] = typer.Option(None, help="Where the run's data is now, if it moved."),
-    out: Optional[Path] = typer.Option(None, help="The NetCDF file to write [default: RUN/rollout.nc]."),
+    out: Optional[Path] = typer.Option(None, help="The NetCDF file to write (default: RUN/rollout.nc)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Open-loop predictions, their PSNR/SSIM with baselines, and per-level KLs, as one NetCDF file."""
