@@ -1,4 +1,5 @@
-"""Interrupted runs lose nothing: SIGKILL at random moments, then --resume, ends where an uninterrupted run ends."""
+"""Interrupted runs lose nothing: SIGKILL at random moments, in the middle of the history and checkpoint writes
+too, then --resume, ends exactly where an uninterrupted run ends."""
 import os
 import random
 import signal
@@ -14,55 +15,98 @@ from pyro_cwvae.checkpoint import load_checkpoint
 
 ARGS = ["--levels", "2", "--factor", "2", "--seq-len", "8", "--batch-size", "2", "--workers", "0",
         "--z-size", "4", "--h-size", "8", "--checkpoint-every", "1", "--device", "cpu", "--quiet"]
-STEPS = 30
+STEPS = 12
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every process: the same float results
 
+# `pyro-cwvae ARGS...` whose COUNT-th atomic write of the file NAME stops, file written but not yet in place, until
+# killed: the process is then surely inside that write (the history's, or the checkpoint's).
+STALLED_FIT = """
+import os, sys, time
+name, count, *args = sys.argv[1:]
+seen, replace = 0, os.replace
+def stalling_replace(source, target, *rest, **options):
+    global seen
+    if os.path.basename(target) == name:
+        seen += 1
+        if seen == int(count):
+            print(f"stalled in the write of {name}", flush=True)
+            time.sleep(600)
+    return replace(source, target, *rest, **options)
+os.replace = stalling_replace
+sys.argv = ["pyro-cwvae", *args]
+from pyro_cwvae.cli import main
+main()
+"""
 
-def fit_process(run_dir, *extra):
-    command = [sys.executable, "-m", "pyro_cwvae", "fit", "--run-dir", str(run_dir), "--steps", str(STEPS), *ARGS, *extra]
+
+def fit_command(run_dir, resume: bool) -> list[str]:
+    return ["fit", "--run-dir", str(run_dir), "--steps", str(STEPS), *ARGS, "--resume" if resume else "--overwrite"]
+
+
+def start(command: list[str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def wait_for_training(run_dir, process, timeout=120) -> bool:
-    """Wait until the process has written its first file (training has begun); False if it ended first."""
-    deadline = time.monotonic() + timeout
-    mark = (run_dir / "history.nc").stat().st_mtime if (run_dir / "history.nc").exists() else None
-    while time.monotonic() < deadline and process.poll() is None:
-        history = run_dir / "history.nc"
-        if history.exists() and history.stat().st_mtime != mark:
-            return True
-        time.sleep(0.05)
-    return process.poll() is None
+def finish(process: subprocess.Popen) -> None:
+    output = process.communicate(timeout=300)[0].decode()
+    assert process.returncode == 0, output
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+
+def kill_inside_write(run_dir, name: str, count: int, resume: bool) -> None:
+    """Run until the ``count``-th write of ``name`` is under way, then SIGKILL the process there."""
+    process = start([sys.executable, "-c", STALLED_FIT, name, str(count), *fit_command(run_dir, resume)])
+    for line in iter(process.stdout.readline, b""):
+        if line.startswith(b"stalled in the write"):
+            kill(process)
+            assert list(run_dir.glob(f".{name}.*.tmp")), "the kill did not land inside the write"
+            return
+    raise AssertionError(f"the run ended before its write {count} of {name}: {process.wait()}")
+
+
+def kill_at_random_moment(run_dir, rng: random.Random) -> bool:
+    """SIGKILL a resumed run a random moment after training began; False if it finished first."""
+    process = start([sys.executable, "-m", "pyro_cwvae", *fit_command(run_dir, resume=True)])
+    mark = (run_dir / "history.nc").stat().st_mtime_ns
+    deadline = time.monotonic() + 120
+    while process.poll() is None and (run_dir / "history.nc").stat().st_mtime_ns == mark:
+        assert time.monotonic() < deadline, "training did not begin"
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 1.0))  # mid-step, mid-write, between writes...
+    if process.poll() is not None:
+        return False
+    kill(process)
+    return True
+
+
+def history_step(run_dir) -> int:
+    with xr.open_dataset(run_dir / "history.nc") as history:
+        return int(history.step[-1])
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
-    straight = tmp_path / "straight"
-    assert fit_process(straight).wait(timeout=300) == 0
+    straight, killed, rng = tmp_path / "straight", tmp_path / "killed", random.Random(0)
+    finish(start([sys.executable, "-m", "pyro_cwvae", *fit_command(straight, resume=False)]))
 
-    killed, rng, kills = tmp_path / "killed", random.Random(0), 0
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        has_checkpoint = (killed / "checkpoint.pt").exists()
-        if has_checkpoint and load_checkpoint(killed)["step"] == STEPS:
-            break
-        process = fit_process(killed, "--resume" if has_checkpoint else "--overwrite")
-        if kills < 4 and wait_for_training(killed, process):
-            time.sleep(rng.uniform(0.0, 2.0))  # a moment during training: mid-step, mid-checkpoint, ...
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                kills += 1
-                continue
-        output = process.communicate(timeout=300)[0].decode()
-        assert process.returncode == 0, output
-    print(f"survived {kills} SIGKILLs")
-    assert kills >= 1, "no kill landed: the run finished before the first one"
+    kill_inside_write(killed, "history.nc", count=rng.randint(2, 4), resume=False)
+    kill_inside_write(killed, "checkpoint.pt", count=rng.randint(1, 3), resume=True)
+    # the history is written first: it now runs one step ahead of the checkpoint, and resuming drops that row
+    assert history_step(killed) == load_checkpoint(killed)["step"] + 1
+    random_kills = sum(kill_at_random_moment(killed, rng) for _ in range(2))
+    print(f"killed in a history write, in a checkpoint write and at {random_kills} random moments")
+    finish(start([sys.executable, "-m", "pyro_cwvae", *fit_command(killed, resume=True)]))
 
     a, b = load_checkpoint(straight), load_checkpoint(killed)
     assert a["step"] == b["step"] == STEPS
     for name, tensor in a["nets"].items():
         assert torch.equal(tensor, b["nets"][name]), name
+    for index, moments in a["optimizer"]["state"].items():
+        assert all(torch.equal(value, b["optimizer"]["state"][index][key]) for key, value in moments.items())
     with xr.open_dataset(straight / "history.nc") as ha, xr.open_dataset(killed / "history.nc") as hb:
         xr.testing.assert_equal(ha.drop_attrs(), hb.drop_attrs())
 
