@@ -165,7 +165,7 @@ class Rollout:
         return open_loop_states(self.run, self.context, self.total)
 
     def decode(self, states: torch.Tensor):
-        return reference.decode(self.nets, states) if self.kind == "reference" else decode(self.run, states)
+        return reference.decode(self.nets, states, self.cfg) if self.kind == "reference" else decode(self.run, states)
 
     def __call__(self, device: torch.device) -> tuple[float, float]:
         holder = {}
@@ -446,18 +446,14 @@ def meanfield_terms_direct(video: torch.Tensor, nets: CWVAENets, cfg: Config) ->
         per_level[level if level is not None and level <= cfg.levels else 0].append(
             kl_divergence(guide_site["fn"], site["fn"]).sum() * guide_site["scale"])
     kl = torch.stack([sum(terms, video.new_zeros(())) for terms in per_level])
-    return ElboTerms((reconstruction + kl.sum()) / frames, reconstruction / frames, kl[1:] / frames)
+    loss = (reconstruction + kl.sum()) / frames
+    return ElboTerms(loss, reconstruction / frames, kl[1:] / frames, loss)  # the objective: no KL shaping
 
 
 def latent_path(nets: CWVAENets, cfg: Config, embeddings: list[torch.Tensor]) -> torch.Tensor:
     """The levels' GRU chains, posterior and prior heads and KLs, as the reference computes them."""
-    B = embeddings[0].shape[0]
-    above = embeddings[0].new_zeros(B, cfg.clock.num_steps(cfg.levels + 1, cfg.seq_len), cfg.state_size)
-    total = embeddings[0].new_zeros(())
-    for level in range(cfg.levels, 0, -1):
-        above, posterior, prior = reference.filter_level(nets, cfg, level, embeddings[level - 1], above)
-        total = total + kl_divergence(posterior, prior).sum()
-    return total + above.sum()
+    states, kl = reference.filter_levels(reference.Weights(nets), cfg, embeddings, cfg.seq_len)
+    return kl.sum() + states.sum()
 
 
 def profile(name: str, args, device: torch.device) -> str:
