@@ -40,6 +40,11 @@ REQUIRED_VARIABLES = {
     "kl": (("sequence", "level", "time"), "f"),
     "kl_table": (("level",), "f"),
 }
+# The spread over samples, drawn when present (a rollout of one sample has none); checked like the above.
+OPTIONAL_VARIABLES = {
+    "prediction_std": (_FRAME[1:], "u"),
+    "latent_std": (("sequence", "level", "time"), "f"),
+}
 _DTYPE_NAMES = {"u": "uint8", "b": "bool", "f": "floating point"}
 GIF_MAX_FRAMES = 300
 GIF_FRAME_MS = 100
@@ -50,12 +55,15 @@ _GROUP_GAP = 8
 """Pixels of white between sequences."""
 _STRIP_CONTEXT = 4
 """Context frames in the strip: their posterior reconstructions show what the model has learned to encode."""
+_STD_GAIN = 2
+"""The strip shows the per-pixel std over samples times this: std of pixels in [0, 255] is at most 127.5."""
 
 
 def write_figures(
     ds: xr.Dataset, out_dir: Path, max_sequences: int = 4, max_frames: int = 12
 ) -> list[Path]:
-    """Write ``strip.png``, ``metrics.png``, ``kl.png`` and ``rollout.gif`` into ``out_dir``.
+    """Write ``strip.png``, ``metrics.png``, ``kl.png``, ``rollout.gif`` and, when ``ds`` has the spread over
+    samples, ``uncertainty.png`` into ``out_dir``.
 
     ``max_sequences`` caps the sequences shown in the strip and the GIF; ``max_frames`` is the number of
     predicted frames in the strip. Returns the paths written. Raises ``UserError`` when ``ds`` is not a
@@ -65,12 +73,15 @@ def write_figures(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = ds.isel(sequence=slice(0, max_sequences))
-    return [
+    paths = [
         _save_figure(plot_strip(shown, max_frames), out_dir / "strip.png"),
         _save_figure(plot_metrics(ds), out_dir / "metrics.png"),
         _save_figure(plot_kl(ds), out_dir / "kl.png"),
         write_gif(shown, out_dir / "rollout.gif"),
     ]
+    if "prediction_std" in ds and "latent_std" in ds:
+        paths.append(_save_figure(plot_uncertainty(ds), out_dir / "uncertainty.png"))
+    return paths
 
 
 def read_rollout(path: Path) -> xr.Dataset:
@@ -93,9 +104,11 @@ def read_rollout(path: Path) -> xr.Dataset:
 def check_rollout(ds: xr.Dataset) -> None:
     """Raise ``UserError`` unless ``ds`` has every variable the figures read, with its dims and dtype, at least
     one entry along each dim, integer labels and 1 or 3 channels."""
-    for name, (dims, kind) in REQUIRED_VARIABLES.items():
+    for name in REQUIRED_VARIABLES:
         if name not in ds.variables:
             raise UserError(f"dataset is not a pyro-cwvae rollout: no variable {name!r}")
+    variables = {**REQUIRED_VARIABLES, **{k: v for k, v in OPTIONAL_VARIABLES.items() if k in ds.variables}}
+    for name, (dims, kind) in variables.items():
         variable = ds[name]
         if variable.dims != dims:
             raise UserError(f"variable {name!r} has dims ({', '.join(map(str, variable.dims))}), "
@@ -118,8 +131,9 @@ def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
 
     Columns are a few context frames (the samples' rows show their reconstructions by the guide and decoder)
     followed by ``max_frames`` evenly spaced predicted frames, labelled with their time (frames counted from the
-    first context frame). Each sequence is a block of rows: ground truth, then one row per sample. Frames without
-    ground truth are left blank.
+    first context frame). Each sequence is a block of rows: ground truth, one row per sample and, when ``ds`` has
+    it, the per-pixel standard deviation over the samples (times ``_STD_GAIN``, white where they disagree).
+    Frames without ground truth are left blank.
     """
     times = _strip_times(ds, max_frames)
     sub = ds.isel(time=times)
@@ -127,6 +141,7 @@ def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
     has_truth = sub.has_truth.values
     truth = np.where(has_truth[:, :, None, None, None], truth, 255).astype(np.uint8)
     pred = _to_hwc(sub.prediction.values)  # (sample, sequence, time, H, W, C)
+    std = _to_hwc(_std_image(sub.prediction_std.values)) if "prediction_std" in sub else None
     rows, labels = [], []
     for seq in range(sub.sizes["sequence"]):
         rows.append(truth[seq])
@@ -134,7 +149,10 @@ def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
         for sample in range(sub.sizes["sample"]):
             rows.append(pred[sample, seq])
             labels.append(f"sample {int(sub.sample[sample])}")
-    group = 1 + sub.sizes["sample"]
+        if std is not None:
+            rows.append(std[seq])
+            labels.append(f"std x{_STD_GAIN}")
+    group = 1 + sub.sizes["sample"] + (std is not None)
     mosaic, row_centres, col_centres = _mosaic(rows, group)
 
     height, width = mosaic.shape[:2]
@@ -147,9 +165,50 @@ def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
     ax.tick_params(length=0, labelsize=7)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title("time (frames from the first context frame)", fontsize=8)
+    ax.set_title(f"time (frames from the first context frame){_interventions(ds)}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _std_image(std: np.ndarray) -> np.ndarray:
+    """The uint8 per-pixel std (0-255 scale) as the strip shows it: times ``_STD_GAIN``, clipped."""
+    return np.minimum(std.astype(np.int32) * _STD_GAIN, 255).astype(np.uint8)
+
+
+def plot_uncertainty(ds: xr.Dataset) -> plt.Figure:
+    """Where in time the samples disagree: the per-pixel std of the frames over samples (mean over pixels and
+    sequences), and the spread of each level's latent over samples at the frames where that level is active
+    (``latent_std``, mean over sequences). The dotted line marks the end of the context."""
+    fig, (pixels, latents) = plt.subplots(1, 2, figsize=(10, 3.8))
+    times = ds.time.values
+    std = ds.prediction_std.astype(np.float32).mean(("channel", "y", "x"))
+    pixels.plot(times, std.mean("sequence").values, color="C0")
+    pixels.set_ylabel("pixel std over samples (0-255)")
+    pixels.set_title("Frames: per-pixel spread over samples", fontsize=10)
+    spread = ds.latent_std.mean("sequence")
+    for i, level in enumerate(ds.level.values):
+        values = spread.sel(level=level).values
+        active = np.isfinite(values)
+        latents.plot(times[active], values[active], "-o", color=f"C{i}", markersize=2.5, linewidth=1,
+                     label=f"level {level}")
+    latents.set_ylabel("latent std over samples")
+    latents.set_title("Latents: spread of z over samples per level", fontsize=10)
+    latents.legend(fontsize=8)
+    context = ds.is_context.values
+    for ax in (pixels, latents):
+        ax.set_xlabel("time (frames)")
+        ax.grid(alpha=0.3)
+        if context.any():
+            ax.axvline(times[context][-1], color="gray", linestyle=":", linewidth=1)
+    fig.suptitle(f"Uncertainty over {ds.sizes['sample']} samples{_interventions(ds)}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _interventions(ds: xr.Dataset) -> str:
+    """`` (<interventions>)`` for a title, or nothing for a plain rollout."""
+    what = ds.attrs.get("interventions", "none")
+    return "" if what == "none" else f" ({what})"
 
 
 def plot_metrics(ds: xr.Dataset) -> plt.Figure:

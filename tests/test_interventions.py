@@ -171,3 +171,69 @@ def test_one_sample_has_a_mean_but_no_spread():
     spread.add(slice(0, 3), torch.full((2, 3, 1, 64, 64), 0.5))
     assert set(spread.variables()) == {"prediction_mean"}
     assert (spread.mean == 128).all()
+
+
+def with_spread(ds):
+    """The synthetic rollout of test_plots with the spread variables a rollout of several samples has."""
+    rng = np.random.default_rng(2)
+    frame = ("sequence", "time", "channel", "y", "x")
+    std = rng.integers(0, 128, (ds.sizes["sequence"], ds.sizes["time"], ds.sizes["channel"], 64, 64), np.uint8)
+    spread = rng.uniform(0, 1, (ds.sizes["sequence"], ds.sizes["level"], ds.sizes["time"])).astype(np.float32)
+    spread[np.isnan(ds.kl.values)] = np.nan
+    return ds.assign(prediction_std=(frame, std), latent_std=(("sequence", "level", "time"), spread))
+
+
+def test_strip_shows_the_pixel_spread_under_each_sequences_samples(tmp_path):
+    from tests.test_plots import CONTEXT, SAMPLES, rollout as synthetic
+    from pyro_cwvae import plots
+
+    ds = with_spread(synthetic(1))
+    fig = plots.plot_strip(ds, max_frames=3)
+    try:
+        ax = fig.axes[0]
+        labels = [label.get_text() for label in ax.get_yticklabels()]
+        assert labels == [f"seq {n} truth" if row == "truth" else row for n in (0, 1)
+                          for row in ("truth", "sample 0", "sample 1", "std x2")]
+        mosaic = ax.images[0].get_array()
+        centre = int(ax.get_yticks()[SAMPLES + 1]), int(ax.get_xticks()[-1])  # std row, last predicted frame
+        std = ds.prediction_std.isel(sequence=0, time=-1, channel=0).values
+        assert mosaic[centre] == min(255, 2 * int(std[31, 31]))
+    finally:
+        plots.plt.close(fig)
+    assert "uncertainty.png" not in [p.name for p in plots.write_figures(synthetic(1), tmp_path / "plain")]
+    paths = plots.write_figures(ds, tmp_path / "spread")
+    assert [p.name for p in paths][-1] == "uncertainty.png"
+
+
+def test_uncertainty_figure_draws_each_levels_latent_spread_at_its_active_frames():
+    from tests.test_plots import rollout as synthetic
+    from pyro_cwvae import plots
+
+    ds = with_spread(synthetic(3))
+    fig = plots.plot_uncertainty(ds)
+    try:
+        pixels, latents = fig.axes
+        want = ds.prediction_std.astype(float).mean(("sequence", "channel", "y", "x")).values
+        np.testing.assert_allclose(pixels.lines[0].get_ydata(), want, rtol=1e-5)
+        for i, line in enumerate(latents.lines[:ds.sizes["level"]]):
+            spread = ds.latent_std.isel(level=i).mean("sequence").values
+            np.testing.assert_allclose(line.get_ydata(), spread[np.isfinite(spread)], rtol=1e-6)
+            np.testing.assert_array_equal(line.get_xdata(), ds.time.values[np.isfinite(spread)])
+    finally:
+        plots.plt.close(fig)
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("latent_std", lambda v: v.fillna(0).astype(np.int32), "variable 'latent_std' is int32, not floating point"),
+    ("prediction_std", lambda v: v.astype(np.float32), "variable 'prediction_std' is float32, not uint8"),
+    ("prediction_std", lambda v: v.isel(channel=0), "variable 'prediction_std' has dims"),
+])
+def test_a_rollout_file_with_a_malformed_spread_is_refused(tmp_path, name, edit, message):
+    from tests.test_plots import rollout as synthetic
+    from pyro_cwvae.plots import read_rollout
+
+    ds = with_spread(synthetic(1))
+    ds[name] = edit(ds[name])
+    ds.to_netcdf(tmp_path / "bad.nc", engine="netcdf4")
+    with pytest.raises(UserError, match=message):
+        read_rollout(tmp_path / "bad.nc")
