@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import sys
+import zipfile
 
 import av
 import numpy as np
@@ -180,11 +181,17 @@ def test_model_file_that_raises_at_import_is_one_line_and_writes_no_bytecode(run
     assert f"{variant} failed to load: RuntimeError: this model fails at import" in line
 
 
-def test_format_1_checkpoint_loads_safely_and_upgrades_to_format_2(run):
-    """Format 1 kept NumPy's random state as an array (pyro.util's layout); its states restore exactly."""
+def write_format_1(run) -> dict:
+    """Turn the run's checkpoint into format 1: NumPy's random state as an array, in pyro.util's layout."""
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     old_rng = pyro.util.get_rng_state()
     edit_checkpoint(run, lambda state: state.update(format=1, rng=[{"pyro": old_rng}]))
+    return old_rng
+
+
+def test_format_1_checkpoint_loads_safely_and_upgrades_to_format_2(run):
+    """The random states of a format-1 checkpoint restore exactly, before and after the upgrade."""
+    write_format_1(run)
     with torch.serialization.safe_globals(
             [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.ndarray.__reduce__(np.zeros(0))[0]]):
         assert torch.load(run / CHECKPOINT, weights_only=True)["rng"][0]["pyro"]["numpy"][1].dtype == np.uint32
@@ -202,6 +209,24 @@ def test_format_1_checkpoint_loads_safely_and_upgrades_to_format_2(run):
     set_rng_state(state["rng"][0])
     assert draws() == expected
     assert "already format 2" in invoke("checkpoint", "upgrade", run).output
+
+
+def test_checkpoint_the_safe_loader_refuses_is_upgraded_only_with_trust(run):
+    """A format-1 checkpoint pickled under NumPy 1 names its array builder numpy.core.multiarray._reconstruct,
+    which the safe loader does not admit: refused by default, rewritten in format 2 with --trust."""
+    write_format_1(run)
+    with zipfile.ZipFile(run / CHECKPOINT) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(run / CHECKPOINT, "w") as archive:
+        for info, data in members:
+            archive.writestr(info, data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    line = answer(["rollout", "--run", run], run)
+    assert "numpy.core.multiarray._reconstruct, which the safe loader does not run" in line
+    answer(["checkpoint", "upgrade", run], run)
+    result = invoke("checkpoint", "upgrade", run, "--trust")
+    assert result.exit_code == 0 and "from format 1 to format 2" in result.output, result.output
+    assert torch.load(run / CHECKPOINT, weights_only=True)["format"] == 2
+    assert load_checkpoint(run)["step"] == 2
 
 
 # NetCDF files -----------------------------------------------------------------------------------------------
