@@ -31,6 +31,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_leftovers(target: str | os.PathLike) -> None:
+    """Delete the temporary files of writes to ``target`` that a killed process left behind (each as large as
+    the file it was writing)."""
+    target = Path(target)
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

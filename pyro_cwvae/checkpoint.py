@@ -12,6 +12,8 @@ kept NumPy's as an array, which the loader admits exactly (``FORMAT_1_GLOBALS``)
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import pickle
 import random
@@ -129,7 +131,7 @@ def _read(path: Path, map_location, trust: bool) -> Any:
     try:
         if trust:
             return torch.load(path, map_location=map_location, weights_only=False)
-        with torch.serialization.safe_globals(FORMAT_1_GLOBALS):
+        with format_1_globals():
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if trust:
@@ -138,6 +140,13 @@ def _read(path: Path, map_location, trust: bool) -> Any:
                         f"came from, convert it with `pyro-cwvae checkpoint upgrade {path.parent} --trust`") from error
     except Exception as error:  # a damaged or crafted file can fail in many ways: name it, in one line
         raise UserError(f"cannot read checkpoint {path}: {_first_line(error)}") from error
+
+
+def format_1_globals() -> contextlib.AbstractContextManager:
+    """Admit NumPy's array rebuild (format 1's random states) to the safe loader. torch < 2.5 cannot admit
+    globals: there a format-1 checkpoint is refused with the hint to upgrade it, and format 2 loads as usual."""
+    admit = getattr(torch.serialization, "safe_globals", None)
+    return admit(FORMAT_1_GLOBALS) if admit else contextlib.nullcontext()
 
 
 def _refused(error: Exception) -> str:

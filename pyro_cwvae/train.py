@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .accel import autocast, compile_nets, set_matmul_precision
-from .atomic import write_text
+from .atomic import remove_leftovers, write_text
 from .checkpoint import CHECKPOINT, load_checkpoint, restore_nets, rng_state, save_checkpoint, set_rng_state
 from .config import CONFIG_FILE, Config, kl_scale
 from .data import VideoDataset
@@ -153,6 +153,9 @@ def _fit(cfg, dataset, group: Group, device: torch.device, resume, max_bad_steps
         start = state["step"]
         history = History.load(run_dir / HISTORY, cfg.levels, upto_step=start)
         set_rng_state(state["rng"][group.rank])
+        if group.is_main:  # a kill during a write leaves its temporary file: the resumed run no longer needs it
+            for target in (CHECKPOINT, HISTORY):
+                remove_leftovers(run_dir / target)
     else:
         pyro.set_rng_seed(cfg.seed + group.rank)  # the sampling noise: one stream per process
         start, history = 0, History(cfg.levels)

@@ -1,5 +1,6 @@
 """Training: SVI lowers the loss, a resumed run equals an uninterrupted one, numeric failures stop cleanly."""
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +52,20 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path):
     with xr.open_dataset(tmp_path / "straight" / HISTORY) as ha, xr.open_dataset(tmp_path / "split" / HISTORY) as hb:
         assert list(hb.step.values) == [1, 2, 3, 4, 5, 6]
         xr.testing.assert_equal(ha.drop_attrs(), hb.drop_attrs())
+
+
+def test_resume_removes_the_temporary_files_of_killed_writes(tiny_cfg):
+    data = GeneratedMovingMNIST()
+    cfg = tiny_cfg.replace(steps=2)
+    fit(cfg, data, progress=False)
+    run = Path(cfg.run_dir)
+    leftovers = [run / ".checkpoint.pt.a1b2c3.tmp", run / ".history.nc.d4e5f6.tmp"]  # atomic_path's naming
+    unrelated = run / "notes.tmp"
+    for path in [*leftovers, unrelated]:
+        path.write_bytes(b"half a write")
+    fit(cfg.replace(steps=3), data, resume=True, progress=False)
+    assert not any(path.exists() for path in leftovers)
+    assert unrelated.exists()
 
 
 def test_run_directory_holds_config_checkpoint_and_history(tiny_cfg):
