@@ -56,6 +56,7 @@ from pyro_cwvae.elbo import ElboTerms, elbo_terms, level_of  # noqa: E402
 from pyro_cwvae.guides.cwvae import guide  # noqa: E402
 from pyro_cwvae.models.cwvae import model  # noqa: E402
 from pyro_cwvae.nets import CWVAENets  # noqa: E402
+from pyro_cwvae.optim import KerasAdam  # noqa: E402
 from pyro_cwvae.predict import TrainedRun, decode, open_loop_states  # noqa: E402
 from pyro_cwvae.train import resolve_device  # noqa: E402
 
@@ -136,7 +137,7 @@ class TrainingStep:
         self.kind, self.video = kind, video
         self.cfg = cfg.replace(elbo="meanfield" if kind == "reference" else kind)
         self.nets = copy.deepcopy(nets)
-        self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps)
+        self.optimizer = KerasAdam(self.nets.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps)  # as training
 
     def loss(self) -> torch.Tensor:
         if self.kind == "reference":
@@ -499,7 +500,7 @@ def profile(name: str, args, device: torch.device) -> str:
 
     steps = {kind: TrainingStep(kind, nets, cfg, video) for kind in STEPS}
     step_nets = copy.deepcopy(nets)
-    optimizer = torch.optim.Adam(step_nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    optimizer = KerasAdam(step_nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     parts = {
         "conv encoder (fwd+bwd)": lambda: backward(encoder.frames(video.flatten(0, 1)).sum()),
         "level embedding stacks (fwd+bwd)": lambda: backward(level_embeddings()),
