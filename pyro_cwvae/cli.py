@@ -147,6 +147,12 @@ def rollout(
     samples: int = typer.Option(3, help="Predictions per sequence."),
     sequences: int = typer.Option(8, help="Test sequences, the first ones in the split's fixed order."),
     prior_levels: int = typer.Option(0, help="Top levels that ignore the context and start from their prior."),
+    swap_levels: Optional[int] = typer.Option(
+        None, help="Levels >= L take their latents, context and predicted, from sequence --from-sequence J's plain "
+        "rollout (same seed and sample); the levels below filter their own context given them."),
+    from_sequence: Optional[int] = typer.Option(None, help="The sequence J that --swap-levels takes levels from."),
+    fix_level: Optional[int] = typer.Option(
+        None, help="Hold level L's latent at its last context value for the whole prediction."),
     seed: int = typer.Option(0, help="Seed of the predictions."),
     protocol: str = typer.Option(
         "paper", help="paper: PSNR/SSIM as the paper's evaluation computed them (raw float means, SSIM range 2, "
@@ -157,16 +163,16 @@ def rollout(
     out: Optional[Path] = typer.Option(None, help="The NetCDF file to write (default: RUN/rollout.nc)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
-    """Open-loop predictions, their PSNR/SSIM with baselines, and per-level KLs, as one NetCDF file."""
-    from .data.registry import open_dataset
-    from .predict import read_run_config, rollout as run_rollout, summary, write_rollout
+    """Open-loop predictions, their spread over samples, their PSNR/SSIM with baselines, and per-level KLs, as one
+    NetCDF file; optionally with levels swapped, held or started from the prior."""
+    from . import api
 
-    cfg = read_run_config(run)
-    data = open_dataset(cfg.dataset, str(data_dir) if data_dir else cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
-    ds = run_rollout(run, data, horizon=horizon, context=context, samples=samples, sequences=sequences, seed=seed,
-                     device=device, prior_levels=prior_levels, protocol=protocol, progress=not quiet)
-    path = write_rollout(ds, out or run / "rollout.nc")
-    typer.echo(f"wrote {path}: {samples} x {sequences} sequences, {ds.sizes['time']} frames\n{summary(ds)}")
+    ds = api.rollout(run, horizon=horizon, context=context, samples=samples, sequences=sequences, seed=seed,
+                     prior_levels=prior_levels, swap_levels=swap_levels, from_sequence=from_sequence,
+                     fix_level=fix_level, protocol=protocol, data_dir=data_dir, device=device, progress=not quiet)
+    path = api.save(ds, out or run / "rollout.nc")
+    typer.echo(f"wrote {path}: {samples} x {sequences} sequences, {ds.sizes['time']} frames; interventions: "
+               f"{ds.attrs['interventions']}\n{api.summary(ds)}")
 
 
 @app.command()

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -26,7 +27,7 @@ from .config import Config
 from .elbo import level_of
 from .errors import UserError
 from .metrics import quantize
-from .predict import TrainedRun, context_latents, latents_level_by_level, trace_until
+from .predict import TrainedRun, context_latents, latents_level_by_level, trace_until, unit_frames
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,17 @@ def rollout_trace(run: TrainedRun, context: torch.Tensor, num_frames: int, seque
             model = poutine.condition(model, data=held_sites(run.cfg, decided, intervention.fix_level, T,
                                                               num_frames))
         return poutine.trace(model).get_trace(None, run.nets, run.cfg, num_frames=num_frames, batch_size=B)
+
+
+def sampled_trace(run: TrainedRun, truth: np.ndarray, context: int, samples: int, intervention: Intervention,
+                  seed: int) -> poutine.Trace:
+    """``rollout_trace`` of ``samples`` predictions of each ``truth`` video (N, T, C, 64, 64) uint8 from its first
+    ``context`` frames, over all T frames, the noise seeded by ``seed``. Without an intervention its states are
+    the draws of ``predict.open_loop_states`` (the same passes in the same order)."""
+    pyro.set_rng_seed(seed)
+    device = next(run.nets.parameters()).device
+    context_video = unit_frames(truth[:, :context], device).repeat(samples, 1, 1, 1, 1)
+    return rollout_trace(run, context_video, truth.shape[1], truth.shape[0], intervention)
 
 
 def swapped_sites(run: TrainedRun, context: torch.Tensor, num_frames: int, sequences: int,
@@ -174,6 +186,16 @@ class PixelSpread:
                 "long_name": f"standard deviation (n - 1 in the denominator) {how}",
                 "units": "pixel intensity 0-255"})
         return out
+
+
+def spread_variables(trace: poutine.Trace, pixels: PixelSpread, levels: int) -> dict:
+    """The rollout file's variables of the spread over samples: ``prediction_mean``, and with two samples or more
+    ``prediction_std`` and ``latent_std``."""
+    out = pixels.variables()
+    if pixels.samples > 1:
+        out["latent_std"] = latent_spread_variable(latent_spread(trace, levels, pixels.samples,
+                                                                 pixels.mean.shape[1]))
+    return out
 
 
 def latent_spread_variable(spread: np.ndarray) -> tuple:

@@ -168,9 +168,10 @@ def decode(run: TrainedRun, states: torch.Tensor, progress: bool = False) -> np.
 
 @torch.no_grad()
 def decode_and_score(run: TrainedRun, states: torch.Tensor, truth: np.ndarray, protocol: Protocol,
-                     progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     progress: bool = False, pixels=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``decode`` and the PSNR and SSIM (B, T) of each frame under ``protocol``, scored chunk by chunk while
-    decoding, so the float means of all frames never exist at once.
+    decoding, so the float means of all frames never exist at once; the spread over samples of each chunk goes
+    to ``pixels`` (an ``interventions.PixelSpread``) if given.
 
     ``truth`` (N, T, C, 64, 64) uint8 is shared by the B = samples x N rows of ``states`` (sample-major).
     """
@@ -179,6 +180,8 @@ def decode_and_score(run: TrainedRun, states: torch.Tensor, truth: np.ndarray, p
     psnr_, ssim_ = np.empty((B, T)), np.empty((B, T))
     for frames, means in decoded_chunks(run, states, progress):
         out[:, frames] = quantize(means).cpu().numpy()
+        if pixels is not None:
+            pixels.add(frames, means)
         true = unit_frames(truth[:, frames], means.device).repeat(B // truth.shape[0], 1, 1, 1, 1)
         scores = protocol.score(protocol.frames(means), true)
         psnr_[:, frames], ssim_[:, frames] = (score.cpu().numpy() for score in scores)
@@ -280,30 +283,37 @@ def read_test_frames(dataset: VideoDataset, sequences: int, total: int, context:
     return truth, has_truth, shortest
 
 
-def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context: int | None = None,
+def rollout(run_dir: str | Path | TrainedRun, dataset: VideoDataset, *, horizon: int, context: int | None = None,
             samples: int = 3, sequences: int = 8, seed: int = 0, device: str = "auto", prior_levels: int = 0,
+            swap_levels: int | None = None, from_sequence: int | None = None, fix_level: int | None = None,
             protocol: str = "paper", progress: bool = True) -> xr.Dataset:
     """Predict ``horizon`` frames after ``context`` frames of the first ``sequences`` test videos, scored under
-    the evaluation ``protocol`` (``metrics.PROTOCOLS``: "paper" or "standard")."""
+    the evaluation ``protocol`` (``metrics.PROTOCOLS``: "paper" or "standard"), with the spread over samples and
+    under the level interventions ``prior_levels``, ``swap_levels`` / ``from_sequence`` and ``fix_level``
+    (``interventions.Intervention``). ``run_dir`` may be a run loaded already (``device`` is then its own)."""
+    from .interventions import Intervention, PixelSpread, sampled_trace, spread_variables  # imports this module
+
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol!r} is none of {', '.join(PROTOCOLS)}")
     scoring = PROTOCOLS[protocol]
-    torch_device = resolve_device(device)
-    run = load_run(run_dir, torch_device)
+    run = run_dir if isinstance(run_dir, TrainedRun) else load_run(run_dir, resolve_device(device))
+    torch_device = next(run.nets.parameters()).device
     cfg = run.cfg
     context = cfg.context if context is None else context
     check_options(cfg, dataset, horizon, context, samples, sequences, prior_levels)
+    intervention = Intervention(prior_levels, swap_levels, from_sequence, fix_level)
+    intervention.check(cfg.levels, sequences)
     total = context + horizon
     truth, has_truth, shortest = read_test_frames(dataset, sequences, total, context)
 
     bar = tqdm(total=4, desc="rollout", disable=not progress, unit="stage")
-    pyro.set_rng_seed(seed)
     bar.set_postfix_str(f"filtering {context} frames, predicting {horizon}")
-    context_video = unit_frames(truth[:, :context], torch_device).repeat(samples, 1, 1, 1, 1)
-    states = open_loop_states(run, context_video, total, prior_levels)
+    trace = sampled_trace(run, truth, context, samples, intervention, seed)
     bar.update()
     bar.set_postfix_str(f"decoding, {protocol} metrics")
-    prediction, psnr_, ssim_ = decode_and_score(run, states, truth, scoring, progress)
+    pixels = PixelSpread(samples, sequences, total, cfg.channels)
+    prediction, psnr_, ssim_ = decode_and_score(run, trace.nodes["_RETURN"]["value"], truth, scoring, progress,
+                                                pixels)
     prediction = prediction.reshape(samples, sequences, total, cfg.channels, 64, 64)
     scores = {"psnr": psnr_.reshape(samples, sequences, total), "ssim": ssim_.reshape(samples, sequences, total)}
     bar.update()
@@ -327,8 +337,11 @@ def rollout(run_dir: str | Path, dataset: VideoDataset, *, horizon: int, context
     for metric in ("psnr", "ssim"):
         scores[f"{metric}_best"] = best_of_samples(scores[metric], predicted)
     kl_table = kl_table_variable(kl, kl_frames, cfg.seq_len)
-    return to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, kl_table, scoring,
-                      seed=seed, prior_levels=prior_levels)
+    ds = to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, kl_table, scoring,
+                    seed=seed, prior_levels=prior_levels)
+    ds = ds.assign(spread_variables(trace, pixels, cfg.levels))
+    ds.attrs.update(intervention.attrs())
+    return ds
 
 
 METRIC_NAMES = {

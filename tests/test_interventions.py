@@ -4,14 +4,21 @@ import numpy as np
 import pyro
 import pytest
 import torch
+import xarray as xr
 from pyro import poutine
+from typer.testing import CliRunner
 
+from pyro_cwvae import api
+from pyro_cwvae.cli import app
+from pyro_cwvae.config import Config
+from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.interventions import (Intervention, PixelSpread, latent_spread, rollout_trace, swapped_sites)
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.predict import TrainedRun, latents_level_by_level
+from pyro_cwvae.predict import TrainedRun, latents_level_by_level, open_loop_states, rollout as predict_rollout
+from pyro_cwvae.train import fit
 
 SAMPLES, SEQUENCES, FRAMES = 2, 3, 12
 
@@ -237,3 +244,109 @@ def test_a_rollout_file_with_a_malformed_spread_is_refused(tmp_path, name, edit,
     ds.to_netcdf(tmp_path / "bad.nc", engine="netcdf4")
     with pytest.raises(UserError, match=message):
         read_rollout(tmp_path / "bad.nc")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 2-step run of the tiny model (2 levels, k 2) on generated Moving MNIST with 30-frame test videos."""
+    from tests.conftest import TINY
+
+    cfg = Config(**{**TINY, "steps": 2}, run_dir=str(tmp_path_factory.mktemp("run")))
+    fit(cfg, GeneratedMovingMNIST(), progress=False)
+    return cfg.run_dir
+
+
+def roll(run, **options):
+    data = GeneratedMovingMNIST(test_length=30)
+    return predict_rollout(run.trained, data, **{**dict(horizon=12, context=4, samples=3, sequences=3,
+                                                            progress=False), **options})
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return api.load_run(run_dir, device="cpu")
+
+
+def test_a_plain_rollout_draws_what_open_loop_states_draws(tiny_cfg):
+    run, context = three_levels(tiny_cfg)
+    pyro.set_rng_seed(7)
+    states = rollout_trace(run, context, FRAMES, SEQUENCES).nodes["_RETURN"]["value"]
+    pyro.set_rng_seed(7)
+    assert torch.equal(states, open_loop_states(run, context, FRAMES))
+
+
+def test_swapping_every_level_predicts_sequence_js_frames(loaded):
+    plain = roll(loaded)
+    swapped = roll(loaded, swap_levels=1, from_sequence=2)
+    for n in range(3):  # every state is sequence 2's, so every decoded frame is too
+        np.testing.assert_array_equal(swapped.prediction.isel(sequence=n), plain.prediction.isel(sequence=2))
+    np.testing.assert_array_equal(swapped.truth, plain.truth)  # the scores stay against each sequence's truth
+    assert swapped.attrs["swap_levels"] == 1 and swapped.attrs["from_sequence"] == 2
+    assert "levels >= 1 replayed from sequence 2" in swapped.attrs["interventions"]
+    assert plain.attrs["interventions"] == "none" and "swap_levels" not in plain.attrs
+
+
+def test_swapped_top_level_spreads_as_sequence_js(loaded):
+    plain = roll(loaded)
+    swapped = roll(loaded, swap_levels=2, from_sequence=0)
+    top = swapped.latent_std.sel(level=2)
+    for n in range(3):
+        np.testing.assert_array_equal(top.isel(sequence=n), plain.latent_std.sel(level=2).isel(sequence=0))
+    assert not np.array_equal(swapped.latent_std.sel(level=1).isel(sequence=1),
+                              swapped.latent_std.sel(level=1).isel(sequence=0), equal_nan=True)
+
+
+def test_a_fixed_level_stops_spreading_after_the_context(loaded):
+    held = roll(loaded, fix_level=2)
+    spread = held.latent_std.sel(level=2).values  # (sequence, time); level 2 is active at even frames
+    for t in range(4, 16, 2):  # the last context step is frame 2
+        np.testing.assert_array_equal(spread[:, t], spread[:, 2])
+    assert held.attrs["fix_level"] == 2 and "level 2 held" in held.attrs["interventions"]
+    plain = roll(loaded)
+    np.testing.assert_array_equal(held.prediction.isel(time=slice(0, 4)), plain.prediction.isel(time=slice(0, 4)))
+
+
+def test_spread_of_the_frames_matches_the_saved_samples(loaded, tmp_path):
+    ds = roll(loaded, samples=4)
+    frames = ds.prediction.values.astype(np.float64)  # uint8: each within half a level of the float mean
+    np.testing.assert_allclose(ds.prediction_mean, frames.mean(0), atol=1.0)
+    np.testing.assert_allclose(ds.prediction_std, frames.std(0, ddof=1), atol=1.0)
+    assert ds.prediction_std.values.max() > 0
+    api.save(ds, tmp_path / "rollout.nc")
+    loaded_back = api.open_rollout(tmp_path / "rollout.nc")
+    xr.testing.assert_identical(loaded_back, ds)
+
+
+def test_one_sample_writes_no_spread(loaded):
+    ds = roll(loaded, samples=1)
+    assert "prediction_mean" in ds and "prediction_std" not in ds and "latent_std" not in ds
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_rollout_records_the_intervention(run_dir, tmp_path):
+    out = tmp_path / "swapped.nc"
+    result = invoke("rollout", "--run", run_dir, "--horizon", 4, "--context", 4, "--sequences", 2, "--samples", 2,
+                    "--swap-levels", 2, "--from-sequence", 1, "--fix-level", 1, "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "interventions: levels >= 2 replayed from sequence 1" in result.output
+    with xr.open_dataset(out) as ds:
+        assert ds.attrs["swap_levels"] == 2 and ds.attrs["from_sequence"] == 1 and ds.attrs["fix_level"] == 1
+        assert {"prediction_mean", "prediction_std", "latent_std"} <= set(ds.variables)
+    result = invoke("plot", out, "--out", tmp_path / "figures")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "figures" / "uncertainty.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--swap-levels", 2], "--swap-levels L and --from-sequence J go together"),
+    (["--swap-levels", 2, "--from-sequence", 5], "--from-sequence 5 must be one of the 2 sequences"),
+    (["--fix-level", 3], "--fix-level 3 must lie between 1 and the run's 2 levels"),
+])
+def test_cli_rollout_refuses_an_impossible_intervention_in_one_line(run_dir, tmp_path, args, message):
+    result = invoke("rollout", "--run", run_dir, "--horizon", 4, "--context", 4, "--sequences", 2, "--quiet",
+                    "--out", tmp_path / "x.nc", *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.nc").exists()
