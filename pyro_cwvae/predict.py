@@ -35,6 +35,7 @@ from .errors import UserError
 from .train import check_programs_match, resolve_device
 
 DECODE_CHUNK = 256  # frames decoded per call: memory stays flat whatever the horizon
+KL_FRAMES_PER_CALL = 2048  # frames the guide filters at once for the KL: memory stays flat whatever the test set
 
 
 @dataclass
@@ -166,25 +167,45 @@ def decode(run: TrainedRun, states: torch.Tensor, progress: bool = False) -> np.
     return out
 
 
+@dataclass
+class ScoredChunk:
+    """Consecutive frames of a rollout, decoded and scored: all (B, n, ...) tensors on the run's device."""
+
+    frames: slice  # their slice of time
+    means: torch.Tensor  # the decoder's float means (B, n, C, 64, 64)
+    scored: torch.Tensor  # the frames the protocol scores
+    truth: torch.Tensor  # the true frames in [0, 1], repeated for the samples
+    psnr: torch.Tensor  # (B, n)
+    ssim: torch.Tensor  # (B, n)
+
+
 @torch.no_grad()
-def decode_and_score(run: TrainedRun, states: torch.Tensor, truth: np.ndarray, protocol: Protocol,
-                     progress: bool = False, pixels=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``decode`` and the PSNR and SSIM (B, T) of each frame under ``protocol``, scored chunk by chunk while
-    decoding, so the float means of all frames never exist at once; the spread over samples of each chunk goes
-    to ``pixels`` (an ``interventions.PixelSpread``) if given.
+def scored_chunks(run: TrainedRun, states: torch.Tensor, truth: np.ndarray, protocol: Protocol,
+                  progress: bool = False) -> Iterator[ScoredChunk]:
+    """The frames of ``states`` (B, T, state) decoded and scored under ``protocol`` a chunk at a time, so the
+    float means of all frames never exist at once.
 
     ``truth`` (N, T, C, 64, 64) uint8 is shared by the B = samples x N rows of ``states`` (sample-major).
     """
+    B = states.shape[0]
+    for frames, means in decoded_chunks(run, states, progress):
+        true = unit_frames(truth[:, frames], means.device).repeat(B // truth.shape[0], 1, 1, 1, 1)
+        scored = protocol.frames(means)
+        yield ScoredChunk(frames, means, scored, true, *protocol.score(scored, true))
+
+
+def decode_and_score(run: TrainedRun, states: torch.Tensor, truth: np.ndarray, protocol: Protocol,
+                     progress: bool = False, pixels=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``decode`` and the PSNR and SSIM (B, T) of each frame under ``protocol`` (``scored_chunks``); the spread
+    over samples of each chunk goes to ``pixels`` (an ``interventions.PixelSpread``) if given."""
     B, T = states.shape[:2]
     out = np.empty((B, T, run.cfg.channels, 64, 64), dtype=np.uint8)
     psnr_, ssim_ = np.empty((B, T)), np.empty((B, T))
-    for frames, means in decoded_chunks(run, states, progress):
-        out[:, frames] = quantize(means).cpu().numpy()
+    for chunk in scored_chunks(run, states, truth, protocol, progress):
+        out[:, chunk.frames] = quantize(chunk.means).cpu().numpy()
         if pixels is not None:
-            pixels.add(frames, means)
-        true = unit_frames(truth[:, frames], means.device).repeat(B // truth.shape[0], 1, 1, 1, 1)
-        scores = protocol.score(protocol.frames(means), true)
-        psnr_[:, frames], ssim_[:, frames] = (score.cpu().numpy() for score in scores)
+            pixels.add(chunk.frames, chunk.means)
+        psnr_[:, chunk.frames], ssim_[:, chunk.frames] = chunk.psnr.cpu().numpy(), chunk.ssim.cpu().numpy()
     return out, psnr_, ssim_
 
 
@@ -223,6 +244,18 @@ def level_kls(run: TrainedRun, video: torch.Tensor) -> np.ndarray:
             continue
         frame = int(name.rsplit("_", 1)[1])
         kl[:, level - 1, frame] = kl_divergence(site["fn"], model_trace.nodes[name]["fn"]).cpu().numpy()
+    return kl
+
+
+def truth_kls(run: TrainedRun, truth: np.ndarray, frames: int, device: torch.device) -> np.ndarray:
+    """``level_kls`` of the first ``frames`` frames of the uint8 ``truth`` (N, T, C, 64, 64): (N, L, T), NaN from
+    ``frames`` on. A group of sequences at a time, so the guide's activations stay bounded whatever N."""
+    N, T = truth.shape[:2]
+    kl = np.full((N, run.cfg.levels, T), np.nan, dtype=np.float32)
+    group = max(1, KL_FRAMES_PER_CALL // frames)
+    for start in range(0, N, group):
+        rows = slice(start, start + group)
+        kl[rows, :, :frames] = level_kls(run, unit_frames(truth[rows, :frames], device))
     return kl
 
 
@@ -266,12 +299,14 @@ def check_options(cfg: Config, dataset: VideoDataset, horizon: int, context: int
                         f"{cfg.channels}")
 
 
-def read_test_frames(dataset: VideoDataset, sequences: int, total: int, context: int
+def read_test_frames(dataset: VideoDataset, sequences: int, total: int | None, context: int
                      ) -> tuple[np.ndarray, np.ndarray, int]:
     """The first ``total`` frames of the first test videos, uint8 (N, total, C, 64, 64) with zeros past a video's
-    end, the mask of frames each video has, and the length of the shortest video (which must hold the context)."""
+    end, the mask of frames each video has, and the length of the shortest video (which must hold the context).
+    ``total`` None: to the end of the longest video."""
     videos = dataset.test_videos(sequences)
     shortest = min(len(v) for v in videos)
+    total = max(len(v) for v in videos) if total is None else total
     if context > shortest:
         raise UserError(f"--context {context} is longer than the shortest of the {sequences} test videos "
                         f"({shortest} frames)")
@@ -319,15 +354,13 @@ def rollout(run_dir: str | Path | TrainedRun, dataset: VideoDataset, *, horizon:
     bar.update()
 
     bar.set_postfix_str("baselines")
-    random_frames = dataset.train_batch(step=-1, batch_size=sequences, seq_len=1, seed=seed)
-    for name, frames in (("last_frame", truth[:, context - 1:context]), ("random_frame", random_frames)):
+    for name, frames in baseline_frames(dataset, truth, context, seed).items():
         scores[f"psnr_{name}"], scores[f"ssim_{name}"] = score_frames(frames, truth, scoring, torch_device)
     bar.update()
 
     bar.set_postfix_str("per-level KL")
     kl_frames = min(total, shortest)  # the KL needs the true frames of every sequence
-    kl = np.full((sequences, cfg.levels, total), np.nan, dtype=np.float32)
-    kl[:, :, :kl_frames] = level_kls(run, unit_frames(truth[:, :kl_frames], torch_device))
+    kl = truth_kls(run, truth, kl_frames, torch_device)
     bar.update()
     bar.close()
 
@@ -342,6 +375,13 @@ def rollout(run_dir: str | Path | TrainedRun, dataset: VideoDataset, *, horizon:
     ds = ds.assign(spread_variables(trace, pixels, cfg.levels))
     ds.attrs.update(intervention.attrs())
     return ds
+
+
+def baseline_frames(dataset: VideoDataset, truth: np.ndarray, context: int, seed: int) -> dict[str, np.ndarray]:
+    """The frame each baseline shows at every time, uint8 (N, 1, C, 64, 64): the last context frame, and a random
+    training frame (seeded by ``seed``)."""
+    random_frames = dataset.train_batch(step=-1, batch_size=truth.shape[0], seq_len=1, seed=seed)
+    return {"last_frame": truth[:, context - 1:context], "random_frame": random_frames}
 
 
 METRIC_NAMES = {
