@@ -108,6 +108,15 @@ def test_a_glimpse_shorter_than_min_frames_is_no_visit():
     assert room_categories(longer)[-1] == 3
 
 
+@pytest.mark.parametrize("fade", [20, 40])
+def test_a_cross_fade_between_textures_is_no_place_of_its_own(fade):
+    rng = np.random.default_rng(4)
+    weights = np.arange(1, fade + 1) / (fade + 1)
+    fading = [(1 - w) * view(rng, "A", 40 + i) + w * view(rng, "H", 40 + i) for i, w in enumerate(weights)]
+    frames = np.concatenate([video([("A", 40)]), np.rint(fading).astype(np.uint8), video([("H", 40)], seed=5)])
+    assert room_categories(frames)[-1] == 2
+
+
 def test_categories_survive_noise_and_blur():
     clean = video([("A", 40), ("H", 40), ("B", 40)]).astype(np.float64)
     rng = np.random.default_rng(3)
