@@ -43,6 +43,13 @@ def split_digits(split: str) -> np.ndarray:
     return images[is_test] if split == "test" else images[~is_test]
 
 
+def split_labels(split: str) -> np.ndarray:
+    """The class (0-9) of each image of :func:`split_digits` ``(split)``, in the same order."""
+    _, labels = mnist_digits()
+    is_test = np.arange(len(labels)) % 5 == 0
+    return labels[is_test] if split == "test" else labels[~is_test]
+
+
 def trajectories(rng: np.random.Generator, num_frames: int, speed: float = 1.0, count: int = NUM_DIGITS) -> tuple[np.ndarray, np.ndarray]:
     """Top-left corners ``(num_frames, count, 2)`` of bouncing digits, and their initial velocities ``(count, 2)``.
 
@@ -87,6 +94,29 @@ def moving_mnist_video(rng: np.random.Generator, digit_pool: np.ndarray, num_fra
     return render(digits, corners)
 
 
+def labelled_video(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray, num_frames: int,
+                   speed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`moving_mnist_video` with the same random draws in the same order, and the two digits' classes.
+
+    Returns the frames, uint8 ``(num_frames, 1, 64, 64)``, and the labels ``(2,)``: the same rng state gives
+    the same frames as :func:`moving_mnist_video`.
+    """
+    chosen = rng.integers(0, len(digit_pool), size=NUM_DIGITS)
+    corners, _ = trajectories(rng, num_frames, speed)
+    return render(digit_pool[chosen], corners), digit_labels[chosen]
+
+
+def labelled_frames(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray,
+                    count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` independent frames of two random digits, uint8 ``(count, 1, 64, 64)``, and labels ``(count, 2)``.
+
+    Each frame is the first frame of a fresh video (positions uniform over the frame, overlaps as they fall),
+    which is also how frames later in a video are placed: bouncing keeps the positions uniform.
+    """
+    videos = [labelled_video(rng, digit_pool, digit_labels, num_frames=1) for _ in range(count)]
+    return np.concatenate([frames for frames, _ in videos]), np.stack([labels for _, labels in videos])
+
+
 class GeneratedMovingMNIST(VideoDataset):
     """Two-digit Moving MNIST drawn on the fly: every batch is new, and a pure function of ``(seed, step)``."""
 
@@ -116,3 +146,11 @@ class GeneratedMovingMNIST(VideoDataset):
             raise IndexError(index)
         rng = batch_rng(self.seed, index, stream=TEST_STREAM)
         return moving_mnist_video(rng, self._test_digits, self.test_length, self.speed)
+
+    def test_labels(self, index: int) -> np.ndarray:
+        """The classes ``(2,)`` of the two digits of :meth:`test_video` ``(index)``, from the same random draws."""
+        if not 0 <= index < self._num_test:
+            raise IndexError(index)
+        rng = batch_rng(self.seed, index, stream=TEST_STREAM)
+        _, labels = labelled_video(rng, self._test_digits, split_labels("test"), num_frames=1, speed=self.speed)
+        return labels

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from .cli_checkpoint import app as checkpoint_app
+from .cli_classifier import app as classifier_app
 from .cli_data import app as data_app
 from .cli_weights import app as weights_app
 from .config import COMPILE_MODES, PRECISIONS
@@ -61,6 +62,7 @@ def fail(message: str, code: int) -> int:
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Clockwork Variational Autoencoders as Pyro programs.")
 app.add_typer(data_app, name="data")
+app.add_typer(classifier_app, name="classifier")
 app.add_typer(weights_app, name="weights")
 app.add_typer(checkpoint_app, name="checkpoint")
 
