@@ -19,6 +19,7 @@ from pyro_cwvae.elbo import elbo_terms
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.optim import KerasAdam
 from tests.conftest import TINY
 
 STEPS, BATCH, RANKS = 3, 4, 2
@@ -46,7 +47,7 @@ def single_process_emulation(cfg: Config) -> dict:
     """One process doing what the ranks do together: average the gradients of the shards, then one Adam step."""
     pyro.set_rng_seed(cfg.seed)
     nets = CWVAENets(cfg)
-    optimizer = torch.optim.Adam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)  # the optimizer of training
     streams = []
     for rank in range(RANKS):
         pyro.set_rng_seed(cfg.seed + rank)
