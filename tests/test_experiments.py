@@ -24,3 +24,163 @@ def test_diagnose_resumes_a_setting_to_a_larger_budget(tmp_path):
     with xr.open_dataset(tmp_path / "diagnose.nc") as second:
         assert list(second.step.values) == [1, 2]
         np.testing.assert_array_equal(second.kl.sel(step=1).values, first.kl.sel(step=1).values)
+
+
+# The paper's analyses. The smoke tests share one output folder, as the scripts share runs in one --out:
+# a model that two experiments ask for (CW-VAE with 3 levels and k 6) trains once.
+
+import pytest  # noqa: E402
+
+from experiments import baselines, common, content, factor, levels, speed  # noqa: E402
+from pyro_cwvae.errors import UserError  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+def run(script, out, *options):
+    script.main(["--tiny", "--budget", "2", "--out", str(out), "--quiet", *options])
+    assert (out / f"{script.__name__.rsplit('.', 1)[-1]}-tiny.png").read_bytes()[:8] == PNG
+    return xr.open_dataset(out / f"{script.__name__.rsplit('.', 1)[-1]}-tiny.nc")
+
+
+def test_settings_that_train_the_same_model_share_one_run():
+    cpu, paper = common.SCALES["cpu"], common.SCALES["paper"]
+    assert common.run_name(cpu, {"levels": 3, "factor": 6}) == common.run_name(cpu, {"speed": 1.0}) == "cpu/demo"
+    assert common.run_name(cpu, {"levels": 1}) == "cpu/demo_levels1"
+    assert common.run_name(cpu, {"levels": 4, "factor": 4, "seq_len": 64}) == "cpu/demo_factor4_levels4_seq-len64"
+    assert common.run_name(paper, {"speed": 0.5}) == "paper/mmnist_speed0.5"
+
+
+def test_ink_centre_is_the_intensity_weighted_mean_pixel():
+    frames = np.zeros((3, 1, 64, 64), dtype=np.uint8)
+    frames[0, 0, 5, 7] = 200
+    frames[1, 0, 10, 20] = frames[1, 0, 30, 60] = 100  # two equal pixels: their midpoint
+    centre = common.ink_centre(frames)
+    np.testing.assert_allclose(centre[:2], [[5, 7], [20, 40]])
+    assert np.isnan(centre[2]).all()  # a blank frame has no centre
+
+
+class LabelledPixels:
+    """Test data: sequence n shows digits (n, n + 1); a frame is one pixel, its column the first digit shown."""
+
+    def test_labels(self, n):
+        return np.array([n, n + 1])
+
+    def train_batch(self, step, batch_size, seq_len, seed):
+        frames = np.zeros((batch_size, seq_len, 1, 64, 64), dtype=np.uint8)
+        frames[..., 0, 9] = 255
+        return frames
+
+
+def reads_column(frames, labels):
+    """A classifier of LabelledPixels: it reads the pair (x, x + 1) from a frame's lit column x."""
+    column = frames.reshape(*frames.shape[:-3], -1).argmax(-1) % 64
+    return column == np.broadcast_to(labels[..., 0], column.shape)
+
+
+def test_content_measures_read_each_frame_against_its_sequence_and_time():
+    S, N, T, context = 2, 2, 3, 2
+    truth = np.zeros((N, T, 1, 64, 64), dtype=np.uint8)
+    prediction = np.zeros((S, N, T, 1, 64, 64), dtype=np.uint8)
+    for n in range(N):
+        for t in range(T):
+            truth[n, t, 0, 10 + t, n] = 255
+            for s in range(S):  # sample 0 is right; sample 1 one pixel down and right: wrong digits
+                prediction[s, n, t, 0, 10 + t + s, n + s] = 255
+    has_truth = np.ones((N, T), dtype=bool)
+    has_truth[1, 2] = False
+    rollout = xr.Dataset({"prediction": (("sample", "sequence", "time", "channel", "y", "x"), prediction),
+                          "truth": (("sequence", "time", "channel", "y", "x"), truth),
+                          "has_truth": (("sequence", "time"), has_truth)}, attrs={"context": context})
+    ds = common.with_content_measures(rollout, LabelledPixels(), reads_column, seed=0)
+
+    measured = np.where(has_truth, 1.0, np.nan)  # no true frame, no measure
+    right = np.array([1.0, 0.0])[:, None, None]  # of each sample
+    np.testing.assert_array_equal(ds.digit_accuracy.values, right * measured)
+    np.testing.assert_allclose(ds.position_error.values, np.sqrt(2) * (1 - right) * measured)
+    np.testing.assert_array_equal(ds.digit_accuracy_truth.values, measured)
+    t, n = np.meshgrid(np.arange(T), np.arange(N))
+    np.testing.assert_allclose(ds.position_error_last_frame.values, np.abs(t - (context - 1)) * measured)
+    np.testing.assert_array_equal(ds.digit_accuracy_random_frame.values, 0 * measured)
+    np.testing.assert_allclose(ds.position_error_random_frame.values, np.hypot(10 + t, n - 9) * measured)
+    assert "prediction" not in ds and ds.example_prediction.dims == ("sample", "time", "channel", "y", "x")
+    np.testing.assert_array_equal(ds.example_truth.values, truth[0])
+
+
+def test_options_that_cannot_work_are_refused():
+    args = common.experiment_parser("x", levels.SETTINGS)
+    with pytest.raises(UserError, match="exclude"):
+        common.make_plan(args.parse_args(["--paper", "--tiny"]))
+    with pytest.raises(UserError, match="at least 1"):
+        common.make_plan(args.parse_args(["--horizon", "0"]))
+    with pytest.raises(UserError, match="unknown setting"):
+        common.chosen_settings(args.parse_args(["--settings", "3-level,5-level"]), levels.SETTINGS)
+
+
+def test_levels_writes_the_kl_table_of_each_model_beside_the_papers(out, capsys):
+    with run(levels, out, "--settings", "1-level,4-level") as results:
+        assert results.kl_table.dims == ("setting", "level") and list(results.level.values) == [1, 2, 3, 4]
+        kl = results.kl_table.values
+        assert np.isfinite(kl[1]).all() and np.isfinite(kl[0, 0]) and np.isnan(kl[0, 1:]).all()
+        assert float(results.kl_table_paper.sel(setting="4-level", level=1)) == pytest.approx(397.1)
+        assert list(results.trained_steps.values) == [2, 2] and results.attrs["budget"] == 2
+    assert "| 4-level |" in capsys.readouterr().out
+
+
+def test_speed_writes_the_kl_of_each_level_at_each_speed(out, capsys):
+    with run(speed, out, "--settings", "normal,faster") as results:
+        assert results.kl_table.dims == ("setting", "level") and list(results.speed.values) == [1.0, 2.0]
+        assert np.isfinite(results.kl_table.values).all()
+    assert "| faster (2x) |" in capsys.readouterr().out
+
+
+def test_factor_writes_quality_and_digit_accuracy_against_the_horizon(out, capsys):
+    with run(factor, out, "--settings", "k8", "--horizon", "3") as results:
+        for name in ("ssim_best", "psnr_best", "digit_accuracy", "ssim_last_frame", "digit_accuracy_random_frame"):
+            assert results[name].dims == ("setting", "horizon"), name
+        assert list(results.horizon.values) == [1, 2, 3]
+        assert int(results.context.sel(setting="k8")) == 64  # a whole step of the top level: 8**2 frames
+        assert ((results.digit_accuracy >= 0) & (results.digit_accuracy <= 1)).all()
+    assert "| k8 | 64 |" in capsys.readouterr().out
+
+
+def test_baselines_writes_digit_accuracy_of_each_model_against_the_horizon(out, capsys):
+    with run(baselines, out, "--settings", "cwvae,rssm", "--horizon", "3") as results:
+        assert list(results.setting.values) == ["cwvae", "rssm"]
+        assert results.digit_accuracy.dims == ("setting", "horizon") and results.sizes["horizon"] == 3
+        assert list(results.trained_steps.values) == [2, 2]
+        assert float(results.kl_share_above_1.sel(setting="rssm")) == 0
+    assert "| true frames |" in capsys.readouterr().out
+
+
+def test_content_draws_the_top_levels_from_the_prior(out, capsys):
+    with run(content, out, "--horizon", "3") as results:
+        assert list(results.prior_levels.values) == [0, 0, 1, 2] and list(results.context.values) == [36, 8, 8, 8]
+        for name in ("digit_accuracy", "position_error", "position_error_last_frame"):
+            assert results[name].dims == ("setting", "horizon"), name
+        assert results.example_prediction.dims == ("setting", "sample", "shown", "channel", "y", "x")
+        assert results.example_prediction.dtype == np.uint8 and list(results.shown.values) == [1, 2, 3]
+        assert results.attrs["run"] == "tiny/demo"
+        # 8 frames hold no whole step of level 3 (36 frames): it comes from the prior with or without prior_levels
+        frames = results.example_prediction
+        np.testing.assert_array_equal(frames.sel(setting="filtered-8"), frames.sel(setting="top-blind"))
+        assert (frames.sel(setting="top-blind") != frames.sel(setting="top-2-blind")).any()
+    assert "| top-2-blind | 8 | 2 |" in capsys.readouterr().out
+
+
+def test_a_rerun_trains_and_rolls_out_nothing_again(out, monkeypatch):
+    run(baselines, out, "--settings", "cwvae", "--horizon", "3").close()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained or rolled out again")
+
+    monkeypatch.setattr(common, "fit", refuse)
+    monkeypatch.setattr(common, "rollout", refuse)
+    run(baselines, out, "--settings", "cwvae", "--horizon", "3").close()
+    with pytest.raises(UserError, match="differs from the resumed run"):  # a changed setting is not resumed
+        common.train("tiny/demo", {"levels": 2}, 2, out, progress=False, tiny=True)
