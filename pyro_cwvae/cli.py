@@ -178,15 +178,49 @@ def rollout(
 
 
 @app.command()
+def evaluate(
+    runs: list[Path] = typer.Argument(..., help="Run directories, compared side by side (trained on the same data)."),
+    out: Path = typer.Option(Path("eval.nc"), help="The NetCDF file to write."),
+    sequences: int = typer.Option(100, help="Test sequences, the first ones in the split's fixed order."),
+    context: int = typer.Option(36, help="Frames given before the prediction."),
+    horizon: Optional[int] = typer.Option(None, help="Frames to predict (default: to the end of the test videos)."),
+    samples: int = typer.Option(1, help="Predictions per sequence; the paper protocol reports the best of them."),
+    particles: int = typer.Option(0, help="K of the importance-weighted bound IWAE_K beside the ELBO (0: none)."),
+    fvd_window: int = typer.Option(100, help="Frames of the horizon per FVD window."),
+    protocol: str = typer.Option("paper", help="paper or standard, as for rollout."),
+    perceptual: bool = typer.Option(True, help="LPIPS and FVD (--no-perceptual: without the published weights)."),
+    seed: int = typer.Option(0, help="Seed of the predictions (the same draws as rollout with this seed)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the runs' data is now, if it moved."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """SSIM, PSNR, LPIPS, FVD and the digit or room accuracy of open-loop predictions, with baselines and the
+    per-level KL, for every run in one NetCDF file."""
+    from .evaluate import evaluate as run_evaluate, summary, write_evaluation
+
+    ds = run_evaluate(runs, sequences=sequences, context=context, horizon=horizon, samples=samples,
+                      particles=particles, fvd_window=fvd_window, protocol=protocol, perceptual=perceptual,
+                      seed=seed, device=device, data_dir=data_dir, progress=not quiet)
+    path = write_evaluation(ds, out)
+    typer.echo(f"wrote {path}: {ds.sizes['run']} run(s), {sequences} sequences, {ds.attrs['horizon']} frames "
+               f"predicted (means over the predicted frames)\n{summary(ds)}")
+
+
+@app.command()
 def plot(
-    file: Path = typer.Argument(..., help="A rollout NetCDF file."),
+    file: Path = typer.Argument(..., help="A rollout or evaluation NetCDF file."),
     out: Optional[Path] = typer.Option(None, help="Folder for the figures [default: beside FILE]."),
     sequences: int = typer.Option(4, help="Sequences shown in the frame strips and the GIF."),
 ):
-    """Figures of a rollout: frame strips, PSNR/SSIM over the horizon, KL per level, and a GIF."""
+    """Figures of a rollout (frame strips, PSNR/SSIM over the horizon, KL per level, a GIF) or of an evaluation
+    (every run's curves on one axis, FVD per window, KL per level)."""
     from .plots import read_rollout, write_figures
+    from .plots_eval import is_evaluation, read_evaluation, write_evaluation_figures
 
-    paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
+    if is_evaluation(file):
+        paths = write_evaluation_figures(read_evaluation(file), out or file.parent)
+    else:
+        paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
