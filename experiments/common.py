@@ -232,6 +232,16 @@ TINY_CLASSIFIER_STEPS = 3
 """Training steps of ``--tiny``'s digit classifier: a smoke test needs its outputs, not its accuracy."""
 
 
+def start(doc: str, settings: dict, argv=None) -> tuple[list[str], Plan, PairReader]:
+    """What every analysis script does first: parse its options (its description is the first line of ``doc``),
+    choose its settings, size the plan, set the threads and load the digit reader."""
+    args = experiment_parser(doc.splitlines()[0], settings).parse_args(argv)
+    names = chosen_settings(args, settings)
+    plan = make_plan(args)
+    set_threads(args.threads)
+    return names, plan, digit_reader(plan)
+
+
 def digit_reader(plan: Plan) -> PairReader:
     """The digit classifier (``pyro_cwvae.classifier``, trained and cached at first use: minutes on a CPU), or under
     ``--tiny`` one trained for a few steps and not cached."""

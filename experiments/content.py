@@ -26,9 +26,8 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import (ahead, chosen_settings, curve, digit_reader, evaluate, experiment_parser,  # noqa: E402
-                                make_plan, markdown, plot_curves, results_dataset, run_script, set_threads, span_means,
-                                stacked, train_setting, write_results)
+from experiments.common import (ahead, curve, evaluate, markdown, plot_curves, results_dataset,  # noqa: E402
+                                run_script, span_means, stacked, start, train_setting, write_results)
 
 MODEL = {"levels": 3, "factor": 6}  # baselines.py's CW-VAE: the same run when both use one --out
 # name: (what it is, the rollout's options: context frames and levels drawn from the prior)
@@ -44,11 +43,7 @@ EXAMPLE_FRAMES = 8  # frames of the first test sequence that the figure shows, s
 
 
 def main(argv=None) -> None:
-    args = experiment_parser(__doc__.splitlines()[0], SETTINGS).parse_args(argv)
-    names = chosen_settings(args, SETTINGS)
-    plan = make_plan(args)
-    set_threads(args.threads)
-    reads_pair = digit_reader(plan)
+    names, plan, reads_pair = start(__doc__, SETTINGS, argv)
     run, _ = train_setting(MODEL, plan)
     horizon = plan.horizon_after(max(SETTINGS[name][1]["context"] for name in names))
     evaluations = []
@@ -99,7 +94,7 @@ def summary(results: xr.Dataset) -> str:
 def figure(results: xr.Dataset) -> plt.Figure:
     """Accuracy and position error against the horizon, and the first sequence's frames: the truth after each
     context, then a sample of each setting."""
-    names, shown = results.setting.values, results.shown.values
+    shown = results.shown.values
     rows = example_rows(results)
     fig = plt.figure(figsize=(max(10.0, 1.2 * len(shown)), 4.5 + 1.2 * len(rows)))
     top, bottom = fig.add_gridspec(2, 1, height_ratios=[4, 1.2 * len(rows)])

@@ -24,9 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import xarray as xr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import (ahead, chosen_settings, curve, digit_reader, evaluate, experiment_parser,  # noqa: E402
-                                make_plan, markdown, plot_curves, results_dataset, run_script, set_threads, span_means,
-                                stacked, train_setting, write_results)
+from experiments.common import (ahead, curve, evaluate, markdown, plot_curves, results_dataset,  # noqa: E402
+                                run_script, span_means, stacked, start, train_setting, write_results)
 
 # name: (what it is, the options it changes on the preset)
 SETTINGS = {f"k{k}": (f"3 levels, temporal abstraction factor {k}", {"levels": 3, "factor": k}) for k in (2, 4, 6, 8)}
@@ -37,11 +36,7 @@ LONGEST_CONTEXT = 64  # k 8's: every k predicts the same number of frames, at pa
 
 
 def main(argv=None) -> None:
-    args = experiment_parser(__doc__.splitlines()[0], SETTINGS).parse_args(argv)
-    names = chosen_settings(args, SETTINGS)
-    plan = make_plan(args)
-    set_threads(args.threads)
-    reads_pair = digit_reader(plan)
+    names, plan, reads_pair = start(__doc__, SETTINGS, argv)
     evaluations = []
     for name in names:
         print(f"{name}: {SETTINGS[name][0]}", flush=True)

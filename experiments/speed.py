@@ -24,9 +24,8 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import (chosen_settings, digit_reader, evaluate, experiment_parser, kl_horizon,  # noqa: E402
-                                kl_share, make_plan, markdown, results_dataset, run_script, set_threads, stacked,
-                                train_setting, write_results)
+from experiments.common import (evaluate, kl_horizon, kl_share, markdown, results_dataset, run_script,  # noqa: E402
+                                stacked, start, train_setting, write_results)
 
 # name: (what it is, the options it changes on the preset)
 SETTINGS = {
@@ -37,11 +36,7 @@ SETTINGS = {
 
 
 def main(argv=None) -> None:
-    args = experiment_parser(__doc__.splitlines()[0], SETTINGS).parse_args(argv)
-    names = chosen_settings(args, SETTINGS)
-    plan = make_plan(args)
-    set_threads(args.threads)
-    reads_pair = digit_reader(plan)
+    names, plan, reads_pair = start(__doc__, SETTINGS, argv)
     tables, steps = [], []
     for name in names:
         print(f"{name}: {SETTINGS[name][0]}", flush=True)
