@@ -67,8 +67,9 @@ def train(name: str, options: dict, budget: int, out: Path, progress: bool = Tru
         cfg = new_run_config({**options, "steps": budget, "run_dir": str(run_dir)}, overwrite=True)
         resume = False
     data = open_dataset(cfg.dataset, cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
-    if (not resume or _trained_steps(run_dir) < budget) and fit(cfg, data, resume=resume, progress=progress).interrupted:
-        raise SystemExit(130)  # Ctrl-C or SIGTERM: the checkpoint is saved; stop here, not at the next setting
+    if not resume or _trained_steps(run_dir) < budget:
+        if fit(cfg, data, resume=resume, progress=progress).interrupted:
+            raise SystemExit(130)  # Ctrl-C or SIGTERM: the checkpoint is saved; stop here, not at the next setting
     return cfg
 
 
