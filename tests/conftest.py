@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pyro_cwvae.config import Config
+from pyro_cwvae.nets import CWVAENets
 
 TINY = dict(levels=2, factor=2, seq_len=8, batch_size=2, z_size=4, h_size=8, embed_size=8, enc_dense_size=16,
             enc_dense_layers=2, steps=4, checkpoint_every=2, workers=0, device="cpu")
@@ -28,3 +29,15 @@ def pyro_state():
 def video() -> torch.Tensor:
     """A (B=2, T=8, C=1, 64, 64) batch in [0, 1]."""
     return torch.rand(2, 8, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def count_gru_steps(nets: CWVAENets) -> list[int]:
+    """A counter of the GRU steps ``nets`` takes from now on (its one element, read after the steps)."""
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    for level in nets.levels:
+        level.transition.gru.register_forward_hook(hook)
+    return calls

@@ -11,6 +11,7 @@ from pyro_cwvae.elbo import elbo_terms, level_of
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.nets import CWVAENets
+from tests.conftest import count_gru_steps
 
 
 @pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO), ("meanfield", pyro.infer.TraceMeanField_ELBO)])
@@ -49,17 +50,6 @@ def test_analytic_kl_matches_monte_carlo(tiny_cfg, video):
 def test_level_of_reads_site_names():
     assert level_of("s_2_36") == 2
     assert level_of("x") is None and level_of("s_a_1") is None
-
-
-def count_gru_steps(nets: CWVAENets) -> list[int]:
-    calls = [0]
-
-    def hook(*_):
-        calls[0] += 1
-
-    for level in nets.levels:
-        level.transition.gru.register_forward_hook(hook)
-    return calls
 
 
 def test_the_model_reuses_the_guides_gru_steps(tiny_cfg, video):

@@ -14,6 +14,7 @@ from pyro_cwvae.elbo import elbo_terms, level_of
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.nets import CWVAENets
+from tests.conftest import count_gru_steps
 
 
 def step_inputs(cfg, batch: int = 3):
@@ -21,17 +22,6 @@ def step_inputs(cfg, batch: int = 3):
     generator = torch.Generator().manual_seed(5)
     z, h, z_above, h_above = (torch.randn(batch, size, generator=generator) for size in [cfg.z_size, cfg.h_size] * 2)
     return (z, h), (z_above, h_above)
-
-
-def count_gru_calls(nets: CWVAENets) -> list[int]:
-    calls = [0]
-
-    def hook(*_):
-        calls[0] += 1
-
-    for level in nets.levels:
-        level.transition.gru.register_forward_hook(hook)
-    return calls
 
 
 def sharing(nets: CWVAENets, on: bool) -> contextlib.AbstractContextManager:
@@ -42,7 +32,7 @@ def test_a_step_on_the_same_inputs_is_reused(tiny_cfg):
     nets = CWVAENets(tiny_cfg)
     transition = nets.level(1).transition
     previous, above = step_inputs(tiny_cfg)
-    calls = count_gru_calls(nets)
+    calls = count_gru_steps(nets)
     with nets.sharing_deterministic_path():
         first = transition.deterministic(previous, above)
         assert transition.deterministic(previous, above) is first
@@ -141,7 +131,7 @@ def test_a_copy_of_the_networks_made_inside_a_block_shares_nothing_outside_it(ti
     with nets.sharing_deterministic_path(), torch.set_grad_enabled(grad):
         nets.level(1).transition.deterministic(previous, above)
         copied = copy.deepcopy(nets)
-    calls = count_gru_calls(copied)
+    calls = count_gru_steps(copied)
     for _ in range(2):
         copied.level(1).transition.deterministic(previous, above)
     assert calls[0] == 2
@@ -172,7 +162,7 @@ def test_a_stochastic_step_is_not_reused_in_training_mode(tiny_cfg):
 def test_programs_under_inference_mode_share_nothing(tiny_cfg, video):
     """Inference tensors have no version counter: their steps are computed, never shared (and never fail)."""
     nets = CWVAENets(tiny_cfg)
-    calls = count_gru_calls(nets)
+    calls = count_gru_steps(nets)
     with torch.inference_mode(), nets.sharing_deterministic_path():
         guide_trace = poutine.trace(guide).get_trace(video, nets, tiny_cfg)
         poutine.replay(model, trace=guide_trace)(video, nets, tiny_cfg)
@@ -186,7 +176,7 @@ def test_elbo_terms_takes_each_gru_step_once(tiny_cfg, video, levels):
     (model) per site."""
     cfg = tiny_cfg.replace(levels=levels)
     nets = CWVAENets(cfg)
-    calls = count_gru_calls(nets)
+    calls = count_gru_steps(nets)
     elbo_terms(model, guide, video, nets, cfg)
     sites = sum(cfg.clock.num_steps(level, video.shape[1]) for level in range(1, levels + 1))
     assert calls[0] == sites
