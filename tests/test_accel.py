@@ -26,7 +26,8 @@ def test_bf16_autocast_keeps_the_terms_in_float32_and_close(tiny_cfg, video):
     assert not torch.equal(low.loss, exact.loss)  # bfloat16 did run
     torch.testing.assert_close(low.reconstruction, exact.reconstruction, rtol=1e-3, atol=0)
     torch.testing.assert_close(low.kl, exact.kl, rtol=0.05, atol=0.01)
-    cosines = [torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0) for a, b in zip(low_grads, exact_grads)]
+    cosines = [torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0)
+               for a, b in zip(low_grads, exact_grads)]
     assert min(cosines) > 0.8  # per tensor: about 0.94 typically, a broken cast gives ~0 or NaN
 
 

@@ -1,8 +1,12 @@
 import itertools
 
 import pytest
+import torch
+from pyro import poutine
 
 from pyro_cwvae.clock import Clock
+from pyro_cwvae.models.cwvae import model
+from pyro_cwvae.nets import CWVAENets, Transition
 
 SETTINGS = [(L, k, T) for L, k, T in itertools.product([1, 2, 3, 4], [1, 2, 3, 6, 8], [1, 5, 36, 100, 217])]
 
@@ -39,10 +43,49 @@ def test_parent_is_latest_active_step_above(levels, factor, num_frames):
             assert parent < clock.num_steps(level + 1, num_frames)
 
 
-def test_top_level_conditions_on_an_existing_zero_context():
-    clock = Clock(3, 6)
-    assert clock.num_steps(4, 100) == 1  # the zero "state above" the top level has one step
-    assert clock.top_period == 36
+def record_gru_steps(monkeypatch, nets) -> dict[int, list]:
+    """Per level, the (above, h) of every GRU step the networks take from now on, in order.
+
+    Patched on the class ``Transition`` (whatever attribute of a level holds it), so every path to a step counts.
+    """
+    levels = {id(module): level for level in range(1, len(nets.levels) + 1)
+              for module in nets.level(level).modules() if isinstance(module, Transition)}
+    steps = {level: [] for level in levels.values()}
+    gru_step = Transition.gru_step
+
+    def recording(self, previous, above):
+        h = gru_step(self, previous, above)
+        steps[levels[id(self)]].append((above, h))
+        return h
+
+    monkeypatch.setattr(Transition, "gru_step", recording)
+    return steps
+
+
+def test_top_level_conditions_on_zeros_and_lower_levels_on_the_state_above(tiny_cfg, monkeypatch):
+    """What the model feeds each level's GRU as the state above s_t^{l+1} (eq. 2): zeros at the top level, the
+    sampled z and computed h of the level above (at its latest step, ``parent_step``) below it."""
+    cfg = tiny_cfg.replace(levels=3)  # a middle level both receives and hands down a state
+    nets = CWVAENets(cfg)
+    steps = record_gru_steps(monkeypatch, nets)
+    B, T = 2, cfg.seq_len
+    trace = poutine.trace(model).get_trace(None, nets, cfg, num_frames=T, batch_size=B)
+    clock = cfg.clock
+    top = steps[cfg.levels]
+    assert len(top) == clock.num_steps(cfg.levels, T)
+    for above, _ in top:
+        assert [tuple(part.shape) for part in above] == [(B, cfg.z_size), (B, cfg.h_size)]
+        assert all(torch.count_nonzero(part) == 0 for part in above)
+    for level in range(cfg.levels - 1, 0, -1):
+        assert len(steps[level]) == clock.num_steps(level, T)
+        for step, (above, _) in enumerate(steps[level]):
+            parent = clock.parent_step(step)
+            z_above = trace.nodes[clock.site_name(level + 1, clock.frame(level + 1, parent))]["value"]
+            h_above = steps[level + 1][parent][1]
+            assert torch.equal(above[0], z_above) and torch.equal(above[1], h_above)
+            # Not zeros like the top level's (the sampled z is non-zero; h may still be 0 at the first
+            # step, from zero biases and inputs).
+            assert torch.count_nonzero(above[0]) > 0
 
 
 def test_no_temporal_abstraction_and_rssm_are_ordinary_settings():

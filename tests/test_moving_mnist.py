@@ -1,6 +1,7 @@
 """The generated Moving MNIST: the physics of the paper's recipe, determinism, and disjoint splits."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from pyro_cwvae.data.moving_mnist import (DIGIT_SIZE, MAX_SPEED, MIN_SPEED, GeneratedMovingMNIST, render,
                                           split_digits, trajectories)
@@ -55,10 +56,33 @@ def test_batches_are_deterministic_per_seed_and_step():
     assert data.test_video(0).shape == (1000, 1, 64, 64)
 
 
-def test_each_frame_shows_two_digits_worth_of_ink():
-    video = GeneratedMovingMNIST().train_batch(0, 4, 20, 0).astype(float)
-    ink = video.sum(axis=(2, 3, 4))
-    assert np.all(ink > 0)
+def ink_key(image: np.ndarray) -> tuple:
+    """An image cropped to its ink, as a hashable key (the same digit drawn anywhere gives the same key)."""
+    rows, cols = np.nonzero(image)
+    crop = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    return crop.shape, crop.tobytes()
+
+
+def separate_digits(frame: np.ndarray) -> list[tuple]:
+    """The ink keys of the 8-connected blobs of ``frame (64, 64)``: one per digit where the digits do not touch."""
+    blobs, count = ndimage.label(frame > 0, structure=np.ones((3, 3), bool))
+    return [ink_key(np.where(blobs == blob, frame, 0)) for blob in range(1, count + 1)]
+
+
+def test_each_video_shows_two_distinct_training_digits():
+    """Where the digits do not touch, a frame splits into two blobs that are two different whole MNIST images
+    of the training split, and the same two throughout a video (not one digit, nor one digit twice)."""
+    train = {ink_key(digit) for digit in split_digits("train")}
+    videos = GeneratedMovingMNIST().train_batch(0, 4, 20, 0)[:, :, 0]
+    for video in videos:
+        assert np.all(video.reshape(len(video), -1).max(1) > 0)  # ink in every frame
+        shown = set()
+        for frame in video:
+            blobs = separate_digits(frame)
+            if len(blobs) == 2 and all(blob in train for blob in blobs):
+                shown.update(blobs)
+        # Two separate whole digits in some frame (about half the frames); only those two in the video.
+        assert len(shown) == 2
 
 
 def test_train_and_test_digits_are_disjoint_images():
@@ -68,9 +92,32 @@ def test_train_and_test_digits_are_disjoint_images():
     assert not any(d.tobytes() in train_keys for d in test)
 
 
-def test_speed_factor_scales_motion():
-    slow = GeneratedMovingMNIST(speed=0.5).train_batch(0, 1, 2, 0)
-    fast = GeneratedMovingMNIST(speed=2.0).train_batch(0, 1, 2, 0)
-    assert not np.array_equal(slow, fast)
+def centre_of_ink(videos: np.ndarray) -> np.ndarray:
+    """The ink-weighted centre (y, x) of each frame of ``videos (B, T, 1, 64, 64)``: (B, T, 2)."""
+    ink = videos[:, :, 0].astype(float)
+    ys, xs = np.mgrid[:64, :64]
+    total = ink.sum((-2, -1))
+    return np.stack([(ink * ys).sum((-2, -1)) / total, (ink * xs).sum((-2, -1)) / total], -1)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_speed_factor_scales_the_displacement_per_frame(factor):
+    """The same seed draws the same digits and directions at every speed, so at ``factor`` times the speed the
+    digits reach in one frame where they are ``factor`` frames later at speed 1 (bounces included)."""
+    frames = 10
+    slow = centre_of_ink(GeneratedMovingMNIST(speed=1.0).train_batch(0, 8, factor * frames, 0))
+    fast = centre_of_ink(GeneratedMovingMNIST(speed=float(factor)).train_batch(0, 8, frames, 0))
+    assert np.linalg.norm(np.diff(slow, axis=1), axis=-1).mean() > 1.0  # the digits do move at speed 1
+    np.testing.assert_allclose(fast, slow[:, ::factor], atol=1.0)  # 1 px: positions are rounded to pixels
+    # Away from bounces (the slow centre moves in a straight line over those frames) a frame at speed
+    # ``factor`` moves the digits ``factor`` times as far as a frame at speed 1.
+    start, one, end = slow[:, :-factor:factor], slow[:, 1::factor][:, : frames - 1], slow[:, factor::factor]
+    straight = np.linalg.norm(end - start - factor * (one - start), axis=-1) < 1.0
+    assert straight.sum() >= 10
+    ratio = np.linalg.norm(np.diff(fast, axis=1), axis=-1) / np.linalg.norm(one - start, axis=-1)
+    assert abs(np.median(ratio[straight]) - factor) < 0.1 * factor
+
+
+def test_non_positive_speed_is_refused():
     with pytest.raises(ValueError):
         GeneratedMovingMNIST(speed=0)

@@ -1,4 +1,11 @@
-"""The figures of a rollout are written, readable, and atomic."""
+"""The figures of a rollout and of an evaluation: written, readable and atomic, and drawing the right numbers.
+
+The figures are caught as they are saved (``Figure.savefig``), and the data behind every curve, band and bar is
+compared with the aggregate the test computes from the dataset with numpy.
+"""
+from pathlib import Path
+
+import matplotlib.figure
 import numpy as np
 import pytest
 import xarray as xr
@@ -7,12 +14,14 @@ from PIL import Image
 import pyro_cwvae.plots as plots
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.plots import write_figures
+from pyro_cwvae.plots_eval import write_evaluation_figures
 
 SAMPLES, SEQUENCES, TIME, CONTEXT, LEVELS, RATE, SEQ_LEN = 2, 2, 40, 10, 3, 4, 16
 
 
-def rollout(channels: int, seed: int = 0, protocol: str = "paper") -> xr.Dataset:
-    """A small synthetic rollout dataset with the schema the rollout command writes."""
+def rollout(channels: int, seed: int = 0, protocol: str = "paper", spread: bool = False) -> xr.Dataset:
+    """A small synthetic rollout dataset with the schema the rollout command writes (with ``spread``, also the
+    spread over samples that the uncertainty figure draws)."""
     rng = np.random.default_rng(seed)
     shape = (SEQUENCES, TIME, channels, 64, 64)
     truth = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -35,6 +44,12 @@ def rollout(channels: int, seed: int = 0, protocol: str = "paper") -> xr.Dataset
     kl = rng.uniform(0, 5, (SEQUENCES, LEVELS, TIME)).astype(np.float32)
     kl[:, ~active] = np.nan
     frame_dims = ("sequence", "time", "channel", "y", "x")
+    extra = {}
+    if spread:
+        latent_std = rng.uniform(0, 2, (SEQUENCES, LEVELS, TIME)).astype(np.float32)
+        latent_std[:, ~active] = np.nan
+        extra = {"prediction_std": (frame_dims, rng.integers(0, 128, shape, dtype=np.uint8)),
+                 "latent_std": (("sequence", "level", "time"), latent_std)}
     return xr.Dataset(
         {
             "prediction": (("sample", *frame_dims), prediction),
@@ -51,6 +66,7 @@ def rollout(channels: int, seed: int = 0, protocol: str = "paper") -> xr.Dataset
             "ssim_random_frame": (("sequence", "time"), scores(0, 0.5, (SEQUENCES, TIME))),
             "kl": (("sequence", "level", "time"), kl),
             "kl_table": ("level", np.nansum(kl[:, :, :SEQ_LEN], -1).mean(0), {"frames_per_sequence": SEQ_LEN}),
+            **extra,
         },
         coords={
             "sample": np.arange(SAMPLES),
@@ -95,34 +111,210 @@ def test_missing_prediction_is_a_user_error(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.fixture
+def saved(monkeypatch) -> dict[str, matplotlib.figure.Figure]:
+    """Every figure saved from now on, by file stem ("metrics" for metrics.png, also when written through a
+    temporary file ``.metrics.png.XXXX.tmp``). For speed nothing is rendered and no GIF is made: the tests above
+    check the files themselves."""
+    figures = {}
+
+    def recording(fig, fname, *args, **kwargs):
+        figures[Path(fname).name.lstrip(".").split(".")[0]] = fig
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    monkeypatch.setattr(plots, "write_gif", lambda ds, path: Path(path))
+    return figures
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """NaN where ``values`` is infinite (an exact frame's PSNR) or missing: what the curves leave out."""
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def lines_by_label(ax) -> dict:
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def band_edges(band, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lower and upper edge of a ``fill_between`` band at each of ``steps``."""
+    vertices = band.get_paths()[0].vertices
+    at = [vertices[vertices[:, 0] == step, 1] for step in steps]
+    return np.array([ys.min() for ys in at]), np.array([ys.max() for ys in at])
+
+
+def check_curve(line, x: np.ndarray, y: np.ndarray) -> None:
+    np.testing.assert_array_equal(line.get_xdata(), x)
+    np.testing.assert_allclose(line.get_ydata(), y, rtol=1e-5)
+
+
 @pytest.mark.parametrize("protocol", ["paper", "standard"])
-def test_metric_curves_follow_the_protocol(protocol):
+def test_metric_figure_draws_the_mean_band_and_baselines_of_the_protocol(tmp_path, saved, protocol):
     ds = rollout(1, protocol=protocol)
-    fig = plots.plot_metrics(ds)
-    try:
-        future = ds.isel(time=slice(CONTEXT, None))
-        psnr = future.psnr_best if protocol == "paper" else future.psnr.stack(curve=("sample", "sequence"))
-        psnr = psnr.where(np.isfinite(psnr))
-        want = psnr.mean("curve" if protocol == "standard" else "sequence").values
-        np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), want, rtol=1e-6)
-        assert np.array_equal(fig.axes[0].lines[0].get_xdata(), np.arange(1, TIME - CONTEXT + 1))
-        assert (f"best of {SAMPLES}" in fig._suptitle.get_text()) == (protocol == "paper")
-    finally:
-        plots.plt.close(fig)
+    write_figures(ds, tmp_path)
+    fig = saved["metrics"]
+    future = np.arange(TIME) >= CONTEXT
+    steps = np.arange(1, TIME - CONTEXT + 1)  # frames predicted after the last context frame
+    for ax, metric in zip(fig.axes, ("psnr", "ssim")):
+        # Paper: one curve per sequence, its best sample; standard: one per sample and sequence.
+        raw = ds[f"{metric}_best"].values if protocol == "paper" else ds[metric].values.reshape(-1, TIME)
+        curves = finite(raw[:, future])
+        mean, std = np.nanmean(curves, 0), np.nanstd(curves, 0)
+        lines = lines_by_label(ax)
+        check_curve(lines["CW-VAE, best sample" if protocol == "paper" else "CW-VAE"], steps, mean)
+        lower, upper = band_edges(ax.collections[0], steps)
+        np.testing.assert_allclose(lower, mean - std, rtol=1e-5)
+        np.testing.assert_allclose(upper, mean + std, rtol=1e-5)
+        for baseline in ("last_frame", "random_frame"):
+            want = np.nanmean(finite(ds[f"{metric}_{baseline}"].values[:, future]), 0)
+            check_curve(lines[baseline.replace("_", " ")], steps, want)
+    assert (f"best of {SAMPLES}" in fig._suptitle.get_text()) == (protocol == "paper")
 
 
-def test_kl_bars_are_the_table_per_training_sequence():
+def active_times(level: int) -> np.ndarray:
+    """The frames where ``level`` ticks: every RATE**(level - 1)-th frame from 0."""
+    return np.arange(0, TIME, RATE ** (level - 1))
+
+
+def test_kl_figure_draws_the_table_and_the_kl_of_each_level_over_time(tmp_path, saved):
     ds = rollout(1)
-    fig = plots.plot_kl(ds)
-    try:
-        heights = [bar.get_height() for bar in fig.axes[0].patches]
-        np.testing.assert_allclose(heights, ds.kl_table.values, rtol=1e-6)
-        assert fig.axes[0].get_title() == f"KL per training sequence of {SEQ_LEN} frames (Table 1)"
-    finally:
-        plots.plt.close(fig)
+    write_figures(ds, tmp_path)
+    bars, curves = saved["kl"].axes
+    kl = ds.kl.values  # (sequence, level, time)
+    # Table 1: the KL summed over a training sequence's frames, mean over sequences; one bar per level.
+    table = np.nansum(kl[:, :, :SEQ_LEN], -1).mean(0)
+    np.testing.assert_allclose([bar.get_height() for bar in bars.patches], table, rtol=1e-6)
+    assert [label.get_text() for label in bars.get_xticklabels()] == [str(level) for level in range(1, LEVELS + 1)]
+    assert bars.get_title() == f"KL per training sequence of {SEQ_LEN} frames (Table 1)"
+    lines = lines_by_label(curves)
+    for level in range(1, LEVELS + 1):
+        times = active_times(level)
+        check_curve(lines[f"level {level}"], times, kl[:, level - 1, times].mean(0))
+
+
+def test_kl_figure_says_when_no_training_sequence_fits(tmp_path, saved):
+    ds = rollout(1)
     ds["kl_table"][:] = np.nan  # no whole training sequence in the frames with a KL
-    fig = plots.plot_kl(ds)
-    try:
-        assert "no whole training sequence" in fig.axes[0].texts[0].get_text()
-    finally:
-        plots.plt.close(fig)
+    write_figures(ds, tmp_path)
+    bars = saved["kl"].axes[0]
+    assert [bar.get_height() for bar in bars.patches] == [0] * LEVELS
+    assert "no whole training sequence" in bars.texts[0].get_text()
+
+
+def test_uncertainty_figure_draws_the_pixel_and_latent_spread(tmp_path, saved):
+    ds = rollout(1, spread=True)
+    assert [p.name for p in write_figures(ds, tmp_path)][-1] == "uncertainty.png"
+    pixels, latents = saved["uncertainty"].axes
+    pixel_std = ds.prediction_std.values.astype(float).mean((2, 3, 4)).mean(0)  # over pixels, then sequences
+    check_curve(pixels.get_lines()[0], np.arange(TIME), pixel_std)
+    lines = lines_by_label(latents)
+    for level in range(1, LEVELS + 1):
+        times = active_times(level)
+        check_curve(lines[f"level {level}"], times, ds.latent_std.values[:, level - 1, times].mean(0))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_strip_shows_truth_above_each_sample_at_the_labelled_times(tmp_path, saved, channels):
+    ds = rollout(channels, spread=True)
+    max_frames = 5
+    write_figures(ds, tmp_path, max_frames=max_frames)
+    ax = saved["strip"].axes[0]
+    image = np.asarray(ax.images[0].get_array())
+    times = [int(label.get_text().split()[-1]) for label in ax.get_xticklabels()]
+    context = [label.get_text().startswith("ctx") for label in ax.get_xticklabels()]
+    # Context frames (the last one among them), then `max_frames` predictions to the last frame.
+    assert context == [t < CONTEXT for t in times] and CONTEXT - 1 in times and times[-1] == TIME - 1
+    assert sum(not c for c in context) == max_frames
+    truth = np.moveaxis(ds.truth.values, 2, -1)  # (sequence, time, H, W, C)
+    pred = np.moveaxis(ds.prediction.values, 3, -1)
+    std = np.minimum(np.moveaxis(ds.prediction_std.values, 2, -1).astype(int) * 2, 255)
+    rows = [label.get_text() for label in ax.get_yticklabels()]
+    # Per sequence: its truth, each sample's prediction, and the spread over samples (times the labelled gain).
+    assert rows == [row for seq in range(SEQUENCES)
+                    for row in [f"seq {seq} truth", *(f"sample {s}" for s in range(SAMPLES)), "std x2"]]
+    for row, (label, y) in enumerate(zip(rows, ax.get_yticks())):
+        seq = row // (SAMPLES + 2)
+        for t, x in zip(times, ax.get_xticks()):
+            top, left = int(y - 31.5), int(x - 31.5)  # ticks are at the centres of 64-pixel frames
+            tile = image[top : top + 64, left : left + 64].reshape(64, 64, channels)
+            if label.endswith("truth"):
+                want = truth[seq, t] if ds.has_truth.values[seq, t] else np.full_like(truth[seq, t], 255)
+            elif label.startswith("sample"):
+                want = pred[int(label.split()[1]), seq, t]
+            else:
+                want = std[seq, t]
+            np.testing.assert_array_equal(tile, want, err_msg=f"{label}, t={t}")
+
+
+RUNS, EVAL_TIME, EVAL_CONTEXT, WINDOWS = ["one-level", "two-level"], 12, 4, [(4, 10), (10, 12)]
+
+
+def evaluation(seed: int = 0) -> xr.Dataset:
+    """A small synthetic evaluation dataset with the schema ``pyro-cwvae evaluate`` writes (two runs)."""
+    rng = np.random.default_rng(seed)
+    runs, windows = len(RUNS), len(WINDOWS)
+    variables = {}
+    for name in ("ssim", "psnr", "lpips", "digit_accuracy"):
+        variables[name] = (("run", "time"), rng.uniform(0, 1, (runs, EVAL_TIME)).astype(np.float32),
+                           {"aggregation": "mean over 2 sample(s) and the sequences"})
+        for baseline in ("last_frame", "random_frame"):
+            variables[f"{name}_{baseline}"] = ("time", rng.uniform(0, 1, EVAL_TIME).astype(np.float32))
+    variables["digit_accuracy_truth"] = ("time", rng.uniform(0.9, 1, EVAL_TIME).astype(np.float32))
+    fvd = rng.uniform(50, 500, (runs, windows)).astype(np.float32)
+    fvd[:, -1] = np.nan  # the last window is too short for a clip
+    variables["fvd"] = (("run", "window"), fvd, {"clip_frames": 16})
+    variables["fvd_horizon"] = ("run", rng.uniform(50, 500, runs).astype(np.float32))
+    for baseline in ("last_frame", "random_frame"):
+        variables[f"fvd_{baseline}"] = ("window", rng.uniform(300, 900, windows).astype(np.float32))
+        variables[f"fvd_horizon_{baseline}"] = ((), np.float32(rng.uniform(300, 900)))
+    kl_table = rng.uniform(0, 40, (runs, 2)).astype(np.float32)
+    kl_table[0, 1] = np.nan  # the one-level run has no level 2
+    variables["kl_table"] = (("run", "level"), kl_table, {"frames_per_sequence": 8})
+    variables["iwae"] = (("run", "sequence"), rng.uniform(-50, -40, (runs, 3)).astype(np.float32), {"particles": 4})
+    variables["elbo"] = (("run", "sequence"), rng.uniform(-60, -50, (runs, 3)).astype(np.float32))
+    variables["is_context"] = ("time", np.arange(EVAL_TIME) < EVAL_CONTEXT)
+    return xr.Dataset(variables, coords={
+        "run": RUNS, "time": np.arange(EVAL_TIME), "level": [1, 2], "sequence": np.arange(3),
+        "window": np.arange(windows), "window_start": ("window", [w[0] for w in WINDOWS]),
+        "window_stop": ("window", [w[1] for w in WINDOWS])},
+        attrs={"dataset": "mmnist", "samples": 2, "sequences": 3, "context": EVAL_CONTEXT, "protocol": "standard"})
+
+
+def bars_by_label(ax) -> dict[str, list]:
+    """The bars of each ``ax.bar`` call, by the first word of its legend label: [(centre, height), ...]."""
+    return {container.get_label().split(":")[0].split(" (")[0]: [(bar.get_x() + bar.get_width() / 2,
+                                                                   bar.get_height()) for bar in container]
+            for container in ax.containers}
+
+
+def test_evaluation_figure_draws_every_run_the_baselines_fvd_and_kl_bars(tmp_path, saved):
+    ds = evaluation()
+    write_evaluation_figures(ds, tmp_path)
+    axes = saved["evaluation"].axes
+    future = np.arange(EVAL_TIME) >= EVAL_CONTEXT
+    steps = np.arange(1, EVAL_TIME - EVAL_CONTEXT + 1)
+    for ax, name in zip(axes[:4], ("ssim", "psnr", "lpips", "digit_accuracy")):
+        lines = lines_by_label(ax)
+        for i, run in enumerate(RUNS):
+            check_curve(lines[run], steps, ds[name].values[i, future])
+        for baseline in ("last_frame", "random_frame"):
+            check_curve(lines[baseline.replace("_", " ")], steps, ds[f"{name}_{baseline}"].values[future])
+    check_curve(lines_by_label(axes[3])["true frames"], steps, ds.digit_accuracy_truth.values[future])
+
+    fvd_ax, kl_ax = axes[4], axes[5]
+    fvd = bars_by_label(fvd_ax)
+    for i, run in enumerate(RUNS):  # one bar per window, side by side within it, a missing FVD drawn as 0
+        centres, heights = zip(*fvd[run])
+        np.testing.assert_allclose(heights, np.nan_to_num(ds.fvd.values[i]), rtol=1e-6)
+        assert np.all(np.abs(np.array(centres) - np.arange(len(WINDOWS))) < 0.4)
+    assert all(a[0] < b[0] for a, b in zip(fvd[RUNS[0]], fvd[RUNS[1]]))
+    baselines = {c.get_label().split(" (")[0]: c for c in fvd_ax.collections}
+    for baseline in ("last_frame", "random_frame"):  # one dashed line over each window
+        segments = baselines[baseline.replace("_", " ")].get_segments()
+        np.testing.assert_allclose([seg[:, 1] for seg in segments],
+                                   np.repeat(ds[f"fvd_{baseline}"].values[:, None], 2, 1), rtol=1e-6)
+    kl = bars_by_label(kl_ax)
+    for i, run in enumerate(RUNS):
+        np.testing.assert_allclose([h for _, h in kl[run]], np.nan_to_num(ds.kl_table.values[i]), rtol=1e-6)
+        label = next(c.get_label() for c in kl_ax.containers if c.get_label().startswith(run))
+        iwae, elbo = ds.iwae.values[i].mean(), ds.elbo.values[i].mean()
+        assert f"IWAE_4 {iwae:.4g}, ELBO {elbo:.4g}" in label
