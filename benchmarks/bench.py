@@ -50,7 +50,7 @@ from torch.distributions import Normal, kl_divergence  # noqa: E402
 
 from benchmarks import reference  # noqa: E402
 from pyro_cwvae.accel import autocast, compile_nets, set_matmul_precision  # noqa: E402
-from pyro_cwvae.config import PRESETS, Config  # noqa: E402
+from pyro_cwvae.config import Config, preset  # noqa: E402
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST  # noqa: E402
 from pyro_cwvae.elbo import ElboTerms, elbo_terms, level_of  # noqa: E402
 from pyro_cwvae.guides.cwvae import guide  # noqa: E402
@@ -58,7 +58,7 @@ from pyro_cwvae.models.cwvae import model  # noqa: E402
 from pyro_cwvae.nets import CWVAENets  # noqa: E402
 from pyro_cwvae.optim import KerasAdam  # noqa: E402
 from pyro_cwvae.predict import TrainedRun, decode, open_loop_states  # noqa: E402
-from pyro_cwvae.train import resolve_device  # noqa: E402
+from pyro_cwvae.accel import resolve_device  # noqa: E402
 
 TINY = dict(levels=2, factor=2, z_size=4, h_size=8, embed_size=8, enc_dense_size=16, enc_dense_layers=2)
 
@@ -73,8 +73,8 @@ class Size:
 
 SIZES = {
     "tiny": Size(TINY, batch=2, frames=8, big=False),
-    "mmnist": Size(PRESETS["mmnist"], batch=50, frames=100, big=True),  # 3 levels, k 6, z 20 / h 200 / embed 200
-    "minerl": Size(PRESETS["minerl"], batch=50, frames=100, big=True),  # z 100 / h 800 / embed 800, RGB
+    "mmnist": Size(preset("mmnist").to_dict(), batch=50, frames=100, big=True),  # 3 levels, k 6, z 20 / h 200 / embed 200
+    "minerl": Size(preset("minerl").to_dict(), batch=50, frames=100, big=True),  # z 100 / h 800 / embed 800, RGB
 }
 STEPS = ("trace", "meanfield", "reference")
 ROLLOUTS = ("pyro", "reference")
@@ -84,7 +84,7 @@ ROLLOUTS = ("pyro", "reference")
 
 
 def size_config(name: str, frames: int) -> Config:
-    return Config(**SIZES[name].config, seq_len=frames, workers=0).validate()
+    return Config(**{**SIZES[name].config, "seq_len": frames, "workers": 0}).validate()
 
 
 def batch_for(name: str, args, device: torch.device) -> int:

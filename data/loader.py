@@ -15,14 +15,14 @@ from . import VideoDataset
 
 
 class _StepBatches(Dataset):
-    def __init__(self, dataset: VideoDataset, batch_size: int, seq_len: int, seed: int):
-        self.dataset, self.batch_size, self.seq_len, self.seed = dataset, batch_size, seq_len, seed
+    def __init__(self, dataset: VideoDataset, batch_size: int, seq_len: int, seed: int, rows: slice):
+        self.dataset, self.batch_size, self.seq_len, self.seed, self.rows = dataset, batch_size, seq_len, seed, rows
 
     def __len__(self) -> int:  # steps are unbounded; the sampler says which to load
         return 2**62
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        return torch.from_numpy(self.dataset.train_batch(step, self.batch_size, self.seq_len, self.seed))
+        return torch.from_numpy(self.dataset.train_batch(step, self.batch_size, self.seq_len, self.seed)[self.rows])
 
 
 def _ignore_interrupts(worker_id: int) -> None:
@@ -33,10 +33,11 @@ def _ignore_interrupts(worker_id: int) -> None:
 
 
 def train_batches(dataset: VideoDataset, start: int, stop: int, batch_size: int, seq_len: int, seed: int,
-                  workers: int = 1, pin_memory: bool = False) -> Iterator[torch.Tensor]:
-    """uint8 batches ``(B, T, C, 64, 64)`` for steps ``start .. stop-1``, loaded ahead by ``workers`` processes."""
+                  workers: int = 1, pin_memory: bool = False, rows: slice = slice(None)) -> Iterator[torch.Tensor]:
+    """uint8 batches ``(B, T, C, 64, 64)`` for steps ``start .. stop-1``, loaded ahead by ``workers`` processes;
+    only ``rows`` of each (a process's share when several train together)."""
     loader = DataLoader(
-        _StepBatches(dataset, batch_size, seq_len, seed),
+        _StepBatches(dataset, batch_size, seq_len, seed, rows),
         sampler=range(start, stop),
         batch_size=None,
         num_workers=workers,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,8 +30,9 @@ from pyro_cwvae.config import Config, option, preset
 from pyro_cwvae.data import DatasetError
 from pyro_cwvae.data.registry import open_dataset
 from pyro_cwvae.errors import UserError
+from pyro_cwvae.export import provenance, write_netcdf
 from pyro_cwvae.history import HISTORY
-from pyro_cwvae.predict import rollout, versions
+from pyro_cwvae.predict import rollout
 from pyro_cwvae.runs import CHANGEABLE_ON_RESUME, new_run_config, resume_config
 from pyro_cwvae.train import fit
 
@@ -279,9 +279,7 @@ def evaluate(name: str, plan: Plan, reads_pair: PairReader, *, context: int | No
     ds = rollout(run_dir, data, horizon=horizon, context=context, samples=plan.samples, sequences=plan.sequences,
                  seed=seed, prior_levels=prior_levels, progress=plan.progress)
     ds = with_content_measures(ds, data, reads_pair, seed)
-    with atomic_path(cache) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4", encoding={name: {"zlib": True} for name in ("example_prediction",
-                                                                                        "example_truth")})
+    write_netcdf(ds, cache, encoding={name: {"zlib": True} for name in ("example_prediction", "example_truth")})
     return ds
 
 
@@ -375,10 +373,9 @@ def results_dataset(variables: dict[str, xr.DataArray], names: list[str], settin
     results = xr.Dataset(variables).assign_coords(setting=names, **coords)
     results.setting.attrs["long_name"] = "what each setting changes: see the attribute 'settings'"
     results.attrs.update(
-        title=title, scale=plan.scale.name, preset=plan.scale.preset, budget=plan.budget,
+        **provenance(title), scale=plan.scale.name, preset=plan.scale.preset, budget=plan.budget,
         budget_units="training steps per setting", sequences=plan.sequences, samples=plan.samples,
-        settings=json.dumps({name: {"about": settings[name][0], "options": settings[name][1]} for name in names}),
-        versions=versions(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        settings=json.dumps({name: {"about": settings[name][0], "options": settings[name][1]} for name in names}))
     return results
 
 
@@ -390,8 +387,7 @@ def stacked(values: list[xr.DataArray], names: list[str]) -> xr.DataArray:
 def write_results(results: xr.Dataset, figure: plt.Figure, plan: Plan, experiment: str) -> tuple[Path, Path]:
     """Write ``OUT/EXPERIMENT-SCALE.nc`` and ``.png`` atomically; the figure is closed."""
     stem = plan.out / f"{experiment}-{plan.scale.name}"
-    with atomic_path(stem.with_suffix(".nc")) as tmp:
-        results.to_netcdf(tmp, engine="netcdf4")
+    write_netcdf(results, stem.with_suffix(".nc"))
     with atomic_path(stem.with_suffix(".png")) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)

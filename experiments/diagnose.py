@@ -24,6 +24,7 @@ import xarray as xr  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.common import history, parser, set_threads, smoothed, train  # noqa: E402
 from pyro_cwvae.atomic import atomic_path  # noqa: E402
+from pyro_cwvae.export import write_netcdf  # noqa: E402
 
 # name: (what it tests, the options it changes on the demo preset)
 SETTINGS = {
@@ -77,8 +78,7 @@ def summary(results: xr.Dataset) -> str:
 
 
 def write(results: xr.Dataset, out: Path) -> None:
-    with atomic_path(out / "diagnose.nc") as tmp:
-        results.to_netcdf(tmp, engine="netcdf4")
+    write_netcdf(results, out / "diagnose.nc")
     figure, axes = plt.subplots(1, results.sizes["level"], figsize=(4.5 * results.sizes["level"], 3.6))
     for axis, level in zip(np.atleast_1d(axes), results.level.values):
         for name in results.setting.values:

@@ -1,4 +1,5 @@
-"""Optional accelerations for GPUs: lower-precision arithmetic and torch.compile of the networks.
+"""The device a command runs on (``resolve_device``), and optional accelerations for GPUs: lower-precision
+arithmetic and torch.compile of the networks.
 
 Both change the numerics, so both are off by default (``--precision fp32 --compile none``):
 
@@ -46,3 +47,16 @@ def compile_nets(nets: CWVAENets, mode: str) -> None:
         level.transition.gru_step = torch.compile(level.transition.gru_step, mode=mode, dynamic=False)
     for module in modules:
         module.forward = torch.compile(module.forward, mode=mode, dynamic=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device of ``--device``: auto picks CUDA when this torch build sees one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this torch build sees no CUDA device")
+    return device

@@ -21,7 +21,7 @@ import xarray as xr
 from .config import Config
 from .data import VideoDataset
 from .predict import TrainedRun, load_run as load_trained_run, rollout as predict_rollout, summary, write_rollout
-from .train import resolve_device
+from .accel import resolve_device
 
 __all__ = ["Run", "load_run", "rollout", "evaluate", "open_rollout", "save", "summary"]
 

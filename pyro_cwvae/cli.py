@@ -4,10 +4,13 @@ Bad input of any kind ends with a one-line ``error: ...`` on stderr and exit cod
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import sys
-from enum import Enum
+import typing
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -16,7 +19,7 @@ from .cli_checkpoint import app as checkpoint_app
 from .cli_classifier import app as classifier_app
 from .cli_data import app as data_app
 from .cli_weights import app as weights_app
-from .config import COMPILE_MODES, PRECISIONS
+from .config import FIELDS, Config, option
 from .data import DatasetError
 from .errors import UserError
 
@@ -67,70 +70,76 @@ app.add_typer(weights_app, name="weights")
 app.add_typer(checkpoint_app, name="checkpoint")
 
 
-class Elbo(str, Enum):
-    trace = "trace"
-    meanfield = "meanfield"
+def config_options(command: Callable) -> Callable:
+    """``command`` with one option per ``Config`` field (``--z-size``, ...; help from the field), passed to it as
+    ``settings``: a dict of the values given, None for the others."""
+    hints = typing.get_type_hints(Config)
+    generated = [
+        inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[option_type(hints[field.name])],
+                          default=typer.Option(None, f"--{option(field.name)}", help=field.metadata["help"],
+                                               show_default=False))
+        for field in dataclasses.fields(Config)
+    ]
+
+    @functools.wraps(command)
+    def with_settings(**values):
+        settings = {name: parse_setting(name, values.pop(name), hints[name]) for name in FIELDS}
+        return command(settings=settings, **values)
+
+    own = [param for param in inspect.signature(command).parameters.values() if param.name != "settings"]
+    with_settings.__signature__ = inspect.Signature(own + generated)
+    return with_settings
 
 
-Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)
-CompileMode = Enum("CompileMode", {name: name for name in COMPILE_MODES}, type=str)
+def field_type(hint) -> type:
+    """The type of a field of type ``hint`` without its None: ``Optional[float]`` -> float."""
+    return next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint)
+
+
+def option_type(hint) -> type:
+    """The type a field's command-line option parses: lists are given comma-separated, as one string."""
+    return str if typing.get_origin(field_type(hint)) is list else field_type(hint)
+
+
+def parse_setting(name: str, value, hint):
+    """An option's value as the config holds it: ``1,0.5,0.5`` as a list of numbers for a list field."""
+    if value is None or typing.get_origin(field_type(hint)) is not list:
+        return value
+    try:
+        return [float(part) for part in value.split(",")]
+    except ValueError:
+        raise UserError(f"--{option(name)} takes comma-separated numbers, got {value!r}") from None
 
 
 @app.command()
+@config_options
 def fit(
-    dataset: Optional[str] = typer.Option(None, help="mmnist | gqn | minerl | kth; none: the demo on generated Moving MNIST."),
-    data_dir: Optional[Path] = typer.Option(None, help="The unpacked archive (mmnist without it: generated on the fly)."),
-    run_dir: Optional[Path] = typer.Option(None, help="Where the run is written [default: runs/<dataset>-<time>]."),
-    levels: Optional[int] = typer.Option(None, help="Levels of latent chains L."),
-    factor: Optional[int] = typer.Option(None, help="Temporal abstraction factor k."),
-    z_size: Optional[int] = typer.Option(None, help="Stochastic state size per level."),
-    h_size: Optional[int] = typer.Option(None, help="Deterministic (GRU) state size per level."),
-    embed_size: Optional[int] = typer.Option(None, help="Hidden width of the RSSM cells."),
-    dec_std: Optional[float] = typer.Option(None, help="Stddev of the Normal likelihood of the frames."),
-    steps: Optional[int] = typer.Option(None, help="Total optimisation steps."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per batch."),
-    seq_len: Optional[int] = typer.Option(None, help="Frames per training sequence."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
-    model: Optional[Path] = typer.Option(None, help="A model program file (default: the packaged models/cwvae.py)."),
-    guide: Optional[Path] = typer.Option(None, help="A guide program file (default: the packaged guides/cwvae.py)."),
-    elbo: Optional[Elbo] = typer.Option(None, help="trace: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO "
-                                        "(analytic KL, as the official code) [default: meanfield for --dataset, trace "
-                                        "for the demo]."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
-    precision: Optional[Precision] = typer.Option(None, help="tf32 (CUDA) or bf16 autocast instead of fp32."),
-    compile: Optional[CompileMode] = typer.Option(None, help="torch.compile the networks (default: none)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the weights, the noise and the batches."),
-    speed: Optional[float] = typer.Option(None, help="Generated Moving MNIST: digit speed multiplier."),
-    workers: Optional[int] = typer.Option(None, help="Data-loading worker processes."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
-    kl_warmup: Optional[int] = typer.Option(None, help="Steps of linear KL annealing (0: none)."),
-    kl_balance: Optional[float] = typer.Option(None, help="Share of each level's KL gradient that trains the "
-                                               "posterior, the rest trains the prior (official kl_grad_post_perc)."),
-    free_nats: Optional[float] = typer.Option(None, help="Nats per sequence and level the KL term leaves free."),
-    kl_beta: Optional[str] = typer.Option(None, help="Weight of each level's KL term, level 1 first: e.g. 1,0.5,0.5."),
+    settings: dict,
+    config: Optional[Path] = typer.Option(None, help="Start from this config file (a preset from configs/, or a "
+                                          "run's config.json) instead of the dataset's preset; options override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run."),
     max_bad_steps: int = typer.Option(0, min=0, help="Skip up to this many steps with a non-finite loss or gradient."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
-    """Train a CW-VAE with stochastic variational inference."""
+    """Train a CW-VAE with stochastic variational inference. Every setting comes from the dataset's preset
+    (configs/<dataset>.toml; the demo without --dataset) or --config FILE, then the options given here."""
     from .data.registry import open_dataset
+    from .distributed import launched_ranks
     from .runs import new_run_config, resume_config
     from .train import fit as run_fit
 
-    given = dict(dataset=dataset, data_dir=data_dir, run_dir=run_dir, levels=levels, factor=factor, z_size=z_size,
-                 h_size=h_size, embed_size=embed_size, dec_std=dec_std, steps=steps,
-                 batch_size=batch_size, seq_len=seq_len, lr=lr, model=model, guide=guide, elbo=elbo,
-                 device=device, precision=precision, compile=compile, seed=seed, speed=speed, workers=workers,
-                 checkpoint_every=checkpoint_every, kl_warmup=kl_warmup, kl_balance=kl_balance, free_nats=free_nats,
-                 kl_beta=weights(kl_beta))
-    options = {k: plain(v) for k, v in given.items() if v is not None}
-    cfg = resume_config(options) if resume else new_run_config(options, overwrite)
+    options = {name: value for name, value in settings.items() if value is not None}
+    if resume and config is not None:
+        raise UserError("--resume continues with the run's own config: leave out --config")
+    if "run_dir" not in options and launched_ranks() > 1:  # each process would pick its own time stamp
+        raise UserError("--run-dir is required when several processes train together")
+    cfg = resume_config(options) if resume else new_run_config(options, overwrite, config)
     data = open_dataset(cfg.dataset, cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
     result = run_fit(cfg, data, resume=resume, max_bad_steps=max_bad_steps, progress=not quiet)
     if len(result.history) and result.rank == 0:
         first, last = result.history.rows[0], result.history.last()
-        typer.echo(f"step {result.step}: loss {first[1]:.2f} -> {last[1]:.2f} nats/frame; run in {result.run_dir}")
+        typer.echo(f"step {result.step}: loss {first.loss:.2f} -> {last.loss:.2f} nats/frame; run in {result.run_dir}")
         if not result.interrupted:
             typer.echo(f"next: pyro-cwvae rollout --run {result.run_dir} && "
                        f"pyro-cwvae plot {result.run_dir / 'rollout.nc'}")
@@ -222,25 +231,6 @@ def plot(
     else:
         paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
-
-
-def weights(text: Optional[str]) -> Optional[list[float]]:
-    """``1,0.5,0.5`` as a list of floats (None stays None)."""
-    if text is None:
-        return None
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise UserError(f"--kl-beta takes comma-separated numbers, one per level, got {text!r}") from None
-
-
-def plain(value):
-    """Option values as they go into the JSON config: paths as strings, enums as their value."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    return value
 
 
 def main() -> None:

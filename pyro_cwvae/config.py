@@ -1,63 +1,82 @@
-"""One ``Config`` holds every setting of a run; presets hold the reference values of each dataset.
+"""One ``Config`` holds every setting of a run, with the help of its command-line option; preset files hold the
+reference values of each dataset.
 
-Values follow the public reference implementation of the paper (configs for mmnist, mazes, minerl). A preset
-overrides only what differs from the field defaults; the resolved config is saved in every run directory and
-checkpoint, so rollouts rebuild exactly the trained model.
+Values follow the public reference implementation of the paper (configs for mmnist, mazes, minerl). The field
+defaults are the reference mmnist values; a preset file (``configs/<dataset>.toml``) sets what differs, with the
+reason beside each value. ``pyro-cwvae fit`` has one option per field (``cli.py`` generates them from here) and
+reads ``--config FILE`` (a preset file, or the ``config.json`` every run directory holds). The resolved config is
+saved in every run directory and checkpoint, so rollouts rebuild exactly the trained model.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any, Optional
 
 from .clock import Clock
 from .errors import UserError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, published separately before Python 3.11
+    import tomli as tomllib
+
+
+def setting(default: Any, help: str) -> Any:
+    """A ``Config`` field: its default and the help of its command-line option."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
 
 @dataclass
 class Config:
     # MODEL --------------------------------------------------------------------------------------------------
-    levels: int = 3  # L: levels of latent chains
-    factor: int = 6  # k: each level ticks k times slower than the one below
-    z_size: int = 20  # stochastic state z_t^l per level
-    h_size: int = 200  # deterministic GRU state h_t^l per level
-    embed_size: int = 200  # hidden width of the RSSM cell's dense layers
-    enc_dense_size: int = 1000  # hidden width of the per-level embedding stacks (levels >= 2)
-    enc_dense_layers: int = 3  # dense layers per level embedding stack
-    min_std: float = 1e-4  # floor on the stddev of p and q
-    dec_std: float = 1.0  # fixed stddev of the Normal likelihood p(x_t | s_t^1)
-    channels: int = 1  # image channels (1 gray, 3 RGB); frames are 64x64
+    levels: int = setting(3, "Levels of latent chains L.")
+    factor: int = setting(6, "Temporal abstraction factor k: each level ticks k times slower than the one below.")
+    z_size: int = setting(20, "Size of the stochastic state z_t^l of each level.")
+    h_size: int = setting(200, "Size of the deterministic (GRU) state h_t^l of each level.")
+    embed_size: int = setting(200, "Hidden width of the dense layers of each level's cell.")
+    enc_dense_size: int = setting(1000, "Hidden width of the frame-embedding stacks of levels 2 and above.")
+    enc_dense_layers: int = setting(3, "Dense layers per frame-embedding stack.")
+    min_std: float = setting(1e-4, "Floor on the stddev of the prior and the posterior.")
+    dec_std: float = setting(1.0, "Fixed stddev of the Normal likelihood p(x_t | s_t^1).")
+    channels: int = setting(1, "Image channels: 1 (gray) or 3 (RGB); frames are 64x64.")
     # DATA ---------------------------------------------------------------------------------------------------
-    dataset: str = "mmnist"  # mmnist | gqn | minerl | kth
-    data_dir: Optional[str] = None  # unpacked archive; None for mmnist means generated on the fly
-    seq_len: int = 100  # training chunk length in frames
-    speed: float = 1.0  # generated Moving MNIST only: digit speed multiplier (Section 3.9)
-    workers: int = 1  # data-loading worker processes (0 loads in the training process)
+    dataset: str = setting("mmnist", "mmnist | gqn | minerl | kth; with no --config it also picks the preset "
+                                     "(none: the demo on generated Moving MNIST).")
+    data_dir: Optional[str] = setting(None, "The unpacked archive (mmnist without it: generated on the fly).")
+    seq_len: int = setting(100, "Frames per training sequence.")
+    speed: float = setting(1.0, "Generated Moving MNIST only: digit speed multiplier (Section 3.9).")
+    workers: int = setting(1, "Data-loading worker processes (0: load in the training process).")
     # TRAIN --------------------------------------------------------------------------------------------------
-    steps: int = 100_000  # optimisation steps in total (a resumed run continues up to this)
-    batch_size: int = 50
-    lr: float = 3e-4  # Adam learning rate
-    adam_eps: float = 1e-4  # Adam epsilon, as in the reference
-    clip_norm: float = 10_000.0  # global gradient-norm clip, as in the reference
-    elbo: str = "trace"  # trace (Trace_ELBO, the package default) | meanfield (analytic KL; the dataset presets)
-    kl_warmup: int = 0  # steps of linear KL annealing from 0 to 1 (0: none, as in the paper)
-    # KL shaping of the official code (off there and here by default); see elbo.py. They change the gradients only:
-    kl_balance: Optional[float] = None  # share of each level's KL gradient that trains q (official kl_grad_post_perc)
-    free_nats: Optional[float] = None  # nats per sequence and level that the KL term does not penalise
-    kl_beta: Optional[list[float]] = None  # weight of each level's KL term, level 1 first
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast); see accel.py
-    compile: str = "none"  # none | default | max-autotune: torch.compile of the networks; see accel.py
-    model: Optional[str] = None  # path to a model program (default: the packaged models/cwvae.py)
-    guide: Optional[str] = None  # path to a guide program (default: the packaged guides/cwvae.py)
+    steps: int = setting(100_000, "Optimisation steps in total (a resumed run continues up to this).")
+    batch_size: int = setting(50, "Sequences per batch.")
+    lr: float = setting(3e-4, "Adam learning rate.")
+    adam_eps: float = setting(1e-4, "Adam epsilon (Keras convention, as the reference).")
+    clip_norm: float = setting(10_000.0, "Global gradient-norm clip.")
+    elbo: str = setting("trace", "trace: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (analytic KL, "
+                                 "as the official code; the dataset presets).")
+    kl_warmup: int = setting(0, "Steps of linear KL annealing from 0 to 1 (0: none, as in the paper).")
+    # KL shaping of the official code (off there and here by default); see elbo.py. They change the gradients only.
+    kl_balance: Optional[float] = setting(None, "Share of each level's KL gradient that trains the posterior; the "
+                                                "rest trains the prior (official kl_grad_post_perc).")
+    free_nats: Optional[float] = setting(None, "Nats per sequence and level that the KL term leaves free.")
+    kl_beta: Optional[list[float]] = setting(None, "Weight of each level's KL term, level 1 first: e.g. 1,0.5,0.5.")
+    seed: int = setting(0, "Seed of the weights, the noise and the batches.")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N.")
+    precision: str = setting("fp32", "fp32 | tf32 (CUDA) | bf16 (autocast); see accel.py.")
+    compile: str = setting("none", "none | default | max-autotune: torch.compile of the networks; see accel.py.")
+    model: Optional[str] = setting(None, "A model program file (default: the packaged models/cwvae.py).")
+    guide: Optional[str] = setting(None, "A guide program file (default: the packaged guides/cwvae.py).")
     # OUTPUT -------------------------------------------------------------------------------------------------
-    run_dir: str = "runs/default"
-    checkpoint_every: int = 100  # steps between checkpoints (and history writes)
-    context: int = 36  # frames the guide filters before an open-loop rollout
+    run_dir: str = setting("runs/default", "Where the run is written (fit's default: runs/<preset>-<time>).")
+    checkpoint_every: int = setting(100, "Steps between checkpoints (and history writes).")
+    context: int = setting(36, "Frames the guide filters before an open-loop rollout (rollout's default).")
 
     @property
     def clock(self) -> Clock:
@@ -71,24 +90,23 @@ class Config:
     def validate(self) -> "Config":
         """Check every field and the rules between them; raise UserError with one line naming the option."""
         positive = ["levels", "factor", "z_size", "h_size", "embed_size", "enc_dense_size", "seq_len", "steps",
-                    "batch_size", "checkpoint_every", "context"]
+                    "batch_size", "checkpoint_every", "context", "enc_dense_layers"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"--{option(name)} must be at least 1, got {getattr(self, name)}")
         for name in ["lr", "adam_eps", "clip_norm", "dec_std", "min_std", "speed"]:
             if not getattr(self, name) > 0:
                 raise UserError(f"--{option(name)} must be positive, got {getattr(self, name)}")
-        if self.enc_dense_layers < 1:
-            raise UserError(f"--enc-dense-layers must be at least 1, got {self.enc_dense_layers}")
         if self.channels not in (1, 3):
-            raise UserError(f"channels must be 1 or 3, got {self.channels}")
+            raise UserError(f"--channels must be 1 or 3, got {self.channels}")
         for name, allowed in (("precision", PRECISIONS), ("compile", COMPILE_MODES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.elbo not in ELBOS:
             raise UserError(f"--elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}")
-        if self.workers < 0 or self.kl_warmup < 0:
-            raise UserError("--workers and --kl-warmup must not be negative")
+        for name in ["workers", "kl_warmup"]:
+            if getattr(self, name) < 0:
+                raise UserError(f"--{option(name)} must not be negative, got {getattr(self, name)}")
         if self.kl_balance is not None and not 0 <= self.kl_balance <= 1:
             raise UserError(f"--kl-balance must lie between 0 and 1, got {self.kl_balance}")
         if self.free_nats is not None and self.free_nats < 0:
@@ -121,7 +139,7 @@ class Config:
         return self.from_dict({**self.to_dict(), **changes})
 
 
-CONFIG_FILE = "config.json"  # the resolved config in a run directory
+CONFIG_FILE = "config.json"  # the resolved config in a run directory (a valid --config file)
 ELBOS = ("trace", "meanfield")
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("none", "default", "max-autotune")
@@ -164,30 +182,39 @@ def _kind(hint: Any) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
     return names.get(hint, str(hint))
 
-# Each preset overrides the field defaults above (which are the reference mmnist values).
-PRESETS: dict[str, dict[str, Any]] = {
-    # The embedded default: generated Moving MNIST, small enough to learn visibly in minutes on a laptop CPU.
-    # Early in training the level-1 posterior is noise-limited (its stddev shrinks slowly), so the information
-    # per frame grows with the number of latent dimensions: z 64 instead of 20 makes the digits appear sooner.
-    # A sharper likelihood (dec_std 0.1 instead of 1.0) lets that information in; many small steps learn more
-    # in ten minutes than few large ones.
-    "demo": dict(dataset="mmnist", z_size=64, seq_len=36, batch_size=4, steps=1000, lr=1e-3, dec_std=0.1,
-                 checkpoint_every=100),
-    # The paper's datasets train with analytic KLs, as the official loss does (TraceMeanField_ELBO: Pyro's
-    # Trace_ELBO with the KL of each latent site in closed form); --elbo trace still overrides it.
-    "mmnist": dict(dataset="mmnist", dec_std=1.0, channels=1, elbo="meanfield"),
-    "gqn": dict(dataset="gqn", dec_std=0.1, channels=3, elbo="meanfield"),
-    "minerl": dict(dataset="minerl", z_size=100, h_size=800, embed_size=800, dec_std=0.4, channels=3, lr=1e-4,
-                   elbo="meanfield"),
-    # KTH is not in the reference configs: mmnist sizes, gray frames, the same analytic KLs.
-    "kth": dict(dataset="kth", dec_std=1.0, channels=1, elbo="meanfield"),
-}
+
+
+def read_config_file(path: str | Path) -> Config:
+    """The config in ``path``: a run's ``config.json`` or a TOML file like the presets (keys left out take the
+    field defaults). ``UserError`` naming the file when it is unreadable, not a table, or holds a bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSON and TOML decode errors are ValueErrors
+        raise UserError(f"cannot read config file {path}: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} holds {type(values).__name__}, not a table of settings")
+    try:
+        return Config.from_dict(values)
+    except UserError as error:
+        raise UserError(f"config file {path}: {error}") from None
+
+
+PRESET_NAMES = ("demo", "mmnist", "gqn", "minerl", "kth")
+
+
+def preset_file(name: str) -> Path:
+    """The packaged preset file of ``name`` (``configs/<name>.toml``): read it, or copy it as a start."""
+    if name not in PRESET_NAMES:
+        datasets = ", ".join(n for n in PRESET_NAMES if n != "demo")
+        raise UserError(f"unknown dataset {name!r}: choose one of {datasets}")
+    return Path(str(resources.files("pyro_cwvae.configs") / f"{name}.toml"))
 
 
 def preset(name: str) -> Config:
-    if name not in PRESETS:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(n for n in PRESETS if n != 'demo')}")
-    return Config(**PRESETS[name])
+    """The config of preset ``name``: ``demo`` or a dataset."""
+    return read_config_file(preset_file(name))
 
 
 def option(field_name: str) -> str:

@@ -12,11 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import VideoDataset
 from .errors import UserError
 
 
@@ -57,6 +55,13 @@ class Group:
         dist.gather_object(obj, gathered, dst=0)
         return gathered
 
+    def rows(self, batch_size: int) -> slice:
+        """This rank's rows of every global batch: rank r of N gets rows r*B/N .. (r+1)*B/N - 1."""
+        if batch_size % self.world:
+            raise UserError(f"--batch-size {batch_size} must be divisible by the {self.world} processes")
+        share = batch_size // self.world
+        return slice(self.rank * share, (self.rank + 1) * share)
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -85,24 +90,3 @@ def join(device_name: str) -> tuple[Group, str]:
 def leave(group: Group) -> None:
     if group.active and dist.is_initialized():
         dist.destroy_process_group()
-
-
-class Shard(VideoDataset):
-    """This rank's rows of every global batch: rank r of N gets rows r*B/N .. (r+1)*B/N - 1."""
-
-    def __init__(self, dataset: VideoDataset, group: Group, batch_size: int):
-        if batch_size % group.world:
-            raise UserError(f"--batch-size {batch_size} must be divisible by the {group.world} processes")
-        self.dataset, self.group, self.name, self.channels = dataset, group, dataset.name, dataset.channels
-
-    def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
-        rows = batch_size // self.group.world
-        start = self.group.rank * rows
-        return self.dataset.train_batch(step, batch_size, seq_len, seed)[start:start + rows]
-
-    @property
-    def num_test(self) -> int:
-        return self.dataset.num_test
-
-    def test_video(self, index: int) -> np.ndarray:
-        return self.dataset.test_video(index)

@@ -42,8 +42,13 @@ class ElboTerms:
     objective: torch.Tensor  # what training minimises: the loss, or its KL-shaped version (see the module docstring)
 
     def pack(self) -> torch.Tensor:
-        """[loss, reconstruction, kl_1, ..., kl_L, objective] as one tensor (a module's output, one transfer)."""
-        return torch.cat([self.loss[None], self.reconstruction[None], self.kl, self.objective[None]])
+        """The terms as one tensor (a module's output, one transfer from the device): ``unpack`` reads it."""
+        return torch.cat([self.loss[None], self.reconstruction[None], self.objective[None], self.kl])
+
+    @classmethod
+    def unpack(cls, packed) -> "ElboTerms":
+        """The terms of ``pack``'s tensor (or of rows of them, stacked, as tensors or arrays)."""
+        return cls(loss=packed[..., 0], reconstruction=packed[..., 1], objective=packed[..., 2], kl=packed[..., 3:])
 
 
 def level_of(site_name: str) -> int | None:

@@ -15,7 +15,6 @@ bound beside the ELBO (``bounds.py``).
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,22 +26,22 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
+from .accel import resolve_device
 from .bounds import FRAMES_PER_CALL, importance_weighted_bound
 from .classifier import digit_classifier, digit_pair_accuracy, read_pairs, same_pairs
 from .config import Config
 from .data import VideoDataset
 from .data.registry import open_dataset
 from .errors import UserError
+from .export import provenance, write_netcdf
 from .fvd import frechet_distance, i3d_features
 from .i3d import pretrained_i3d
 from .interventions import Intervention, sampled_trace
 from .lpips import lpips_distance, pretrained_lpips
 from .metrics import PROTOCOLS, Protocol, best_of_samples, quantize
-from .predict import (TrainedRun, baseline_frames, check_options, kl_table_variable, load_run, read_run_config,
-                      read_test_frames, score_frames, scored_chunks, truth_kls, unit_frames, versions)
+from .predict import (TrainedRun, baseline_frames, check_options, kl_table_variable, load_run,
+                      read_test_frames, score_frames, scored_chunks, truth_kls, unit_frames)
 from .rooms import colour_histograms, histogram_categories, room_categories
-from .train import resolve_device
 
 TITLE = "pyro-cwvae evaluation"
 CLIP_FRAMES = 16
@@ -99,11 +98,12 @@ def evaluate(run_dirs: list[str | Path], dataset: VideoDataset | None = None, *,
     of the test videos. ``perceptual`` False leaves out LPIPS and FVD (no published weights needed)."""
     check_evaluate_options(sequences, context, horizon, samples, particles, fvd_window, protocol)
     runs = named_runs(run_dirs)
-    configs = {name: read_run_config(path) for name, path in runs.items()}
+    torch_device = resolve_device(device)
+    trained = {name: load_run(path, torch_device) for name, path in runs.items()}  # each checkpoint read once
+    configs = {name: run.cfg for name, run in trained.items()}
     check_same_data(configs)
     first = next(iter(configs.values()))
     dataset = dataset if dataset is not None else open_run_data(first, data_dir)
-    torch_device = resolve_device(device)
     test = ground_truth(dataset, first, sequences, context, horizon, fvd_window, PROTOCOLS[protocol], torch_device)
     for cfg in configs.values():
         check_options(cfg, dataset, test.truth.shape[1] - context, context, samples, sequences, 0)
@@ -115,8 +115,8 @@ def evaluate(run_dirs: list[str | Path], dataset: VideoDataset | None = None, *,
     read_truth(test, dataset)
     baselines = score_baselines(test, dataset, seed)
     bar.update()
-    results = {name: score_run(name, path, test, samples, particles, seed, bar, progress)
-               for name, path in runs.items()}
+    results = {name: score_run(name, run, test, samples, particles, seed, bar, progress)
+               for name, run in trained.items()}
     bar.close()
     return to_dataset(results, configs, runs, baselines, test, dataset,
                       dict(samples=samples, particles=particles, seed=seed, fvd_window=fvd_window,
@@ -296,10 +296,9 @@ def fvd_scores(test: GroundTruth, features: list[np.ndarray], samples: int) -> t
 
 # ---- one run ----------------------------------------------------------------------------------------------------
 
-def score_run(name: str, path: Path, test: GroundTruth, samples: int, particles: int, seed: int, bar: tqdm,
+def score_run(name: str, run: TrainedRun, test: GroundTruth, samples: int, particles: int, seed: int, bar: tqdm,
               progress: bool) -> dict:
     """Every number of one run: per-time curves, FVD, the Table 1 KL and, with ``particles``, the bounds."""
-    run = load_run(path, test.device)
     bar.set_postfix_str(f"{name}: predicting {samples} x {test.truth.shape[0]} sequences")
     states = predicted_states(run, test, samples, seed)
     bar.update()
@@ -615,15 +614,13 @@ def to_dataset(results: dict[str, dict], configs: dict[str, Config], runs: dict[
             "run_dir": ("run", [str(path) for path in runs.values()]),
         },
         attrs={
-            "title": TITLE,
+            **provenance(TITLE),
             "dataset": dataset.name,
             "configs": json.dumps({name: cfg.to_dict() for name, cfg in configs.items()}),
             **options,
             "protocol": test.protocol.name,
             **{f"protocol_{key}": line for key, line in test.protocol.conventions().items()},
             "perceptual": int(test.scorers.lpips is not None),
-            "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
     ds["time"].attrs.update(units="frames", long_name="frames since the first context frame")
@@ -635,9 +632,7 @@ def to_dataset(results: dict[str, dict], configs: dict[str, Config], runs: dict[
 
 def write_evaluation(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` as NetCDF, atomically."""
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4")
-    return Path(path)
+    return write_netcdf(ds, path)
 
 
 def summary(ds: xr.Dataset) -> str:

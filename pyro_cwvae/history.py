@@ -5,50 +5,73 @@ per frame. The file is rewritten atomically with each checkpoint, so it always m
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from . import __version__
-from .atomic import atomic_path
 from .errors import UserError
+from .export import provenance, write_netcdf
 
 HISTORY = "history.nc"
+
+
+@dataclass
+class Row:
+    """What one training step logs, all terms in nats per frame."""
+
+    step: int  # optimisation steps taken, this one included
+    loss: float  # negative ELBO
+    reconstruction: float  # -log p(x | s^1)
+    grad_norm: float  # global gradient norm before clipping
+    kl_scale: float  # weight of the KL terms (the warm-up)
+    kl: np.ndarray  # (L,) KL of each level
+
+
+# Each scalar column of a Row, as the variable ``History.to_dataset`` writes it: (long name, units).
+COLUMNS = {
+    "loss": ("negative ELBO", "nats per frame"),
+    "reconstruction": ("-log p(x | s^1)", "nats per frame"),
+    "grad_norm": ("global gradient norm before clipping", None),
+    "kl_scale": ("weight of the KL terms", None),
+}
 
 
 class History:
     def __init__(self, levels: int):
         self.levels = levels
-        self.rows: list[np.ndarray] = []  # step, loss, reconstruction, grad_norm, kl_scale, kl_1..kl_L
+        self.rows: list[Row] = []
 
-    def extend(self, rows: np.ndarray) -> None:
+    def extend(self, rows: list[Row]) -> None:
         self.rows.extend(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def last(self) -> np.ndarray:
+    def last(self) -> Row:
         return self.rows[-1]
 
     def to_dataset(self, attrs: dict) -> xr.Dataset:
-        table = np.asarray(self.rows, dtype=np.float64).reshape(-1, 5 + self.levels)
-        nats = {"units": "nats per frame"}
+        def column(name: str) -> np.ndarray:
+            return np.array([getattr(row, name) for row in self.rows], dtype=np.float32)
+
+        def described(long_name: str, units: str | None) -> dict:
+            return {"long_name": long_name, **({"units": units} if units else {})}
+
+        kl = np.array([row.kl for row in self.rows], dtype=np.float32).reshape(-1, self.levels)
         return xr.Dataset(
             {
-                "loss": ("step", table[:, 1].astype(np.float32), {**nats, "long_name": "negative ELBO"}),
-                "reconstruction": ("step", table[:, 2].astype(np.float32), {**nats, "long_name": "-log p(x | s^1)"}),
-                "kl": (("step", "level"), table[:, 5:].astype(np.float32), {**nats, "long_name": "KL[q || p] of each level"}),
-                "grad_norm": ("step", table[:, 3].astype(np.float32), {"long_name": "global gradient norm before clipping"}),
-                "kl_scale": ("step", table[:, 4].astype(np.float32), {"long_name": "weight of the KL terms"}),
+                **{name: ("step", column(name), described(*about)) for name, about in COLUMNS.items()},
+                "kl": (("step", "level"), kl, described("KL[q || p] of each level", "nats per frame")),
             },
-            coords={"step": table[:, 0].astype(np.int64), "level": np.arange(1, self.levels + 1)},
-            attrs={"pyro_cwvae_version": __version__, **attrs},
+            coords={"step": np.array([row.step for row in self.rows], dtype=np.int64),
+                    "level": np.arange(1, self.levels + 1)},
+            attrs={**provenance("pyro-cwvae training history"), **attrs},
         )
 
     def save(self, path: Path, attrs: dict) -> None:
-        with atomic_path(path) as tmp:
-            self.to_dataset(attrs).to_netcdf(tmp, engine="netcdf4")
+        write_netcdf(self.to_dataset(attrs), path)
 
     @classmethod
     def load(cls, path: Path, levels: int, upto_step: int) -> "History":
@@ -66,14 +89,15 @@ class History:
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             reason = " ".join(str(error).split())
             raise UserError(f"cannot read training history {path}: {reason}") from error
-        table = np.column_stack([ds.step, ds.loss, ds.reconstruction, ds.grad_norm, ds.kl_scale, ds.kl])
-        history.extend(list(table))
+        columns = {name: ds[name].values.astype(float) for name in COLUMNS}
+        history.extend([Row(step=int(step), kl=ds.kl.values[i], **{name: float(values[i]) for name, values in
+                                                                   columns.items()})
+                        for i, step in enumerate(ds.step.values)])
         return history
 
 
 # Every variable ``to_dataset`` writes, with its dims; all are floating point.
-VARIABLES = {"loss": ("step",), "reconstruction": ("step",), "grad_norm": ("step",), "kl_scale": ("step",),
-             "kl": ("step", "level")}
+VARIABLES = {**{name: ("step",) for name in COLUMNS}, "kl": ("step", "level")}
 
 
 def check_history(ds: xr.Dataset, levels: int) -> None:

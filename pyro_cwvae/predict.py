@@ -8,7 +8,6 @@ context can reach a prediction. Everything is done with the run's own model and 
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,17 +21,16 @@ from pyro.poutine.runtime import NonlocalExit
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
-from . import __version__
-from .atomic import atomic_path
+from .accel import resolve_device
 from .checkpoint import load_checkpoint, restore_nets
 from .config import Config
 from .data import VideoDataset
 from .elbo import level_of
 from .metrics import PROTOCOLS, Protocol, best_of_samples, quantize
 from .nets import CWVAENets
-from .programs import load_programs
 from .errors import UserError
-from .train import check_programs_match, resolve_device
+from .export import provenance, write_netcdf
+from .programs import check_programs_match, load_programs
 
 DECODE_CHUNK = 256  # frames decoded per call: memory stays flat whatever the horizon
 KL_FRAMES_PER_CALL = 2048  # frames the guide filters at once for the KL: memory stays flat whatever the test set
@@ -57,11 +55,6 @@ def load_run(run_dir: str | Path, device: torch.device) -> TrainedRun:
     restore_nets(nets, state)
     nets.eval()
     return TrainedRun(cfg, nets, programs[0].fn, programs[1].fn, state["step"])
-
-
-def read_run_config(run_dir: str | Path) -> Config:
-    """The config of a run, from its checkpoint (which also proves the run has one)."""
-    return Config.from_dict(load_checkpoint(Path(run_dir))["config"])
 
 
 def filtered_steps(cfg: Config, level: int, context_frames: int, prior_levels: int) -> int:
@@ -436,7 +429,7 @@ def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, 
         coords={"sample": np.arange(S), "sequence": np.arange(N), "time": np.arange(T), "channel": np.arange(C),
                 "y": np.arange(64), "x": np.arange(64), "level": np.arange(1, run.cfg.levels + 1)},
         attrs={
-            "title": "pyro-cwvae open-loop rollout",
+            **provenance("pyro-cwvae open-loop rollout"),
             "config": run.cfg.to_json(),
             "checkpoint_step": run.step,
             "elbo": run.cfg.elbo,  # the estimator the run was trained with: trace or meanfield
@@ -446,8 +439,6 @@ def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, 
             "prior_levels": prior_levels,
             "protocol": protocol.name,
             **{f"protocol_{key}": line for key, line in protocol.conventions().items()},
-            "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
     ds["time"].attrs.update(units="frames", long_name="frames since the first context frame")
@@ -471,14 +462,6 @@ def summary(ds: xr.Dataset) -> str:
             f"KL per training sequence of {table.frames_per_sequence} frames (nats): {kls}")
 
 
-def versions() -> str:
-    import netCDF4
-
-    return ", ".join(f"{name} {version}" for name, version in [
-        ("pyro-cwvae", __version__), ("pyro-ppl", pyro.__version__), ("torch", torch.__version__),
-        ("numpy", np.__version__), ("xarray", xr.__version__), ("netCDF4", netCDF4.__version__)])
-
-
 def write_rollout(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` as NetCDF atomically; images as zlib-compressed uint8, one chunk per frame block."""
     S, N, T, C = ds.prediction.shape[:4]
@@ -487,6 +470,4 @@ def write_rollout(ds: xr.Dataset, path: str | Path) -> Path:
         "prediction": {"zlib": True, "complevel": 4, "chunksizes": (1, 1, block, C, 64, 64)},
         "truth": {"zlib": True, "complevel": 4, "chunksizes": (1, block, C, 64, 64)},
     }
-    with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
-    return Path(path)
+    return write_netcdf(ds, path, encoding)

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 from .errors import UserError
 
+
 @dataclass
 class Program:
     fn: Callable
@@ -42,3 +43,12 @@ def load_program(kind: str, path: Optional[str]) -> Program:
 
 def load_programs(model_path: Optional[str], guide_path: Optional[str]) -> tuple[Program, Program]:
     return load_program("model", model_path), load_program("guide", guide_path)
+
+
+def check_programs_match(state: dict, programs: tuple[Program, Program]) -> None:
+    """Refuse a checkpoint whose model or guide source differs from the programs loaded now."""
+    for kind, program in zip(("model", "guide"), programs):
+        saved = state["programs"][kind]
+        if saved["source"] != program.source:
+            raise UserError(f"the {kind} program {program.path} differs from the one the checkpoint was trained "
+                            f"with ({saved['path']}): pass the same --{kind} file")

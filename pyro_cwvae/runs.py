@@ -1,8 +1,8 @@
 """Run directories: the config a new run starts from, or the one a resumed run continues with.
 
-A new run starts from the preset of its dataset (``demo`` when none is named: generated Moving MNIST sized to
-learn in minutes on a CPU) with the user's options on top. A resumed run keeps its model and data: only the
-options that do not change what is being learned may differ.
+A new run starts from a config file (``--config``) or else the preset file of its dataset (``demo`` when none is
+named: generated Moving MNIST sized to learn in minutes on a CPU), with the user's options on top. A resumed run
+keeps its model and data: only the options that do not change what is being learned may differ.
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CHECKPOINT, load_checkpoint
-from .config import CONFIG_FILE, Config, option, preset
-from .distributed import launched_ranks
+from .config import CONFIG_FILE, Config, option, preset, read_config_file
 from .errors import UserError
 from .history import HISTORY
 
@@ -24,15 +23,18 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in RUN_FILES)
 
 
-def new_run_config(options: dict[str, Any], overwrite: bool = False) -> Config:
-    """The config of a fresh run: the dataset's preset, then ``options`` (only the options the user gave)."""
-    options = dict(options)
-    name = options.pop("dataset", None) or "demo"
-    cfg = preset(name)
+def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file: str | Path | None = None
+                   ) -> Config:
+    """The config of a fresh run: ``config_file`` if given, else the preset of ``options['dataset']`` (the demo
+    when none), then ``options`` (only the options the user gave) on top."""
+    if config_file is not None:
+        name, cfg = Path(config_file).stem, read_config_file(config_file)
+    else:
+        name = options.get("dataset") or "demo"
+        cfg = preset(name)
+        options = {key: value for key, value in options.items() if key != "dataset"}  # the preset sets it
     if "run_dir" not in options:
-        if launched_ranks() > 1:  # each process would pick its own time stamp
-            raise UserError("--run-dir is required when several processes train together")
-        options["run_dir"] = str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        options = {**options, "run_dir": str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")}
     cfg = cfg.replace(**options).validate()
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():

@@ -61,7 +61,14 @@ BAD_INPUTS = [
     (["fit", "--factor", "0"], "--factor must be at least 1"),
     (["fit", "--levels", "3", "--factor", "6", "--seq-len", "35"], "shorter than one step of the top level"),
     (["fit", "--levels", "many"], "Invalid value for '--levels'"),
-    (["fit", "--elbo", "exact"], "Invalid value for '--elbo'"),
+    (["fit", "--elbo", "exact"], "--elbo must be one of trace, meanfield"),
+    (["fit", "--channels", "2"], "--channels must be 1 or 3"),
+    (["fit", "--kl-beta", "1,x"], "--kl-beta takes comma-separated numbers"),
+    (["fit", "--config", "{tmp}/missing.toml"], "cannot read config file"),
+    (["fit", "--config", "{tmp}/bad.toml"], "config key 'levels' must be an integer"),
+    (["fit", "--config", "{tmp}/unknown.json"], "unknown config key(s): depth"),
+    (["fit", "--config", "{tmp}/whole.nc"], "cannot read config file"),
+    (["fit", "--resume", "--run-dir", "{run}", "--config", "{run}/config.json"], "leave out --config"),
     (["fit", "--model", "{tmp}/missing.py"], "no such file"),
     (["fit", "--model", "{tmp}/empty.py"], "defines no function named 'model'"),
     (["fit", "--guide", "{tmp}/empty.py"], "defines no function named 'guide'"),
@@ -70,9 +77,9 @@ BAD_INPUTS = [
     (["fit", "--run-dir", "{run}"], "already holds a run"),
     (["fit", "--resume", "--run-dir", "{run}", "--levels", "3"], "--levels 3 differs from the resumed run's 2"),
     (["fit", "--device", "tpu:x"], "--device"),
-    (["fit", "--precision", "fp16"], "Invalid value for '--precision'"),
+    (["fit", "--precision", "fp16"], "--precision must be one of fp32, tf32, bf16"),
     (["fit", "--precision", "tf32", "--device", "cpu", "--run-dir", "{tmp}/tf32"], "needs a CUDA device"),
-    (["fit", "--compile", "reduce-overhead"], "Invalid value for '--compile'"),
+    (["fit", "--compile", "reduce-overhead"], "--compile must be one of none, default, max-autotune"),
     (["rollout", "--run", "{tmp}/fresh"], "no checkpoint in"),
     (["rollout", "--run", "{run}", "--horizon", "0"], "must each be at least 1"),
     (["rollout", "--run", "{run}", "--context", "5000"], "longer than the shortest"),
@@ -93,6 +100,8 @@ BAD_INPUTS = [
 def make_bad_files(tmp_path, run_dir):
     """A truncated checkpoint, a truncated NetCDF file, an empty data folder, an .mp4 that is no video."""
     (tmp_path / "empty.py").write_text("x = 1\n")
+    (tmp_path / "bad.toml").write_text('levels = "three"\n')
+    (tmp_path / "unknown.json").write_text('{"depth": 3}')
     truncated = tmp_path / "truncated"
     truncated.mkdir()
     checkpoint = (run_dir / "checkpoint.pt").read_bytes()

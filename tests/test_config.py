@@ -1,0 +1,125 @@
+"""Settings from one place: every Config field is a `fit` option, preset files and a run's config.json are valid
+`--config` files, and the command line overrides them."""
+import dataclasses
+import json
+import typing
+
+import pytest
+from typer.testing import CliRunner
+
+from pyro_cwvae import cli
+from pyro_cwvae.config import CONFIG_FILE, PRESET_NAMES, Config, preset, preset_file, read_config_file, tomllib
+from pyro_cwvae.history import History
+from pyro_cwvae.train import FitResult
+
+# A value for every field, different from the demo preset's and valid with the others at their demo values. A new
+# field without one here fails test_every_field_has_a_test_value: it must be settable too.
+VALUES = {
+    "levels": ("2", 2), "factor": ("4", 4), "z_size": ("7", 7), "h_size": ("9", 9), "embed_size": ("11", 11),
+    "enc_dense_size": ("13", 13), "enc_dense_layers": ("2", 2), "min_std": ("0.01", 0.01), "dec_std": ("0.5", 0.5),
+    "channels": ("3", 3), "dataset": ("gqn", "gqn"), "data_dir": ("somewhere", "somewhere"),
+    "seq_len": ("40", 40), "speed": ("2.0", 2.0), "workers": ("0", 0), "steps": ("5", 5),
+    "batch_size": ("3", 3), "lr": ("0.002", 0.002), "adam_eps": ("1e-7", 1e-7), "clip_norm": ("100", 100.0),
+    "elbo": ("meanfield", "meanfield"), "kl_warmup": ("10", 10), "kl_balance": ("0.2", 0.2),
+    "free_nats": ("3", 3.0), "kl_beta": ("1,0.1,0.1", [1.0, 0.1, 0.1]), "seed": ("4", 4), "device": ("cpu", "cpu"),
+    "precision": ("bf16", "bf16"), "compile": ("default", "default"), "model": ("m.py", "m.py"),
+    "guide": ("g.py", "g.py"), "run_dir": ("RUN", "RUN"), "checkpoint_every": ("2", 2), "context": ("12", 12),
+}
+
+
+@pytest.fixture
+def configs(monkeypatch):
+    """The configs `pyro-cwvae fit` would train, captured instead of training (and without opening any data)."""
+    captured = []
+
+    def capture(cfg, data, **_):
+        captured.append(cfg)
+        return FitResult(cfg.run_dir, 0, History(cfg.levels), nets=None)
+
+    monkeypatch.setattr("pyro_cwvae.train.fit", capture)
+    monkeypatch.setattr("pyro_cwvae.data.registry.open_dataset", lambda *args, **kwargs: None)
+    return captured
+
+
+def fit(tmp_path, *args) -> Config:
+    """The config of ``pyro-cwvae fit ARGS`` run in ``tmp_path``; a failed command fails the test."""
+    result = CliRunner().invoke(cli.app, ["fit", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_every_field_has_a_test_value():
+    assert set(VALUES) == {field.name for field in dataclasses.fields(Config)}
+
+
+def test_every_field_is_settable_from_the_command_line(configs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, (text, value) in VALUES.items():
+        if name != "run_dir":
+            fit(tmp_path, f"--{name.replace('_', '-')}", text, "--run-dir", tmp_path / name)
+        else:
+            fit(tmp_path, "--run-dir", text)
+        cfg = configs.pop()
+        assert getattr(cfg, name) == value, name
+        assert getattr(preset("demo"), name) != value, f"{name}: the test value must differ from the demo's"
+
+
+def test_every_option_has_the_help_of_its_field():
+    result = CliRunner().invoke(cli.app, ["fit", "--help"], terminal_width=400, env={"COLUMNS": "400"})
+    flat = " ".join(result.output.split())
+    for field in dataclasses.fields(Config):
+        assert f"--{field.name.replace('_', '-')}" in flat
+        assert " ".join(field.metadata["help"].split()[:4]) in flat, field.name
+
+
+def test_a_runs_config_json_given_to_config_gives_the_same_config(configs, tmp_path):
+    fit(tmp_path, "--run-dir", tmp_path / "first", "--z-size", "7", "--kl-beta", "1,0.5,0.5", "--elbo", "meanfield")
+    first = configs.pop()
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / CONFIG_FILE).write_text(first.to_json())  # what train.fit writes
+    fit(tmp_path, "--config", tmp_path / "first" / CONFIG_FILE, "--run-dir", tmp_path / "second")
+    second = configs.pop()
+    assert second == first.replace(run_dir=str(tmp_path / "second"))
+
+
+def test_an_option_overrides_the_config_file(configs, tmp_path):
+    file = tmp_path / "mine.toml"
+    file.write_text('levels = 2\nfactor = 4\nz_size = 32\nlr = 0.01\n')
+    fit(tmp_path, "--config", file, "--z-size", "8", "--run-dir", tmp_path / "run")
+    cfg = configs.pop()
+    assert (cfg.levels, cfg.factor, cfg.z_size, cfg.lr) == (2, 4, 8, 0.01)
+    assert cfg.h_size == Config().h_size  # a key the file leaves out: the field default
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_each_preset_file_loads_and_is_what_dataset_picks(name, configs, tmp_path):
+    values = tomllib.loads(preset_file(name).read_text())
+    cfg = read_config_file(preset_file(name)).validate()
+    assert all(getattr(cfg, key) == value for key, value in values.items())
+    args = [] if name == "demo" else ["--dataset", name]
+    fit(tmp_path, *args, "--run-dir", tmp_path / "by-name")
+    fit(tmp_path, "--config", preset_file(name), "--run-dir", tmp_path / "by-file")
+    by_name, by_file = configs
+    assert by_name == by_file.replace(run_dir=by_name.run_dir)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_every_preset_value_has_its_reason_beside_it(name):
+    """The presets are for reading and copying: each value has a comment on its line or opening its block."""
+    explained = False  # inside a block of lines that a comment opens
+    for line in preset_file(name).read_text().splitlines():
+        explained = bool(line.strip()) and (explained or line.startswith("#"))
+        if line.strip() and not line.startswith("#"):
+            assert explained or "#" in line, f"{name}: {line!r} says not why"
+
+
+def test_a_saved_config_round_trips_through_json():
+    cfg = Config(kl_beta=[1.0, 0.5, 0.5], data_dir="d", free_nats=2.0)
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_list_options_parse_to_the_field_type():
+    hint = typing.get_type_hints(Config)["kl_beta"]
+    assert cli.option_type(hint) is str
+    assert cli.parse_setting("kl_beta", "1,2.5", hint) == [1.0, 2.5]
+    assert cli.parse_setting("lr", 0.1, typing.get_type_hints(Config)["lr"]) == 0.1
