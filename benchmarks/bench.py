@@ -73,7 +73,8 @@ class Size:
 
 SIZES = {
     "tiny": Size(TINY, batch=2, frames=8, big=False),
-    "mmnist": Size(preset("mmnist").to_dict(), batch=50, frames=100, big=True),  # 3 levels, k 6, z 20 / h 200 / embed 200
+    # 3 levels, k 6, z 20 / h 200 / embed 200
+    "mmnist": Size(preset("mmnist").to_dict(), batch=50, frames=100, big=True),
     "minerl": Size(preset("minerl").to_dict(), batch=50, frames=100, big=True),  # z 100 / h 800 / embed 800, RGB
 }
 STEPS = ("trace", "meanfield", "reference")
@@ -464,7 +465,7 @@ def profile(name: str, args, device: torch.device) -> str:
     nets, video = make_nets(cfg, device), make_video(batch, cfg, device)
     B, T = video.shape[:2]
     encoder, decoder = nets.encoder, nets.decoder
-    features = encoder.frames(video.flatten(0, 1)).view(B, T, -1).detach()
+    features = encoder.conv(video.flatten(0, 1)).view(B, T, -1).detach()
     embeddings = [e.detach() for e in encoder(video)]
     states = torch.randn(B, T, cfg.state_size, device=device)
 
@@ -474,7 +475,7 @@ def profile(name: str, args, device: torch.device) -> str:
 
     def level_embeddings() -> torch.Tensor:
         total, hidden = features.sum() * 0, features
-        for stack in encoder.levels:
+        for stack in encoder.stacks:
             hidden = stack(hidden)
             total = total + hidden.sum()
         return total
@@ -502,7 +503,7 @@ def profile(name: str, args, device: torch.device) -> str:
     step_nets = copy.deepcopy(nets)
     optimizer = KerasAdam(step_nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     parts = {
-        "conv encoder (fwd+bwd)": lambda: backward(encoder.frames(video.flatten(0, 1)).sum()),
+        "conv encoder (fwd+bwd)": lambda: backward(encoder.conv(video.flatten(0, 1)).sum()),
         "level embedding stacks (fwd+bwd)": lambda: backward(level_embeddings()),
         "decoder + likelihood (fwd+bwd)": lambda: backward(decoder_loglik()),
         "latent path: GRUs, heads, KLs (fwd+bwd)": lambda: backward(latent_path(nets, cfg, embeddings)),

@@ -143,12 +143,12 @@ def encode(w: Weights, video: torch.Tensor, cfg: Config) -> list[torch.Tensor]:
     B, T = video.shape[:2]
     hidden = video.flatten(0, 1)
     for index, filters in enumerate(ENCODER_FILTERS):
-        hidden = conv(w, f"encoder.frames.convs.{index}", hidden, filters, 4)
+        hidden = conv(w, f"encoder.conv.convs.{index}", hidden, filters, 4)
     hidden = hidden.reshape(B, T, -1)
     features = hidden.shape[-1]
     embeddings = [hidden]
     for level in range(2, cfg.levels + 1):
-        stack = f"encoder.levels.{level - 2}"
+        stack = f"encoder.stacks.{level - 2}"
         for index in range(cfg.enc_dense_layers - 1):  # the stack continues from the level below's output
             hidden = dense(w, f"{stack}.hidden.{index}", hidden, cfg.enc_dense_size, F.relu)
         hidden = dense(w, f"{stack}.out", hidden, features)

@@ -29,7 +29,7 @@ def guide(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
             cell = nets.level(level)
             state, states = initial, []
             for step in pyro.markov(range(clock.num_steps(level, T))):
-                h = cell.transition.deterministic(state, above[clock.parent_step(step)])
+                h = cell.deterministic(state, above[clock.parent_step(step)])
                 loc, scale = cell.posterior(h, embeddings[level - 1][:, step])
                 # q(s_t^l | s_{t-1}^l, s_t^{l+1}, e_t^l)
                 with poutine.scale(scale=kl_scale):
@@ -37,5 +37,6 @@ def guide(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
                                     dist.Normal(loc, scale).to_event(1))
                 state = (z, h)
                 states.append(state)
-            above = states
-    return torch.stack([torch.cat(state, -1) for state in above], 1)
+            above = states  # what the level below conditions on
+    level1 = torch.stack([torch.cat(state, -1) for state in states], 1)  # the loop ends at level 1
+    return level1

@@ -34,19 +34,19 @@ def model(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
     above = [initial] * clock.num_steps(cfg.levels + 1, T)  # the top level reads zeros from above
     with pyro.plate("batch", B):
         for level in range(cfg.levels, 0, -1):
-            transition = nets.level(level).transition
+            cell = nets.level(level)
             state, states = initial, []
             for step in pyro.markov(range(clock.num_steps(level, T))):
-                h = transition.deterministic(state, above[clock.parent_step(step)])
-                loc, scale = transition(h)
+                h = cell.deterministic(state, above[clock.parent_step(step)])
+                loc, scale = cell.prior(h)
                 # p(s_t^l | s_{t-1}^l, s_t^{l+1})
                 with poutine.scale(scale=kl_scale):
                     z = pyro.sample(clock.site_name(level, clock.frame(level, step)),
                                     dist.Normal(loc, scale).to_event(1))
                 state = (z, h)
                 states.append(state)
-            above = states
-        level1 = torch.stack([torch.cat(state, -1) for state in above], 1)
+            above = states  # what the level below conditions on
+        level1 = torch.stack([torch.cat(state, -1) for state in states], 1)  # the loop ends at level 1
         if video is not None:
             # prod_t p(x_t | s_t^1), all frames in one site
             frames = nets.decoder(level1)

@@ -41,7 +41,7 @@ def compile_nets(nets: CWVAENets, mode: str) -> None:
     """Compile the networks' forward passes in place (parameter names, and so checkpoints, are unchanged)."""
     if mode == "none":
         return
-    modules = [nets.encoder.frames, *nets.encoder.levels, nets.decoder]
+    modules = [nets.encoder.conv, *nets.encoder.stacks, nets.decoder]
     for level in nets.levels:
         modules += [level.transition, level.posterior]  # the transition's forward is the prior head
         level.transition.gru_step = torch.compile(level.transition.gru_step, mode=mode, dynamic=False)

@@ -171,13 +171,14 @@ def checked(state: Any, path: Path) -> dict[str, Any]:
         if state["step"] < 0:
             raise Invalid(f"step is {state['step']}")
         cfg = _checked_config(state["config"])
-        parameters = _check_nets(state["nets"], cfg)
+        nets = current_names(state["nets"])
+        parameters = _check_nets(nets, cfg)
         _check_optimizer(state["optimizer"], parameters)
         rng = [_checked_rng(entry, state["format"]) for entry in _list(state["rng"], "rng")]
         _check_programs(state["programs"])
     except Invalid as error:
         raise UserError(f"{path} is not a checkpoint pyro-cwvae can use: {error}") from None
-    return {**state, "format": FORMAT, "rng": rng}
+    return {**state, "format": FORMAT, "rng": rng, "nets": nets}
 
 
 def _check_keys(value: Any, keys: tuple[str, ...], what: str, optional: tuple[str, ...] = ()) -> None:
@@ -209,6 +210,22 @@ def _checked_config(values: Any) -> Config:
         return Config.from_dict(values).validate()
     except UserError as error:
         raise Invalid(f"its config: {error}") from None
+
+
+# Parameter names that were renamed, old -> new: checkpoints written before keep loading.
+RENAMED = {"encoder.frames.": "encoder.conv.", "encoder.levels.": "encoder.stacks."}
+
+
+def current_names(nets: Any) -> Any:
+    """The weights ``nets`` under the current parameter names (``RENAMED``); anything else as it is, for the
+    checks to refuse."""
+    if not isinstance(nets, dict):
+        return nets
+    renamed = {}
+    for name, tensor in nets.items():
+        old = next((old for old in RENAMED if isinstance(name, str) and name.startswith(old)), None)
+        renamed[RENAMED[old] + name[len(old):] if old else name] = tensor
+    return renamed
 
 
 def _check_nets(nets: Any, cfg: Config) -> list[torch.Size]:

@@ -75,7 +75,8 @@ def config_options(command: Callable) -> Callable:
     ``settings``: a dict of the values given, None for the others."""
     hints = typing.get_type_hints(Config)
     generated = [
-        inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[option_type(hints[field.name])],
+        inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
+                          annotation=Optional[option_type(hints[field.name])],
                           default=typer.Option(None, f"--{option(field.name)}", help=field.metadata["help"],
                                                show_default=False))
         for field in dataclasses.fields(Config)

@@ -7,6 +7,7 @@ has ``ceil(T / k**(l-1))`` active steps, and its step ``i`` (at frame ``i * k**(
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -52,3 +53,12 @@ class Clock:
     def site_name(self, level: int, frame: int) -> str:
         """The Pyro site of the latent state s_t^l: ``s_{level}_{frame}``."""
         return f"s_{level}_{frame}"
+
+    @staticmethod
+    def parse_site(name: str) -> tuple[int, int] | None:
+        """(level, frame) of a latent site ``s_{level}_{frame}`` (``site_name``); None for sites of other names."""
+        match = LATENT_SITE.match(name)
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+LATENT_SITE = re.compile(r"s_(\d+)_(\d+)$")

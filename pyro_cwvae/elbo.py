@@ -21,7 +21,6 @@ reported ``loss`` and ``kl``:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +28,8 @@ from pyro.infer.enum import get_importance_trace
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import Independent, kl_divergence
 
+from .clock import Clock
 from .errors import UserError
-
-LATENT = re.compile(r"s_(\d+)_(\d+)$")
 
 
 @dataclass
@@ -53,8 +51,8 @@ class ElboTerms:
 
 def level_of(site_name: str) -> int | None:
     """1-based level of a latent site ``s_{l}_{t}``; None for sites of other names."""
-    match = LATENT.match(site_name)
-    return int(match.group(1)) if match else None
+    parsed = Clock.parse_site(site_name)
+    return parsed[0] if parsed else None
 
 
 def elbo_terms(model, guide, video, nets, cfg, kl_scale: float = 1.0) -> ElboTerms:

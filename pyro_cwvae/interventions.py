@@ -23,8 +23,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
+from .clock import Clock
 from .config import Config
-from .elbo import level_of
 from .errors import UserError
 from .metrics import quantize
 from .predict import TrainedRun, context_latents, latents_level_by_level, trace_until, unit_frames
@@ -147,13 +147,14 @@ def latent_spread(trace: poutine.Trace, levels: int, samples: int, num_frames: i
     inactive. The trace's rows are samples x N, sample-major."""
     spread = None
     for name, site in trace.nodes.items():
-        level = level_of(name)
-        if level is None or site["type"] != "sample":
+        parsed = Clock.parse_site(name)
+        if parsed is None or site["type"] != "sample":
             continue
+        level, frame = parsed
         z = site["value"].reshape(samples, -1, site["value"][0].numel()).double()  # (samples, N, dims)
         if spread is None:
             spread = np.full((z.shape[1], levels, num_frames), np.nan, dtype=np.float32)
-        spread[:, level - 1, int(name.rsplit("_", 1)[1])] = z.var(0).mean(-1).sqrt().cpu().numpy()
+        spread[:, level - 1, frame] = z.var(0).mean(-1).sqrt().cpu().numpy()
     return spread
 
 

@@ -62,23 +62,28 @@ class HierarchicalEncoder(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.clock = cfg.clock
-        self.frames = Encoder(cfg.channels)
-        self.levels = nn.ModuleList(
+        self.conv = Encoder(cfg.channels)
+        # levels 2 .. L: ``stack(level)`` counts from 1 as the paper does
+        self.stacks = nn.ModuleList(
             LevelEmbedding(cfg.enc_dense_size, cfg.enc_dense_layers) for _ in range(cfg.levels - 1)
         )
+
+    def stack(self, level: int) -> LevelEmbedding:
+        """The embedding stack of level ``level`` >= 2."""
+        return self.stacks[level - 2]
 
     def forward(self, video: torch.Tensor) -> list[torch.Tensor]:
         """(B, T, C, 64, 64) -> one (B, |T_l|, 1024) tensor per level, level 1 first."""
         B, T = video.shape[:2]
         frames = video.flatten(0, 1)
         if torch.is_grad_enabled():
-            features = self.frames(frames)  # all frames in one batched call
+            features = self.conv(frames)  # all frames in one batched call
         else:  # evaluation of long videos: bound the memory of the conv activations
-            features = torch.cat([self.frames(chunk) for chunk in frames.split(EVAL_CHUNK)])
+            features = torch.cat([self.conv(chunk) for chunk in frames.split(EVAL_CHUNK)])
         features = features.view(B, T, FEATURES)
         embeddings = [features]
-        for level, stack in enumerate(self.levels, start=2):
-            features = stack(features)
+        for level in range(2, self.clock.levels + 1):
+            features = self.stack(level)(features)
             period = self.clock.period(level)
             steps = self.clock.num_steps(level, T)
             padded = F.pad(features, (0, 0, 0, steps * period - T))  # zeros: the last step may see fewer frames
@@ -218,7 +223,7 @@ class Transition(nn.Module):
         return self.gru(F.relu(self.inp(torch.cat([z_prev, *above], -1))), h_prev).float()  # float32 under autocast
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prior loc and scale of z_t^l given h_t^l."""
+        """The prior head: loc and scale of p(z_t^l | h_t^l) (``Level.prior``)."""
         return self.head(F.relu(self.hidden(h)))
 
 
@@ -283,12 +288,22 @@ class Decoder(nn.Module):
 
 
 class Level(nn.Module):
-    """The RSSM cell of one level: its transition (deterministic path and prior) and its posterior head."""
+    """The RSSM cell of one level, as the programs use it: ``deterministic`` (h_t^l), ``prior`` (p(z_t^l | h_t^l))
+    and ``posterior`` (q(z_t^l | h_t^l, e_t^l)). The GRU and the prior head live in ``transition``, the unit
+    whose steps the model and guide share (``StepCache``)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.transition = Transition(cfg)
         self.posterior = Posterior(cfg)
+
+    def deterministic(self, previous: State, above: State) -> torch.Tensor:
+        """h_t^l from the previous state s_{t-1}^l and the state above s_t^{l+1} (``Transition.deterministic``)."""
+        return self.transition.deterministic(previous, above)
+
+    def prior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loc and scale of p(z_t^l | h_t^l)."""
+        return self.transition(h)
 
 
 def initialize_like_reference(module: nn.Module) -> None:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .accel import resolve_device
 from .checkpoint import load_checkpoint, restore_nets
+from .clock import Clock
 from .config import Config
 from .data import VideoDataset
 from .elbo import level_of
@@ -232,10 +233,10 @@ def level_kls(run: TrainedRun, video: torch.Tensor) -> np.ndarray:
             None, run.nets, run.cfg, num_frames=T, batch_size=B)
     kl = np.full((B, run.cfg.levels, T), np.nan, dtype=np.float32)
     for name, site in guide_trace.nodes.items():
-        level = level_of(name)
-        if level is None or site["type"] != "sample":
+        parsed = Clock.parse_site(name)
+        if parsed is None or site["type"] != "sample":
             continue
-        frame = int(name.rsplit("_", 1)[1])
+        level, frame = parsed
         kl[:, level - 1, frame] = kl_divergence(site["fn"], model_trace.nodes[name]["fn"]).cpu().numpy()
     return kl
 
@@ -363,8 +364,8 @@ def rollout(run_dir: str | Path | TrainedRun, dataset: VideoDataset, *, horizon:
     for metric in ("psnr", "ssim"):
         scores[f"{metric}_best"] = best_of_samples(scores[metric], predicted)
     kl_table = kl_table_variable(kl, kl_frames, cfg.seq_len)
-    ds = to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, kl_table, scoring,
-                    seed=seed, prior_levels=prior_levels)
+    ds = to_dataset(run, prediction=prediction, truth=truth, has_truth=has_truth, context=context, horizon=horizon,
+                    scores=scores, kl=kl, kl_table=kl_table, protocol=scoring, seed=seed, prior_levels=prior_levels)
     ds = ds.assign(spread_variables(trace, pixels, cfg.levels))
     ds.attrs.update(intervention.attrs())
     return ds
@@ -407,8 +408,9 @@ def metric_variable(name: str, scores: np.ndarray, protocol: Protocol, samples: 
     return dims, scores.astype(np.float32), attrs
 
 
-def to_dataset(run, prediction, truth, has_truth, context, horizon, scores, kl, kl_table, protocol, *, seed,
-               prior_levels) -> xr.Dataset:
+def to_dataset(run: TrainedRun, *, prediction: np.ndarray, truth: np.ndarray, has_truth: np.ndarray, context: int,
+               horizon: int, scores: dict[str, np.ndarray], kl: np.ndarray, kl_table: tuple, protocol: Protocol,
+               seed: int, prior_levels: int) -> xr.Dataset:
     """The rollout as named arrays with units, and the run's config, the protocol and versions in the attributes."""
     S, N, T, C = prediction.shape[:4]
     frame = ("sample", "sequence", "time", "channel", "y", "x")

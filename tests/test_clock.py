@@ -103,3 +103,13 @@ def test_invalid_clock_is_refused(levels, factor):
 
 def test_site_names_read_back_level_and_frame():
     assert Clock(3, 6).site_name(2, 36) == "s_2_36"
+
+
+@pytest.mark.parametrize("levels,factor", [(1, 1), (3, 6), (4, 4)])
+def test_parse_site_inverts_site_name(levels, factor):
+    clock = Clock(levels, factor)
+    for level in range(1, levels + 1):
+        for frame in clock.active_frames(level, 200):
+            assert Clock.parse_site(clock.site_name(level, frame)) == (level, frame)
+    for other in ("x", "s_a_1", "s_1", "s_1_2_3", "prefix_s_1_2", "_RETURN"):
+        assert Clock.parse_site(other) is None

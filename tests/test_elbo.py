@@ -14,7 +14,8 @@ from pyro_cwvae.nets import CWVAENets
 from tests.conftest import count_gru_steps
 
 
-@pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO), ("meanfield", pyro.infer.TraceMeanField_ELBO)])
+@pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO),
+                                            ("meanfield", pyro.infer.TraceMeanField_ELBO)])
 def test_terms_sum_to_pyros_elbo(tiny_cfg, video, name, estimator):
     cfg = tiny_cfg.replace(elbo=name)
     nets = CWVAENets(cfg)
@@ -68,12 +69,12 @@ def variant_model(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=No
     initial = nets.initial_state(B)
     with pyro.plate("batch", B):
         for level in range(cfg.levels, 0, -1):
-            transition = nets.level(level).transition
+            cell = nets.level(level)
             state, states = initial, []
             for step in pyro.markov(range(cfg.clock.num_steps(level, T))):
-                h = transition.deterministic(state, initial)
+                h = cell.deterministic(state, initial)
                 z = pyro.sample(cfg.clock.site_name(level, cfg.clock.frame(level, step)),
-                                pyro.distributions.Normal(*transition(h)).to_event(1))
+                                pyro.distributions.Normal(*cell.prior(h)).to_event(1))
                 state = (z, h)
                 states.append(state)
         level1 = torch.stack([torch.cat(state, -1) for state in states], 1)

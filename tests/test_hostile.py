@@ -21,7 +21,7 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from pyro_cwvae import safe_pickle
-from pyro_cwvae.checkpoint import CHECKPOINT, load_checkpoint, set_rng_state
+from pyro_cwvae.checkpoint import CHECKPOINT, load_checkpoint, restore_nets, set_rng_state
 from pyro_cwvae.cli import app
 from pyro_cwvae.config import Config
 from pyro_cwvae.data import DatasetError, cache, video_io
@@ -29,6 +29,7 @@ from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.data.registry import open_dataset
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.history import History
+from pyro_cwvae.nets import CWVAENets
 from pyro_cwvae.train import fit
 from tests.conftest import TINY
 
@@ -419,3 +420,19 @@ def test_codecs_other_than_latin1_are_unreachable(tmp_path):
 def test_array_of_python_objects_is_refused_even_without_code():
     with pytest.raises(UserError, match="array of Python objects"):
         safe_pickle.load(io.BytesIO(pickle.dumps({"w": np.array([1, "a"], dtype=object)})), "w.pkl")
+
+
+def test_a_checkpoint_with_the_encoders_former_parameter_names_still_loads(tmp_path):
+    """Runs saved before the encoder's parts were renamed (frames -> conv, levels -> stacks) keep loading."""
+    run = tmp_path / "run"
+    fit(Config(**{**TINY, "steps": 2}, run_dir=str(run)), GeneratedMovingMNIST(), progress=False)
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    renames = {"encoder.conv.": "encoder.frames.", "encoder.stacks.": "encoder.levels."}
+    state["nets"] = {next((old + name[len(new):] for new, old in renames.items() if name.startswith(new)), name):
+                     tensor for name, tensor in state["nets"].items()}
+    assert any(name.startswith("encoder.frames.") for name in state["nets"])
+    torch.save(state, run / CHECKPOINT)
+    loaded = load_checkpoint(run)
+    nets = CWVAENets(Config.from_dict(loaded["config"]))
+    restore_nets(nets, loaded)
+    assert torch.equal(nets.encoder.stack(2).out.weight, state["nets"]["encoder.levels.0.out.weight"])
