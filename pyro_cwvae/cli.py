@@ -136,6 +136,8 @@ def fit(
     if "run_dir" not in options and launched_ranks() > 1:  # each process would pick its own time stamp
         raise UserError("--run-dir is required when several processes train together")
     cfg = resume_config(options) if resume else new_run_config(options, overwrite, config)
+    for warning in cfg.warnings():
+        typer.echo(f"warning: {warning}", err=True)
     data = open_dataset(cfg.dataset, cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
     result = run_fit(cfg, data, resume=resume, max_bad_steps=max_bad_steps, progress=not quiet)
     if len(result.history) and result.rank == 0:

@@ -120,6 +120,17 @@ class Config:
             )
         return self
 
+    def warnings(self) -> list[str]:
+        """Valid settings that leave part of the model untrained, each as one line for the user."""
+        top = self.clock.top_period
+        if self.seq_len <= top:
+            # The top level's only step reads zeros (no previous state, nothing above): no gradient reaches the
+            # weights of its GRU and input layer, and a rollout's later top steps run them as initialised.
+            return [f"--seq-len {self.seq_len} holds one step of the top level ({top} frames), so the top level's "
+                    f"transition is never trained and rollouts run it untrained after frame {top}: use "
+                    f"--seq-len {2 * top} or more"]
+        return []
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -11,6 +11,7 @@ from pyro_cwvae.checkpoint import load_checkpoint
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.history import HISTORY
+from pyro_cwvae.nets import CWVAENets
 from pyro_cwvae.train import NumericalError, fit
 
 
@@ -127,3 +128,18 @@ def test_checkpoint_of_another_model_is_refused_with_the_mismatch(tiny_cfg):
         restore_nets(CWVAENets(tiny_cfg.replace(levels=3)), state)
     with pytest.raises(UserError, match="1 channel"):
         fit(tiny_cfg.replace(channels=3), GeneratedMovingMNIST(), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("seq_len,trained", [(2, False), (4, True)])
+def test_the_top_transition_trains_only_when_a_sequence_holds_two_top_steps(tiny_cfg, seq_len, trained):
+    """With one top step per sequence the top level's GRU reads zeros (no previous state, nothing above), so its
+    input and recurrent weights get no gradient: the config warns about exactly that case."""
+    cfg = tiny_cfg.replace(seq_len=seq_len, steps=3)  # 2 levels, k 2: a top step every 2 frames
+    start = CWVAENets(cfg).state_dict()  # the seed fixes the initial weights: fit starts from these
+    result = fit(cfg, GeneratedMovingMNIST(), progress=False)
+    top = "levels.1.transition."
+    weights = [top + "inp.weight", top + "gru.weight_ih", top + "gru.weight_hh"]
+    moved = [not torch.equal(result.nets.state_dict()[name], start[name]) for name in weights]
+    assert moved == [trained] * 3
+    assert not torch.equal(result.nets.state_dict()[top + "gru.bias_hh"], start[top + "gru.bias_hh"])  # it learns
+    assert bool(cfg.warnings()) is not trained
