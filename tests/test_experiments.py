@@ -1,8 +1,17 @@
 """The experiment scripts end to end at a tiny budget: the files they write have the schema their docs promise."""
 import numpy as np
+import pytest
+import torch
 import xarray as xr
+from pyro import poutine
 
-from experiments import diagnose
+from experiments import baselines, common, content, diagnose, factor, levels, prior_means, speed
+from pyro_cwvae import classifier
+from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.models.cwvae import model
+from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.train import fit
 
 
 def test_diagnose_writes_the_kl_of_each_setting_against_the_step(tmp_path, capsys):
@@ -28,11 +37,6 @@ def test_diagnose_resumes_a_setting_to_a_larger_budget(tmp_path):
 
 # The paper's analyses. The smoke tests share one output folder, as the scripts share runs in one --out:
 # a model that two experiments ask for (CW-VAE with 3 levels and k 6) trains once.
-
-import pytest  # noqa: E402
-
-from experiments import baselines, common, content, factor, levels, speed  # noqa: E402
-from pyro_cwvae.errors import UserError  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -184,3 +188,24 @@ def test_a_rerun_trains_and_rolls_out_nothing_again(out, monkeypatch):
     run(baselines, out, "--settings", "cwvae", "--horizon", "3").close()
     with pytest.raises(UserError, match="differs from the resumed run"):  # a changed setting is not resumed
         common.train("tiny/demo", {"levels": 2}, 2, out, progress=False, tiny=True)
+
+
+def test_prior_means_replace_every_draw_after_the_context_by_its_mean(tiny_cfg, video):
+    nets = CWVAENets(tiny_cfg)
+    decided = {"s_2_0"}  # a site the context decided: left to the replay
+    trace = poutine.trace(prior_means.PriorMeans(decided)(model)).get_trace(None, nets, tiny_cfg, num_frames=8,
+                                                                            batch_size=2)
+    latents = [name for name, site in trace.nodes.items() if site["type"] == "sample" and name.startswith("s_")]
+    assert len(latents) == 8 + 4
+    for name in latents:
+        site = trace.nodes[name]
+        assert torch.equal(site["value"], site["fn"].mean) != (name in decided), name
+
+
+def test_prior_means_prints_draws_means_and_the_baseline(tiny_cfg, monkeypatch, capsys):
+    fit(tiny_cfg.replace(steps=2), GeneratedMovingMNIST(), progress=False)
+    net, _ = classifier.train(steps=common.TINY_CLASSIFIER_STEPS, batch_size=4)
+    monkeypatch.setattr(prior_means, "digit_classifier", lambda: net)
+    prior_means.main([tiny_cfg.run_dir, "--sequences", "2", "--context", "4", "--ahead", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("|")[2].strip() for line in lines[2:]] == ["prior draws", "prior means", "copy last frame"]
