@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyro
 import torch
 import xarray as xr
 from pyro import poutine

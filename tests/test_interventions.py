@@ -191,7 +191,7 @@ def with_spread(ds):
 
 
 def test_strip_shows_the_pixel_spread_under_each_sequences_samples(tmp_path):
-    from tests.test_plots import CONTEXT, SAMPLES, rollout as synthetic
+    from tests.test_plots import SAMPLES, rollout as synthetic
     from pyro_cwvae import plots
 
     ds = with_spread(synthetic(1))
