@@ -84,14 +84,6 @@ def history(out: Path, name: str) -> xr.Dataset:
         return ds.load()
 
 
-def smoothed(values: np.ndarray, window: int) -> np.ndarray:
-    """Running mean over ``window`` steps (shorter at the start), to read trends in noisy per-step terms."""
-    cumulative = np.cumsum(np.insert(values, 0, 0.0, axis=0), axis=0)
-    counts = np.minimum(np.arange(1, len(values) + 1), window).reshape(-1, *([1] * (values.ndim - 1)))
-    starts = np.maximum(np.arange(1, len(values) + 1) - window, 0)
-    return (cumulative[1:] - cumulative[starts]) / counts
-
-
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

@@ -22,9 +22,10 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import history, parser, set_threads, smoothed, train  # noqa: E402
+from experiments.common import history, parser, set_threads, train  # noqa: E402
 from pyro_cwvae.atomic import atomic_path  # noqa: E402
 from pyro_cwvae.export import write_netcdf  # noqa: E402
+from pyro_cwvae.plots_history import smoothed  # noqa: E402
 
 # name: (what it tests, the options it changes on the demo preset)
 SETTINGS = {

@@ -220,17 +220,21 @@ def evaluate(
 
 @app.command()
 def plot(
-    file: Path = typer.Argument(..., help="A rollout or evaluation NetCDF file."),
+    file: Path = typer.Argument(..., help="A rollout, evaluation or training history (history.nc) NetCDF file."),
     out: Optional[Path] = typer.Option(None, help="Folder for the figures [default: beside FILE]."),
     sequences: int = typer.Option(4, help="Sequences shown in the frame strips and the GIF."),
 ):
-    """Figures of a rollout (frame strips, PSNR/SSIM over the horizon, KL per level, a GIF) or of an evaluation
-    (every run's curves on one axis, FVD per window, KL per level)."""
+    """Figures of a rollout (frame strips, PSNR/SSIM over the horizon, KL per level, a GIF), of an evaluation
+    (every run's curves on one axis, FVD per window, KL per level) or of a run's training history (loss and the KL
+    of each level against the step)."""
     from .plots import read_rollout, write_figures
     from .plots_eval import is_evaluation, read_evaluation, write_evaluation_figures
+    from .plots_history import is_history, read_history, write_history_figure
 
     if is_evaluation(file):
         paths = write_evaluation_figures(read_evaluation(file), out or file.parent)
+    elif is_history(file):
+        paths = write_history_figure(read_history(file), out or file.parent)
     else:
         paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

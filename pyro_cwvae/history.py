@@ -15,6 +15,7 @@ from .errors import UserError
 from .export import provenance, write_netcdf
 
 HISTORY = "history.nc"
+TITLE = "pyro-cwvae training history"
 
 
 @dataclass
@@ -67,7 +68,7 @@ class History:
             },
             coords={"step": np.array([row.step for row in self.rows], dtype=np.int64),
                     "level": np.arange(1, self.levels + 1)},
-            attrs={**provenance("pyro-cwvae training history"), **attrs},
+            attrs={**provenance(TITLE), **attrs},
         )
 
     def save(self, path: Path, attrs: dict) -> None:

@@ -49,6 +49,12 @@ def test_rollout_then_plot(run_dir):
     assert {p.name for p in (run_dir / "figures").iterdir()} == {"strip.png", "metrics.png", "kl.png", "rollout.gif"}
 
 
+def test_plot_of_a_history_draws_the_training_curves(run_dir, tmp_path):
+    result = invoke("plot", run_dir / "history.nc", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in tmp_path.iterdir()} == {"training.png"}
+
+
 def snapshot(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
 

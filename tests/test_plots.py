@@ -14,7 +14,9 @@ from PIL import Image
 import pyro_cwvae.plots as plots
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.plots import write_figures
+from pyro_cwvae.history import History, Row
 from pyro_cwvae.plots_eval import write_evaluation_figures
+from pyro_cwvae.plots_history import is_history, read_history, write_history_figure
 
 SAMPLES, SEQUENCES, TIME, CONTEXT, LEVELS, RATE, SEQ_LEN = 2, 2, 40, 10, 3, 4, 16
 
@@ -318,3 +320,50 @@ def test_evaluation_figure_draws_every_run_the_baselines_fvd_and_kl_bars(tmp_pat
         label = next(c.get_label() for c in kl_ax.containers if c.get_label().startswith(run))
         iwae, elbo = ds.iwae.values[i].mean(), ds.elbo.values[i].mean()
         assert f"IWAE_4 {iwae:.4g}, ELBO {elbo:.4g}" in label
+
+
+def saved_history(tmp_path, levels: int, steps: int) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A history as training writes it, with known losses and KLs; returns its path, the losses and the KLs."""
+    rng = np.random.default_rng(0)
+    loss, kl = rng.normal(size=steps), rng.uniform(0.1, 5.0, size=(steps, levels))
+    history = History(levels)
+    history.extend([Row(step=i + 1, loss=loss[i], reconstruction=loss[i] - kl[i].sum(), grad_norm=1.0, kl_scale=1.0,
+                        kl=kl[i]) for i in range(steps)])
+    path = tmp_path / "history.nc"
+    history.save(path, {})
+    return path, loss, kl
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of each entry and the ``window - 1`` before it (fewer at the start), written as a plain loop."""
+    return np.array([values[max(0, i - window + 1):i + 1].mean(0) for i in range(len(values))])
+
+
+def test_history_figure_draws_the_running_means_of_the_loss_each_level_and_the_share(tmp_path, saved):
+    path, loss, kl = saved_history(tmp_path, levels=3, steps=23)
+    assert is_history(path) and not is_history(tmp_path / "missing.nc")
+    write_history_figure(read_history(path), tmp_path, window=5)
+    terms, kls, share = saved["training"].axes
+    steps = np.arange(1, 24)
+    check_curve(lines_by_label(terms)["negative ELBO"], steps, running_mean(loss, 5))
+    for level in range(1, 4):
+        check_curve(lines_by_label(kls)[f"level {level}"], steps, running_mean(kl[:, level - 1], 5))
+    mean = running_mean(kl, 5)
+    check_curve(share.get_lines()[0], steps, 100 * mean[:, 1:].sum(1) / mean.sum(1))
+
+
+def test_history_figure_of_one_level_says_so(tmp_path, saved):
+    path, _, _ = saved_history(tmp_path, levels=1, steps=4)
+    write_history_figure(read_history(path), tmp_path)
+    assert saved["training"].axes[2].texts[0].get_text() == "one level"
+
+
+def test_history_without_steps_or_kl_is_a_user_error(tmp_path):
+    path, _, _ = saved_history(tmp_path, levels=2, steps=3)
+    ds = xr.open_dataset(path).load()
+    ds.drop_vars("kl").to_netcdf(tmp_path / "no-kl.nc")
+    with pytest.raises(UserError, match="no variable 'kl'"):
+        read_history(tmp_path / "no-kl.nc")
+    ds.isel(step=slice(0, 0)).to_netcdf(tmp_path / "empty.nc", unlimited_dims=["step"])
+    with pytest.raises(UserError, match="no step yet"):
+        read_history(tmp_path / "empty.nc")
