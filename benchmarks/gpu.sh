@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# GPU checks for a machine with one CUDA GPU and no network, in well under 8 minutes:
-#   1. the GPU-marked tests          python -m pytest -m gpu -q   (none yet is fine)
-#   2. the benchmark tables          python benchmarks/bench.py --device cuda
-#   3. the accelerations table       python benchmarks/bench.py --device cuda --accel --sizes mmnist
+# GPU checks for a machine with one CUDA GPU and no network. Four parts, each with its own time limit:
+#   tests   the GPU-marked tests          python -m pytest -m gpu -q                       (under 150 s)
+#   bench   the benchmark tables          python benchmarks/bench.py --device cuda         (under 200 s)
+#   accel   the accelerations table       python benchmarks/bench.py --device cuda --accel (under 100 s)
+#   paper   the mmnist preset at the paper's batch (50 x 100 frames) for PAPER_SECONDS (default 240), stopped by
+#           SIGTERM (the run saves its checkpoint), then evaluated on 16 test videos x 3 samples to frame 1000,
+#           with its training curves drawn                                             (PAPER_SECONDS + under 250 s)
 #
-# Run from anywhere:   bash benchmarks/gpu.sh [RESULTS_DIR]      (default RESULTS_DIR: runs/gpu-bench, git-ignored)
+# Run from anywhere:   bash benchmarks/gpu.sh [RESULTS_DIR [PART ...]]    (default: runs/gpu-bench, every part)
+#   e.g.   bash benchmarks/gpu.sh runs/gpu-bench tests bench accel
+#          PAPER_SECONDS=300 bash benchmarks/gpu.sh runs/gpu-paper paper
 #
 # Nothing is downloaded. Packages the machine lacks (pyro-ppl, pyro-api, ...) come as wheels in a .whl/ folder
 # in the repository root, if there is one; they are installed into .site/ and put on PYTHONPATH. The project
-# itself is installed in editable mode (no build isolation, no index). The logs and the tables are written to
-# RESULTS_DIR as well as printed. Extra arguments for bench.py go in BENCH_ARGS, e.g. BENCH_ARGS="--quick".
+# itself is installed in editable mode (no build isolation, no index). The logs, tables and the paper run's small
+# files (history.nc, config.json, paper-eval.nc, figures; not its checkpoint) are written to RESULTS_DIR as well
+# as printed. Extra arguments for bench.py go in BENCH_ARGS, e.g. BENCH_ARGS="--quick".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 RESULTS="${1:-runs/gpu-bench}"
+shift $(( $# > 0 ? 1 : 0 ))
+PARTS="${*:-tests bench accel paper}"
+for part in $PARTS; do
+  case "$part" in tests|bench|accel|paper) ;; *) echo "unknown part '$part': choose from tests bench accel paper"; exit 2;; esac
+done
+wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$RESULTS"
 status=0
 
@@ -36,6 +48,7 @@ print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, pyro-ppl {py
 sys.exit(0 if torch.cuda.is_available() else "torch sees no CUDA device")
 EOF
 
+if wanted tests; then
 echo "== GPU tests"
 timeout 150 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/tests.log"
 rc=${PIPESTATUS[0]}
@@ -44,7 +57,9 @@ if [ "$rc" -eq 5 ]; then
 elif [ "$rc" -ne 0 ]; then
   echo "GPU tests failed (exit $rc)"; status=1
 fi
+fi
 
+if wanted bench; then
 echo "== benchmark"
 # shellcheck disable=SC2086
 timeout 200 "$PYTHON" benchmarks/bench.py --device cuda ${BENCH_ARGS:-} 2> "$RESULTS/bench.err" \
@@ -53,11 +68,44 @@ rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then
   echo "benchmark failed (exit $rc; 124: timed out):"; tail -20 "$RESULTS/bench.err"; status=1
 fi
+fi
+if wanted accel; then
 echo "== accelerations"
 timeout 100 "$PYTHON" benchmarks/bench.py --device cuda --accel --sizes mmnist --repeats 3 2> "$RESULTS/accel.err" \
   | tee "$RESULTS/accel.md"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then
   echo "accelerations table failed (exit $rc; 124: timed out):"; tail -20 "$RESULTS/accel.err"; status=1
+fi
+fi
+
+if wanted paper; then
+echo "== the mmnist preset at the paper's batch for ${PAPER_SECONDS:=240} s"
+run="runs/gpu-paper-mmnist"
+rm -rf "$run"
+start=$(date +%s)
+# SIGTERM asks fit to finish its step and save (exit 130); -k kills it if saving hangs.
+timeout --preserve-status -s TERM -k 60 "$PAPER_SECONDS" \
+  "$PYTHON" -m pyro_cwvae fit --dataset mmnist --run-dir "$run" --steps 100000 --checkpoint-every 100 --quiet \
+  > "$RESULTS/paper-fit.log" 2>&1
+rc=$?
+seconds=$(( $(date +%s) - start ))
+tail -3 "$RESULTS/paper-fit.log"
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then
+  echo "the paper-size run failed (exit $rc)"; status=1
+else
+  cp "$run/history.nc" "$run/config.json" "$RESULTS/"
+  "$PYTHON" benchmarks/run_speed.py "$run/history.nc" "$seconds" | tee "$RESULTS/paper-speed.md"
+  "$PYTHON" -m pyro_cwvae plot "$RESULTS/history.nc" --out "$RESULTS" || status=1
+  timeout 200 "$PYTHON" -m pyro_cwvae evaluate "$run" --sequences 16 --samples 3 --no-perceptual \
+    --out "$RESULTS/paper-eval.nc" --quiet > "$RESULTS/paper-eval.log" 2>&1
+  rc=$?
+  tail -8 "$RESULTS/paper-eval.log"
+  if [ "$rc" -eq 0 ]; then
+    "$PYTHON" -m pyro_cwvae plot "$RESULTS/paper-eval.nc" --out "$RESULTS" || status=1
+  else
+    echo "evaluating the paper-size run failed (exit $rc; 124: timed out)"; status=1
+  fi
+fi
 fi
 exit $status
