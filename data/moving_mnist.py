@@ -93,21 +93,22 @@ def render(digits: np.ndarray, corners: np.ndarray) -> np.ndarray:
 def moving_mnist_video(rng: np.random.Generator, digit_pool: np.ndarray, num_frames: int,
                        speed: float = 1.0) -> np.ndarray:
     """One video of two random digits from ``digit_pool``: uint8 ``(num_frames, 1, 64, 64)``."""
-    digits = digit_pool[rng.integers(0, len(digit_pool), size=NUM_DIGITS)]
-    corners, _ = trajectories(rng, num_frames, speed)
-    return render(digits, corners)
+    return _video_and_digits(rng, digit_pool, num_frames, speed)[0]
 
 
 def labelled_video(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray, num_frames: int,
                    speed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`moving_mnist_video` with the same random draws in the same order, and the two digits' classes.
+    """:func:`moving_mnist_video` from the same rng state (the same frames), and the two digits' classes ``(2,)``."""
+    frames, chosen = _video_and_digits(rng, digit_pool, num_frames, speed)
+    return frames, digit_labels[chosen]
 
-    Returns the frames, uint8 ``(num_frames, 1, 64, 64)``, and the labels ``(2,)``: the same rng state gives
-    the same frames as :func:`moving_mnist_video`.
-    """
+
+def _video_and_digits(rng: np.random.Generator, digit_pool: np.ndarray, num_frames: int,
+                      speed: float) -> tuple[np.ndarray, np.ndarray]:
+    """The frames of one video and the indices into ``digit_pool`` of its two digits."""
     chosen = rng.integers(0, len(digit_pool), size=NUM_DIGITS)
     corners, _ = trajectories(rng, num_frames, speed)
-    return render(digit_pool[chosen], corners), digit_labels[chosen]
+    return render(digit_pool[chosen], corners), chosen
 
 
 def labelled_frames(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray,
