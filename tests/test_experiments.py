@@ -1,14 +1,16 @@
 """The experiment scripts end to end at a tiny budget: the files they write have the schema their docs promise."""
 import numpy as np
+import pyro
 import pytest
 import torch
 import xarray as xr
 from pyro import poutine
 
-from experiments import baselines, common, content, diagnose, factor, levels, prior_means, speed
+from experiments import baselines, common, content, diagnose, factor, levels, prior_means, probe, speed
 from pyro_cwvae import classifier
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
+from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.nets import CWVAENets
 from pyro_cwvae.train import fit
@@ -209,3 +211,42 @@ def test_prior_means_prints_draws_means_and_the_baseline(tiny_cfg, monkeypatch, 
     prior_means.main([tiny_cfg.run_dir, "--sequences", "2", "--context", "4", "--ahead", "3"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("|")[2].strip() for line in lines[2:]] == ["prior draws", "prior means", "copy last frame"]
+
+
+def test_probe_reads_pairs_that_are_linear_in_the_features_and_not_noise():
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 10, size=(600, 2))
+    counts = np.stack([(classes == c).sum(1) for c in range(10)], 1).astype(np.float32)  # (N, 10): 0, 1 or 2
+    noise = rng.normal(size=(600, 20)).astype(np.float32)
+    informative = np.concatenate([counts + 0.1 * noise[:, :10], noise[:, 10:]], 1)
+    for features, lowest, highest in ((informative, 0.9, 1.0), (noise, 0.0, 0.1)):
+        read = probe.fit_probe(features[:400], classes[:400])
+        accuracy = classifier.same_pairs(read(features[400:]), torch.as_tensor(classes[400:])).float().mean()
+        assert lowest <= float(accuracy) <= highest
+
+
+def test_probe_takes_the_posterior_mean_of_each_levels_last_step(tiny_cfg):
+    nets = CWVAENets(tiny_cfg).eval()
+    videos, _ = probe.labelled_videos("test", 3, 8, 1.0, seed=0)
+    pyro.set_rng_seed(1)  # the posterior at a step depends on the draws before it
+    means = probe.posterior_means(nets, guide, tiny_cfg, videos)
+    assert [m.shape for m in means] == [(3, tiny_cfg.z_size)] * tiny_cfg.levels
+    # Level 2 (k 2) steps at frames 0, 2, 4, 6: its last step reads frames 6-7, and the earlier ones through h.
+    pyro.set_rng_seed(1)
+    trace = poutine.trace(guide).get_trace(torch.as_tensor(videos).float() / 255, nets, tiny_cfg)
+    changed = videos.copy()
+    changed[:, :6] = 0
+    np.testing.assert_allclose(means[1], trace.nodes["s_2_6"]["fn"].mean.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(probe.posterior_means(nets, guide, tiny_cfg, changed)[1], means[1])  # h carries the past
+
+
+def test_probe_writes_the_accuracy_of_each_level_trained_and_initial(tiny_cfg, tmp_path, capsys):
+    fit(tiny_cfg.replace(steps=2), GeneratedMovingMNIST(), progress=False)
+    probe.main([tiny_cfg.run_dir, "--fit", "12", "--score", "6", "--context", "4", "--out", str(tmp_path)])
+    with xr.open_dataset(tmp_path / "probe.nc") as results:
+        assert results.pair_accuracy.dims == ("run", "network", "level")
+        assert list(results.network.values) == ["trained", "initial"] and list(results.level.values) == [1, 2]
+        assert ((results.pair_accuracy >= 0) & (results.pair_accuracy <= 1)).all()
+        assert 0 <= results.attrs["chance"] <= 1 and results.attrs["fit_videos"] == 12
+    assert (tmp_path / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| run (step 2) | initial |" in capsys.readouterr().out

@@ -1,0 +1,180 @@
+"""Which level holds the digits? A linear probe on each level's posterior, against the same probe on the untrained
+networks.
+
+    python experiments/probe.py RUN [RUN ...]            # 1000 videos fit each probe, 400 others score it
+    python experiments/probe.py RUN --fit 2000 --score 1000 --out OUT
+
+A rollout can lose the digits because no level holds them, or because the priors cannot carry forward what a level
+holds. This tells the two apart without the priors: the context (36 frames) of generated Moving MNIST videos is
+filtered by the run's guide, and for each level a linear read-out of the posterior mean of its last step inside the
+context (level 3: frames 1-36, level 2: frames 31-36, level 1: frame 36) is fitted to the video's pair of digit
+classes (the digit classifier's head: for each class, how many of the two digits have it) on videos of training
+digits, then scored on videos of test digits: how often it reads the right unordered pair. Chance is the accuracy
+of always answering the pair most common among the fitting videos (about 0.02).
+The same probe on the run's networks at their initial weights (its seed's) is the control: a random encoder's
+features already tell digits apart somewhat. A level holds the digits' identities as far as its trained accuracy
+rises above its control.
+
+Writes OUT/probe.nc (pair accuracy by run, network and level) and OUT/probe.png, and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyro  # noqa: E402
+import torch  # noqa: E402
+import xarray as xr  # noqa: E402
+from pyro import poutine  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pyro_cwvae.data.moving_mnist import labelled_video, split_digits, split_labels  # noqa: E402
+from experiments.common import markdown  # noqa: E402
+from pyro_cwvae.api import load_run  # noqa: E402
+from pyro_cwvae.atomic import atomic_path  # noqa: E402
+from pyro_cwvae.classifier import decode_pairs, loss, same_pairs  # noqa: E402
+from pyro_cwvae.config import Config  # noqa: E402
+from pyro_cwvae.export import write_netcdf  # noqa: E402
+from pyro_cwvae.nets import CWVAENets  # noqa: E402
+
+NETWORKS = ("trained", "initial")
+
+
+def labelled_videos(split: str, count: int, frames: int, speed: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` Moving MNIST videos (count, frames, 1, 64, 64) uint8 of ``split``'s digits, and their classes."""
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    pool, classes = split_digits(split), split_labels(split)
+    videos = [labelled_video(rng, pool, classes, frames, speed) for _ in range(count)]
+    return np.stack([v for v, _ in videos]), np.stack([c for _, c in videos])
+
+
+@torch.no_grad()
+def posterior_means(nets: CWVAENets, guide, cfg: Config, videos: np.ndarray, chunk: int = 50) -> list[np.ndarray]:
+    """For each level, the posterior mean of its last step inside the videos' frames: (N, z) per level."""
+    pyro.clear_param_store()  # the guide registers ``nets`` under a fixed name: no other networks' weights there
+    per_level = [[] for _ in range(cfg.levels)]
+    for start in range(0, len(videos), chunk):
+        video = torch.as_tensor(videos[start:start + chunk]).float().div_(255)
+        trace = poutine.trace(guide).get_trace(video, nets, cfg)
+        for level in range(1, cfg.levels + 1):
+            last = cfg.clock.active_frames(level, video.shape[1])[-1]
+            per_level[level - 1].append(trace.nodes[cfg.clock.site_name(level, last)]["fn"].mean.numpy())
+    return [np.concatenate(means) for means in per_level]
+
+
+def fit_probe(features: np.ndarray, classes: np.ndarray, weight_decay: float = 1e-3,
+              iterations: int = 200) -> callable:
+    """A linear map from standardised ``features`` to the classifier's count scores (10 classes x 0, 1 or 2),
+    fitted by L-BFGS on its cross-entropy plus ``weight_decay`` times the squared weights; returns the read-out
+    (features -> pairs)."""
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    x = torch.as_tensor((features - mean) / std, dtype=torch.float32)
+    y = torch.as_tensor(classes)
+    linear = torch.nn.Linear(x.shape[1], 10 * 3)
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def objective():
+        optimizer.zero_grad()
+        value = loss(linear(x).view(-1, 10, 3), y) + weight_decay * linear.weight.square().sum()
+        value.backward()
+        return value
+
+    optimizer.step(objective)
+
+    def read(new: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return decode_pairs(linear(torch.as_tensor((new - mean) / std, dtype=torch.float32)).view(-1, 10, 3))
+
+    return read
+
+
+def initial_nets(cfg: Config) -> CWVAENets:
+    """The networks the run started from: built after seeding with its seed, as training builds them."""
+    pyro.set_rng_seed(cfg.seed)
+    return CWVAENets(cfg).eval()
+
+
+def most_common_pair(classes: np.ndarray) -> np.ndarray:
+    pairs, counts = np.unique(np.sort(classes, axis=1), axis=0, return_counts=True)
+    return pairs[counts.argmax()]
+
+
+def probe_run(path: Path, fit: int, score: int, context: int, seed: int) -> tuple[int, np.ndarray, float]:
+    """The run's step, the pair accuracy (network, level) of its probes, and chance on the same videos."""
+    run = load_run(path, device="cpu")
+    cfg = run.cfg
+    if cfg.dataset != "mmnist" or cfg.data_dir:
+        raise SystemExit(f"error: {path} was not trained on generated Moving MNIST: its digits are not known")
+    fit_videos, fit_classes = labelled_videos("train", fit, context, cfg.speed, seed)
+    score_videos, score_classes = labelled_videos("test", score, context, cfg.speed, seed)
+    accuracy = np.zeros((len(NETWORKS), cfg.levels))
+    for n, nets in enumerate((run.trained.nets, initial_nets(cfg))):
+        fitted = posterior_means(nets, run.trained.guide, cfg, fit_videos)
+        scored = posterior_means(nets, run.trained.guide, cfg, score_videos)
+        for level in range(cfg.levels):
+            read = fit_probe(fitted[level], fit_classes)
+            accuracy[n, level] = same_pairs(read(scored[level]), torch.as_tensor(score_classes)).float().mean()
+    constant = torch.as_tensor(most_common_pair(fit_classes)).expand(score, 2)
+    return run.step, accuracy, float(same_pairs(constant, torch.as_tensor(score_classes)).float().mean())
+
+
+def main(argv=None) -> None:
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("runs", nargs="+", type=Path, help="run directories (trained on generated Moving MNIST)")
+    args.add_argument("--fit", type=int, default=1000, help="videos of training digits that fit each probe [1000]")
+    args.add_argument("--score", type=int, default=400, help="videos of test digits that score it [400]")
+    args.add_argument("--context", type=int, default=36, help="frames filtered [36]")
+    args.add_argument("--seed", type=int, default=0, help="seed of the videos [0]")
+    args.add_argument("--out", type=Path, default=Path("experiments/out"), help="output folder [experiments/out]")
+    args = args.parse_args(argv)
+    if min(args.fit, args.score, args.context) < 1:
+        raise SystemExit("error: --fit, --score and --context must be at least 1")
+    results = [probe_run(path, args.fit, args.score, args.context, args.seed) for path in args.runs]
+    levels = max(accuracy.shape[1] for _, accuracy, _ in results)
+    table = np.full((len(results), len(NETWORKS), levels), np.nan)  # NaN: a run with fewer levels
+    for i, (_, accuracy, _) in enumerate(results):
+        table[i, :, :accuracy.shape[1]] = accuracy
+    names = [f"{path.name} (step {step})" for path, (step, _, _) in zip(args.runs, results)]
+    chance = results[0][2]  # the same videos for every run
+    ds = xr.Dataset(
+        {"pair_accuracy": (("run", "network", "level"), table,
+                           {"long_name": "digit-pair accuracy of a linear probe on the level's posterior mean"})},
+        coords={"run": names, "network": list(NETWORKS), "level": np.arange(1, levels + 1)},
+        attrs={"title": "pyro-cwvae: which level holds the digits (experiments/probe.py)", "fit_videos": args.fit,
+               "score_videos": args.score, "context": args.context, "chance": chance})
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_netcdf(ds, args.out / "probe.nc")
+    write_figure(ds, args.out / "probe.png", chance)
+    rows = [[name, network, *(f"{v:.3f}" for v in ds.pair_accuracy.sel(run=name, network=network).values)]
+            for name in names for network in NETWORKS]
+    print(markdown(["run", "networks", *(f"level {level}" for level in ds.level.values)], rows))
+    print(f"(chance {chance:.3f}; {args.fit} videos fit each probe, {args.score} score it)")
+
+
+def write_figure(ds: xr.Dataset, path: Path, chance: float) -> None:
+    figure, axis = plt.subplots(figsize=(2 + 1.6 * ds.sizes["run"] * ds.sizes["level"] / 2, 3.6))
+    width = 0.8 / ds.sizes["level"]
+    for l, level in enumerate(ds.level.values):
+        x = np.arange(ds.sizes["run"]) + (l - (ds.sizes["level"] - 1) / 2) * width
+        axis.bar(x, ds.pair_accuracy.sel(level=level, network="trained"), width, label=f"level {level}")
+        axis.bar(x, ds.pair_accuracy.sel(level=level, network="initial"), width, fill=False, hatch="//",
+                 label="initial weights" if l == 0 else None)
+    axis.axhline(chance, color="0.4", linestyle=":", label="chance")
+    axis.set(xticks=np.arange(ds.sizes["run"]), ylabel="digit-pair accuracy of the probe",
+             title="A linear probe on each level's posterior mean")
+    axis.set_xticklabels(ds.run.values, fontsize="small")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
