@@ -1,7 +1,7 @@
 """Which level holds the digits? A linear probe on each level's posterior, against the same probe on the untrained
 networks.
 
-    python experiments/probe.py RUN [RUN ...]            # 1000 videos fit each probe, 400 others score it
+    python experiments/probe.py RUN [RUN ...]            # 2000 videos fit each probe, 500 others score it
     python experiments/probe.py RUN --fit 2000 --score 1000 --out OUT
 
 A rollout can lose the digits because no level holds them, or because the priors cannot carry forward what a level
@@ -127,8 +127,8 @@ def probe_run(path: Path, fit: int, score: int, context: int, seed: int) -> tupl
 def main(argv=None) -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("runs", nargs="+", type=Path, help="run directories (trained on generated Moving MNIST)")
-    args.add_argument("--fit", type=int, default=1000, help="videos of training digits that fit each probe [1000]")
-    args.add_argument("--score", type=int, default=400, help="videos of test digits that score it [400]")
+    args.add_argument("--fit", type=int, default=2000, help="videos of training digits that fit each probe [2000]")
+    args.add_argument("--score", type=int, default=500, help="videos of test digits that score it [500]")
     args.add_argument("--context", type=int, default=36, help="frames filtered [36]")
     args.add_argument("--seed", type=int, default=0, help="seed of the videos [0]")
     args.add_argument("--out", type=Path, default=Path("experiments/out"), help="output folder [experiments/out]")
