@@ -9,13 +9,14 @@ holds. This tells the two apart without the priors: the context (36 frames) of g
 filtered by the run's guide, and for each level a linear read-out of the posterior mean of its last step inside the
 context (level 3: frames 1-36, level 2: frames 31-36, level 1: frame 36) is fitted to the video's pair of digit
 classes (the digit classifier's head: for each class, how many of the two digits have it) on videos of training
-digits, then scored on videos of test digits: how often it reads the right unordered pair. Chance is the accuracy
-of always answering the pair most common among the fitting videos (about 0.02).
+digits, then scored on videos of test digits: how often it reads the right unordered pair, and the share of the two
+digits it reads (a pair half right scores 0.5: the finer measure when pairs are rarely read whole). Chance is what
+always answering the pair most common among the fitting videos scores (about 0.02 and 0.2).
 The same probe on the run's networks at their initial weights (its seed's) is the control: a random encoder's
 features already tell digits apart somewhat. A level holds the digits' identities as far as its trained accuracy
 rises above its control.
 
-Writes OUT/probe.nc (pair accuracy by run, network and level) and OUT/probe.png, and prints a markdown table.
+Writes OUT/probe.nc (both measures by run, network and level) and OUT/probe.png, and prints a markdown table.
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ from pyro_cwvae.data.moving_mnist import labelled_video, split_digits, split_lab
 from experiments.common import markdown  # noqa: E402
 from pyro_cwvae.api import load_run  # noqa: E402
 from pyro_cwvae.atomic import atomic_path  # noqa: E402
-from pyro_cwvae.classifier import decode_pairs, loss, same_pairs  # noqa: E402
+from pyro_cwvae.classifier import count_targets, decode_pairs, loss, same_pairs  # noqa: E402
 from pyro_cwvae.config import Config  # noqa: E402
 from pyro_cwvae.export import write_netcdf  # noqa: E402
 from pyro_cwvae.nets import CWVAENets  # noqa: E402
 
 NETWORKS = ("trained", "initial")
+MEASURES = {"pair_accuracy": "the right unordered pair of digits", "digit_accuracy": "share of the two digits read"}
 
 
 def labelled_videos(split: str, count: int, frames: int, speed: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,28 +102,35 @@ def initial_nets(cfg: Config) -> CWVAENets:
     return CWVAENets(cfg).eval()
 
 
+def scores(read: torch.Tensor, classes: np.ndarray) -> np.ndarray:
+    """Both measures of read pairs ``(N, 2)`` against the true ``classes``, averaged over videos: ``(2,)``."""
+    truth = torch.as_tensor(classes)
+    shared = torch.minimum(count_targets(read), count_targets(truth)).sum(-1) / 2  # 0, 0.5 or 1 of the digits
+    return np.array([same_pairs(read, truth).float().mean(), shared.float().mean()])
+
+
 def most_common_pair(classes: np.ndarray) -> np.ndarray:
     pairs, counts = np.unique(np.sort(classes, axis=1), axis=0, return_counts=True)
     return pairs[counts.argmax()]
 
 
-def probe_run(path: Path, fit: int, score: int, context: int, seed: int) -> tuple[int, np.ndarray, float]:
-    """The run's step, the pair accuracy (network, level) of its probes, and chance on the same videos."""
+def probe_run(path: Path, fit: int, score: int, context: int, seed: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The run's step, the measures (network, level, measure) of its probes, and chance (measure,) on the same
+    videos."""
     run = load_run(path, device="cpu")
     cfg = run.cfg
     if cfg.dataset != "mmnist" or cfg.data_dir:
         raise SystemExit(f"error: {path} was not trained on generated Moving MNIST: its digits are not known")
     fit_videos, fit_classes = labelled_videos("train", fit, context, cfg.speed, seed)
     score_videos, score_classes = labelled_videos("test", score, context, cfg.speed, seed)
-    accuracy = np.zeros((len(NETWORKS), cfg.levels))
+    accuracy = np.zeros((len(NETWORKS), cfg.levels, len(MEASURES)))
     for n, nets in enumerate((run.trained.nets, initial_nets(cfg))):
         fitted = posterior_means(nets, run.trained.guide, cfg, fit_videos)
         scored = posterior_means(nets, run.trained.guide, cfg, score_videos)
         for level in range(cfg.levels):
             read = fit_probe(fitted[level], fit_classes)
-            accuracy[n, level] = same_pairs(read(scored[level]), torch.as_tensor(score_classes)).float().mean()
-    constant = torch.as_tensor(most_common_pair(fit_classes)).expand(score, 2)
-    return run.step, accuracy, float(same_pairs(constant, torch.as_tensor(score_classes)).float().mean())
+            accuracy[n, level] = scores(read(scored[level]), score_classes)
+    return run.step, accuracy, scores(torch.as_tensor(most_common_pair(fit_classes)).expand(score, 2), score_classes)
 
 
 def main(argv=None) -> None:
@@ -137,44 +146,47 @@ def main(argv=None) -> None:
         raise SystemExit("error: --fit, --score and --context must be at least 1")
     results = [probe_run(path, args.fit, args.score, args.context, args.seed) for path in args.runs]
     levels = max(accuracy.shape[1] for _, accuracy, _ in results)
-    table = np.full((len(results), len(NETWORKS), levels), np.nan)  # NaN: a run with fewer levels
+    table = np.full((len(results), len(NETWORKS), levels, len(MEASURES)), np.nan)  # NaN: a run with fewer levels
     for i, (_, accuracy, _) in enumerate(results):
         table[i, :, :accuracy.shape[1]] = accuracy
     names = [f"{path.name} (step {step})" for path, (step, _, _) in zip(args.runs, results)]
     chance = results[0][2]  # the same videos for every run
     ds = xr.Dataset(
-        {"pair_accuracy": (("run", "network", "level"), table,
-                           {"long_name": "digit-pair accuracy of a linear probe on the level's posterior mean"})},
+        {name: (("run", "network", "level"), table[..., m],
+                {"long_name": f"{about}, by a linear probe on the level's posterior mean", "chance": chance[m]})
+         for m, (name, about) in enumerate(MEASURES.items())},
         coords={"run": names, "network": list(NETWORKS), "level": np.arange(1, levels + 1)},
         attrs={"title": "pyro-cwvae: which level holds the digits (experiments/probe.py)", "fit_videos": args.fit,
-               "score_videos": args.score, "context": args.context, "chance": chance})
+               "score_videos": args.score, "context": args.context})
     args.out.mkdir(parents=True, exist_ok=True)
     write_netcdf(ds, args.out / "probe.nc")
-    write_figure(ds, args.out / "probe.png", chance)
-    rows = [[name, network, *(f"{v:.3f}" for v in ds.pair_accuracy.sel(run=name, network=network).values)]
+    write_figure(ds, args.out / "probe.png")
+    rows = [[name, network, *(f"{pair:.3f} / {digit:.3f}" for pair, digit in
+                              zip(ds.pair_accuracy.sel(run=name, network=network).values,
+                                  ds.digit_accuracy.sel(run=name, network=network).values))]
             for name in names for network in NETWORKS]
-    print(markdown(["run", "networks", *(f"level {level}" for level in ds.level.values)], rows))
-    print(f"(chance {chance:.3f}; {args.fit} videos fit each probe, {args.score} score it)")
+    print(markdown(["run", "networks", *(f"level {level}: pair / digits" for level in ds.level.values)], rows))
+    print(f"(chance {chance[0]:.3f} / {chance[1]:.3f}; {args.fit} videos fit each probe, {args.score} score it)")
 
 
-def write_figure(ds: xr.Dataset, path: Path, chance: float) -> None:
-    figure, axis = plt.subplots(figsize=(2 + 1.6 * ds.sizes["run"] * ds.sizes["level"] / 2, 3.6))
+def write_figure(ds: xr.Dataset, path: Path) -> None:
+    """One panel per measure: a bar per run and level, the initial weights' as hatched outlines, chance dotted."""
+    figure, axes = plt.subplots(1, len(MEASURES), figsize=(2 + 1.6 * ds.sizes["run"] * len(MEASURES), 3.8))
     width = 0.8 / ds.sizes["level"]
-    for l, level in enumerate(ds.level.values):
-        x = np.arange(ds.sizes["run"]) + (l - (ds.sizes["level"] - 1) / 2) * width
-        axis.bar(x, ds.pair_accuracy.sel(level=level, network="trained"), width, label=f"level {level}")
-        axis.bar(x, ds.pair_accuracy.sel(level=level, network="initial"), width, fill=False, hatch="//",
-                 label="initial weights" if l == 0 else None)
-    axis.axhline(chance, color="0.4", linestyle=":", label="chance")
-    axis.set(xticks=np.arange(ds.sizes["run"]), ylabel="digit-pair accuracy of the probe",
-             title="A linear probe on each level's posterior mean")
-    axis.set_xticklabels(ds.run.values, fontsize="small")
-    axis.legend(fontsize="small")
+    for axis, (name, about) in zip(axes, MEASURES.items()):
+        for l, level in enumerate(ds.level.values):
+            x = np.arange(ds.sizes["run"]) + (l - (ds.sizes["level"] - 1) / 2) * width
+            axis.bar(x, ds[name].sel(level=level, network="trained"), width, label=f"level {level}")
+            axis.bar(x, ds[name].sel(level=level, network="initial"), width, fill=False, hatch="//",
+                     label="initial weights" if l == 0 else None)
+        axis.axhline(ds[name].attrs["chance"], color="0.4", linestyle=":", label="chance")
+        axis.set(xticks=np.arange(ds.sizes["run"]), ylabel=about, title=f"probe on each level: {about}")
+        axis.set_xticklabels(ds.run.values, fontsize="small", rotation=20)
+    axes[0].legend(fontsize="small")
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
-
 
 if __name__ == "__main__":
     main()

@@ -244,9 +244,16 @@ def test_probe_writes_the_accuracy_of_each_level_trained_and_initial(tiny_cfg, t
     fit(tiny_cfg.replace(steps=2), GeneratedMovingMNIST(), progress=False)
     probe.main([tiny_cfg.run_dir, "--fit", "12", "--score", "6", "--context", "4", "--out", str(tmp_path)])
     with xr.open_dataset(tmp_path / "probe.nc") as results:
-        assert results.pair_accuracy.dims == ("run", "network", "level")
+        for name in ("pair_accuracy", "digit_accuracy"):
+            assert results[name].dims == ("run", "network", "level")
+            assert ((results[name] >= 0) & (results[name] <= 1)).all() and 0 <= results[name].attrs["chance"] <= 1
         assert list(results.network.values) == ["trained", "initial"] and list(results.level.values) == [1, 2]
-        assert ((results.pair_accuracy >= 0) & (results.pair_accuracy <= 1)).all()
-        assert 0 <= results.attrs["chance"] <= 1 and results.attrs["fit_videos"] == 12
+        assert results.attrs["fit_videos"] == 12
     assert (tmp_path / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| run (step 2) | initial |" in capsys.readouterr().out
+
+
+def test_probe_scores_whole_pairs_and_single_digits():
+    read = torch.tensor([[3, 5], [3, 5], [3, 3], [1, 2]])
+    truth = np.array([[5, 3], [3, 4], [3, 4], [3, 3]])
+    np.testing.assert_allclose(probe.scores(read, truth), [1 / 4, (1 + 0.5 + 0.5 + 0) / 4])
