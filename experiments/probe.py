@@ -171,7 +171,7 @@ def main(argv=None) -> None:
 
 def write_figure(ds: xr.Dataset, path: Path) -> None:
     """One panel per measure: a bar per run and level, the initial weights' as hatched outlines, chance dotted."""
-    figure, axes = plt.subplots(1, len(MEASURES), figsize=(2 + 1.6 * ds.sizes["run"] * len(MEASURES), 3.8))
+    figure, axes = plt.subplots(len(MEASURES), 1, figsize=(2.5 + 1.4 * ds.sizes["run"], 3.4 * len(MEASURES)))
     width = 0.8 / ds.sizes["level"]
     for axis, (name, about) in zip(axes, MEASURES.items()):
         for l, level in enumerate(ds.level.values):
@@ -181,8 +181,8 @@ def write_figure(ds: xr.Dataset, path: Path) -> None:
                      label="initial weights" if l == 0 else None)
         axis.axhline(ds[name].attrs["chance"], color="0.4", linestyle=":", label="chance")
         axis.set(xticks=np.arange(ds.sizes["run"]), ylabel=about, title=f"probe on each level: {about}")
-        axis.set_xticklabels(ds.run.values, fontsize="small", rotation=20)
-    axes[0].legend(fontsize="small")
+        axis.set_xticklabels(ds.run.values, fontsize="small")
+    axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
