@@ -23,7 +23,10 @@ RESULTS="${1:-runs/gpu-bench}"
 shift $(( $# > 0 ? 1 : 0 ))
 PARTS="${*:-tests bench accel paper}"
 for part in $PARTS; do
-  case "$part" in tests|bench|accel|paper) ;; *) echo "unknown part '$part': choose from tests bench accel paper"; exit 2;; esac
+  case "$part" in
+    tests|bench|accel|paper) ;;
+    *) echo "unknown part '$part': choose from tests bench accel paper"; exit 2;;
+  esac
 done
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$RESULTS"
