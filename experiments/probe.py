@@ -57,9 +57,12 @@ def labelled_videos(split: str, count: int, frames: int, speed: float, seed: int
 
 
 @torch.no_grad()
-def posterior_means(nets: CWVAENets, guide, cfg: Config, videos: np.ndarray, chunk: int = 50) -> list[np.ndarray]:
-    """For each level, the posterior mean of its last step inside the videos' frames: (N, z) per level."""
+def posterior_means(nets: CWVAENets, guide, cfg: Config, videos: np.ndarray, chunk: int = 50,
+                    seed: int = 0) -> list[np.ndarray]:
+    """For each level, the posterior mean of its last step inside the videos' frames: (N, z) per level. A step's
+    posterior depends on the draws of the steps before it, so they are seeded with ``seed``."""
     pyro.clear_param_store()  # the guide registers ``nets`` under a fixed name: no other networks' weights there
+    pyro.set_rng_seed(seed)
     per_level = [[] for _ in range(cfg.levels)]
     for start in range(0, len(videos), chunk):
         video = torch.as_tensor(videos[start:start + chunk]).float().div_(255)
