@@ -33,3 +33,13 @@ def write_netcdf(ds: xr.Dataset, path: str | Path, encoding: dict | None = None)
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
     return Path(path)
+
+
+def has_title(path: str | Path, title: str) -> bool:
+    """Whether ``path`` is a NetCDF file whose ``title`` attribute is ``title`` (False for anything else): which of
+    the project's files it is."""
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return ds.attrs.get("title") == title
+    except (OSError, ValueError, RuntimeError):
+        return False

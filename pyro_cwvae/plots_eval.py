@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from .errors import UserError  # noqa: E402
+from .export import has_title  # noqa: E402
 from .evaluate import BASELINES, TITLE  # noqa: E402
 from .plots import _save_figure  # noqa: E402
 
@@ -29,11 +30,7 @@ BASELINE_STYLE = {"last_frame": ("0.35", "--"), "random_frame": ("0.65", "--")}
 
 def is_evaluation(path: Path) -> bool:
     """Whether ``path`` is a NetCDF file written by ``pyro-cwvae evaluate`` (False for anything else)."""
-    try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.attrs.get("title") == TITLE
-    except (OSError, ValueError, RuntimeError):
-        return False
+    return has_title(path, TITLE)
 
 
 def read_evaluation(path: Path) -> xr.Dataset:

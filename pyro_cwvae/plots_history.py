@@ -17,17 +17,14 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from .errors import UserError  # noqa: E402
+from .export import has_title  # noqa: E402
 from .history import TITLE, check_history  # noqa: E402
 from .plots import _save_figure  # noqa: E402
 
 
 def is_history(path: Path) -> bool:
     """Whether ``path`` is a NetCDF training history (False for anything else)."""
-    try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.attrs.get("title") == TITLE
-    except (OSError, ValueError, RuntimeError):
-        return False
+    return has_title(path, TITLE)
 
 
 def read_history(path: Path) -> xr.Dataset:
