@@ -10,12 +10,19 @@ Both change the numerics, so both are off by default (``--precision fp32 --compi
   accumulate in float32.
 - ``--compile default | max-autotune``: ``torch.compile`` (Inductor) of the encoder, decoder and each level's
   GRU step and heads: fewer, fused kernels per latent step. The Pyro programs themselves stay plain Python.
-  CUDA graphs (``reduce-overhead``) are not offered: one training step replays the per-step cell hundreds of
-  times while keeping every output alive for the backward pass, which CUDA-graph replay would overwrite.
+  CUDA graphs are not used (not even by ``max-autotune``, whose torch mode would switch them on): one training
+  step replays the per-step cell hundreds of times while keeping every output alive for the backward pass,
+  which CUDA-graph replay would overwrite.
+
+``--deterministic`` is about reproducibility, not speed: cuDNN's and cuBLAS's fastest kernels may sum in a
+different order from one call to the next, so two GPU runs from the same seed (or a resumed run and an
+uninterrupted one) drift apart by rounding, and Adam's first steps magnify the drift. Deterministic kernels
+make them equal bit for bit; CPU kernels are deterministic already.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -37,16 +44,36 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def set_deterministic(deterministic: bool) -> None:
+    """Use only deterministic kernels for ``--deterministic`` (an op without one raises), any kernel otherwise."""
+    if deterministic:
+        # cuBLAS sums deterministically only with a fixed workspace; read when the first cuBLAS handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def inductor_options(mode: str) -> dict:
+    """Inductor's options for ``--compile mode``: torch's mode without CUDA graphs (see above), and without the
+    switch of convolutions to channels-last, under which torch 2.11 predicts channels-last strides for the
+    encoder's input gradient that cuDNN returns contiguous, and fails its own stride check at batch 50 x 100."""
+    import torch._inductor  # here, not above: importing it takes a second that most commands need not pay
+
+    torch_mode = {"default": "default", "max-autotune": "max-autotune-no-cudagraphs"}[mode]
+    return {**torch._inductor.list_mode_options(torch_mode), "layout_optimization": False}
+
+
 def compile_nets(nets: CWVAENets, mode: str) -> None:
     """Compile the networks' forward passes in place (parameter names, and so checkpoints, are unchanged)."""
     if mode == "none":
         return
+    options = inductor_options(mode)
     modules = [nets.encoder.conv, *nets.encoder.stacks, nets.decoder]
     for level in nets.levels:
         modules += [level.transition, level.posterior]  # the transition's forward is the prior head
-        level.transition.gru_step = torch.compile(level.transition.gru_step, mode=mode, dynamic=False)
+        level.transition.gru_step = torch.compile(level.transition.gru_step, options=options, dynamic=False)
     for module in modules:
-        module.forward = torch.compile(module.forward, mode=mode, dynamic=False)
+        module.forward = torch.compile(module.forward, options=options, dynamic=False)
 
 
 def resolve_device(name: str) -> torch.device:

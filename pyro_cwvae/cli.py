@@ -77,8 +77,8 @@ def config_options(command: Callable) -> Callable:
     generated = [
         inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
                           annotation=Optional[option_type(hints[field.name])],
-                          default=typer.Option(None, f"--{option(field.name)}", help=field.metadata["help"],
-                                               show_default=False))
+                          default=typer.Option(None, flag_names(field.name, hints[field.name]),
+                                               help=field.metadata["help"], show_default=False))
         for field in dataclasses.fields(Config)
     ]
 
@@ -90,6 +90,12 @@ def config_options(command: Callable) -> Callable:
     own = [param for param in inspect.signature(command).parameters.values() if param.name != "settings"]
     with_settings.__signature__ = inspect.Signature(own + generated)
     return with_settings
+
+
+def flag_names(name: str, hint) -> str:
+    """A field's option: ``--z-size``; a true-or-false field both ways (``--deterministic/--no-deterministic``),
+    so that an option set in a config file can be switched off."""
+    return f"--{option(name)}/--no-{option(name)}" if field_type(hint) is bool else f"--{option(name)}"
 
 
 def field_type(hint) -> type:

@@ -71,6 +71,8 @@ class Config:
     device: str = setting("auto", "auto | cpu | cuda | cuda:N.")
     precision: str = setting("fp32", "fp32 | tf32 (CUDA) | bf16 (autocast); see accel.py.")
     compile: str = setting("none", "none | default | max-autotune: torch.compile of the networks; see accel.py.")
+    deterministic: bool = setting(False, "Deterministic GPU kernels, so that a resumed GPU run equals an "
+                                         "uninterrupted one bit for bit; see accel.py.")
     model: Optional[str] = setting(None, "A model program file (default: the packaged models/cwvae.py).")
     guide: Optional[str] = setting(None, "A guide program file (default: the packaged guides/cwvae.py).")
     # OUTPUT -------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from .errors import UserError
 from .history import HISTORY
 
 RUN_FILES = (CONFIG_FILE, CHECKPOINT, HISTORY)
-CHANGEABLE_ON_RESUME = {"steps", "device", "workers", "checkpoint_every", "data_dir", "run_dir", "precision", "compile"}
+CHANGEABLE_ON_RESUME = {"steps", "device", "workers", "checkpoint_every", "data_dir", "run_dir", "precision", "compile",
+                        "deterministic"}
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .accel import autocast, compile_nets, resolve_device, set_matmul_precision
+from .accel import autocast, compile_nets, resolve_device, set_deterministic, set_matmul_precision
 from .atomic import remove_leftovers, write_text
 from .checkpoint import CHECKPOINT, load_checkpoint, restore_nets, rng_state, save_checkpoint, set_rng_state
 from .config import CONFIG_FILE, Config, kl_scale
@@ -78,6 +78,7 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
           max_bad_steps: int, progress: bool) -> FitResult:
     run_dir = Path(cfg.run_dir)
     set_matmul_precision(cfg.precision, device)
+    set_deterministic(cfg.deterministic)
     programs = load_programs(cfg.model, cfg.guide)
     if dataset.channels != cfg.channels:
         raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the config says {cfg.channels}")

@@ -3,6 +3,7 @@ import pyro
 import pytest
 import torch
 
+from pyro_cwvae.accel import set_deterministic
 from pyro_cwvae.config import Config
 from pyro_cwvae.nets import CWVAENets
 
@@ -17,12 +18,14 @@ def tiny_cfg(tmp_path) -> Config:
 
 @pytest.fixture(autouse=True)
 def pyro_state():
-    """Validation on (the training loop turns it off), a clean param store and seed for every test."""
+    """Validation on (the training loop turns it off), a clean param store and seed, and torch's ordinary kernels
+    for every test."""
     pyro.enable_validation(True)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+    set_deterministic(False)  # fit(deterministic=True) leaves torch's switch on, as a training process wants it
 
 
 @pytest.fixture

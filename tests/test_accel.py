@@ -1,12 +1,15 @@
-"""The optional accelerations: bf16 autocast keeps the ELBO close and in float32; torch.compile changes nothing."""
+"""The optional accelerations: bf16 autocast keeps the ELBO close and in float32; torch.compile changes nothing;
+--deterministic switches torch's kernels."""
 import pyro
 import torch
 
-from pyro_cwvae.accel import autocast, compile_nets
+from pyro_cwvae.accel import autocast, compile_nets, inductor_options
+from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.elbo import elbo_terms
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.train import fit
 
 CPU = torch.device("cpu")
 
@@ -42,3 +45,18 @@ def test_compiled_networks_give_the_same_elbo_and_gradients(tiny_cfg, video):
     for a, b in zip(grads, exact_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
     assert set(nets.state_dict()) == set(CWVAENets(tiny_cfg).state_dict())  # checkpoints are unchanged
+
+
+def test_inductor_options_leave_cuda_graphs_and_the_channels_last_switch_off():
+    for mode in ("default", "max-autotune"):
+        options = inductor_options(mode)
+        assert not options.get("triton.cudagraphs") and options["layout_optimization"] is False
+    assert inductor_options("max-autotune")["max_autotune"] and not inductor_options("default").get("max_autotune")
+
+
+def test_deterministic_switches_torch_to_deterministic_kernels_and_back(tiny_cfg):
+    data = GeneratedMovingMNIST()
+    fit(tiny_cfg.replace(steps=2, deterministic=True), data, progress=False)  # raises if an op has no such kernel
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    fit(tiny_cfg.replace(steps=3), data, resume=True, progress=False)  # a resume may change it
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic

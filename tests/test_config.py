@@ -24,6 +24,7 @@ VALUES = {
     "free_nats": ("3", 3.0), "kl_beta": ("1,0.1,0.1", [1.0, 0.1, 0.1]), "seed": ("4", 4), "device": ("cpu", "cpu"),
     "precision": ("bf16", "bf16"), "compile": ("default", "default"), "model": ("m.py", "m.py"),
     "guide": ("g.py", "g.py"), "run_dir": ("RUN", "RUN"), "checkpoint_every": ("2", 2), "context": ("12", 12),
+    "deterministic": (None, True),  # a flag: --deterministic
 }
 
 
@@ -56,7 +57,8 @@ def test_every_field_is_settable_from_the_command_line(configs, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     for name, (text, value) in VALUES.items():
         if name != "run_dir":
-            fit(tmp_path, f"--{name.replace('_', '-')}", text, "--run-dir", tmp_path / name)
+            given = [f"--{name.replace('_', '-')}"] + ([text] if text is not None else [])
+            fit(tmp_path, *given, "--run-dir", tmp_path / name)
         else:
             fit(tmp_path, "--run-dir", text)
         cfg = configs.pop()

@@ -29,7 +29,9 @@ def test_elbo_on_cuda_matches_cpu(tiny_cfg, video):
 
 
 def test_fit_resume_and_rollout_on_cuda(tiny_cfg, tmp_path):
-    cfg = tiny_cfg.replace(device="cuda", steps=4, checkpoint_every=2)
+    """Bit for bit with --deterministic: without it cuDNN's deconvolution gradients differ by rounding from one
+    run to the next, and four Adam steps make that 1e-5 and more in some weights."""
+    cfg = tiny_cfg.replace(device="cuda", steps=4, checkpoint_every=2, deterministic=True)
     data = GeneratedMovingMNIST()
     fit(cfg.replace(steps=2), data, progress=False)
     fit(cfg, data, resume=True, progress=False)
@@ -37,7 +39,7 @@ def test_fit_resume_and_rollout_on_cuda(tiny_cfg, tmp_path):
     fit(straight, data, progress=False)
     a, b = load_checkpoint(straight.run_dir), load_checkpoint(cfg.run_dir)
     for name, tensor in a["nets"].items():
-        assert torch.allclose(tensor, b["nets"][name], atol=1e-5), name
+        assert torch.equal(tensor, b["nets"][name]), name
     ds = rollout(cfg.run_dir, data, horizon=20, context=4, samples=2, sequences=2, device="cuda", progress=False)
     assert ds.prediction.shape == (2, 2, 24, 1, 64, 64) and np.isfinite(ds.psnr.values).all()
 
