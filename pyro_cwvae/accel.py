@@ -1,5 +1,5 @@
-"""The device a command runs on (``resolve_device``), and optional accelerations for GPUs: lower-precision
-arithmetic and torch.compile of the networks.
+"""The device a command runs on (``resolve_device``), whether its kernels are deterministic, and optional
+accelerations for GPUs: lower-precision arithmetic and torch.compile of the networks.
 
 Both change the numerics, so both are off by default (``--precision fp32 --compile none``):
 
