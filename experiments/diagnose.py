@@ -39,6 +39,7 @@ SETTINGS = {
     "balance": ("KL balancing: the prior takes 0.8 of the KL gradient", {"elbo": "meanfield", "kl_balance": 0.2}),
     "free-nats": ("3 free nats per sequence and level", {"elbo": "meanfield", "free_nats": 3.0}),
     "beta-top": ("information above level 1 costs a tenth", {"elbo": "meanfield", "kl_beta": [1.0, 0.1, 0.1]}),
+    "obs-dropout": ("level 1's posterior sees each training frame with probability 0.5", {"obs_dropout": 0.5}),
 }
 
 

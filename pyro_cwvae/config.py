@@ -67,6 +67,8 @@ class Config:
                                                 "rest trains the prior (official kl_grad_post_perc).")
     free_nats: Optional[float] = setting(None, "Nats per sequence and level that the KL term leaves free.")
     kl_beta: Optional[list[float]] = setting(None, "Weight of each level's KL term, level 1 first: e.g. 1,0.5,0.5.")
+    obs_dropout: float = setting(0.0, "Share of training frames hidden from level 1's posterior (observational "
+                                      "dropout; 0: none, as in the paper); see guides/cwvae.py.")
     seed: int = setting(0, "Seed of the weights, the noise and the batches.")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N.")
     precision: str = setting("fp32", "fp32 | tf32 (CUDA) | bf16 (autocast); see accel.py.")
@@ -111,6 +113,8 @@ class Config:
                 raise UserError(f"--{option(name)} must not be negative, got {getattr(self, name)}")
         if self.kl_balance is not None and not 0 <= self.kl_balance <= 1:
             raise UserError(f"--kl-balance must lie between 0 and 1, got {self.kl_balance}")
+        if not 0 <= self.obs_dropout < 1:
+            raise UserError(f"--obs-dropout must lie in [0, 1), got {self.obs_dropout}")
         if self.free_nats is not None and self.free_nats < 0:
             raise UserError(f"--free-nats must not be negative, got {self.free_nats}")
         if self.kl_beta is not None and (len(self.kl_beta) != self.levels or min(self.kl_beta) < 0):

@@ -139,3 +139,27 @@ def test_initial_weights_follow_the_reference(tiny_cfg):
     assert conv.abs().max() <= bound and conv.abs().max() > 0.9 * bound
     recurrent = nets.level(1).transition.gru.weight_hh.detach()  # (3h, h): orthonormal columns
     torch.testing.assert_close(recurrent.T @ recurrent, torch.eye(16), atol=1e-5, rtol=0)
+
+
+def level_embeddings_seen(nets, cfg, video, level):
+    """The embeddings level ``level``'s posterior receives in one run of the guide, (steps, B, features)."""
+    seen = []
+    hook = nets.levels[level - 1].posterior.register_forward_pre_hook(lambda _, args: seen.append(args[1]))
+    guide(video, nets, cfg)
+    hook.remove()
+    return torch.stack(seen)
+
+
+def test_obs_dropout_hides_that_share_of_frames_from_level_1_in_training_only(tiny_cfg):
+    cfg = tiny_cfg.replace(obs_dropout=0.3, seq_len=200)
+    nets = CWVAENets(cfg)
+    video = torch.rand(20, 200, 1, 64, 64)
+    hidden = (level_embeddings_seen(nets, cfg, video, 1) == 0).all(-1)  # (200 steps, 20 videos)
+    # 4000 Bernoulli(0.3) draws: the share lies within 0.3 +- 0.029 (four standard deviations)
+    assert abs(hidden.float().mean().item() - 0.3) < 0.029
+    full = nets.encoder(video)  # what a frame not hidden shows: its embedding unchanged
+    assert torch.equal(level_embeddings_seen(nets, cfg.replace(obs_dropout=0.0), video, 1), full[0].transpose(0, 1))
+    nets.eval()  # filtering a context for a rollout: every frame seen, and every level unchanged
+    for level in (1, 2):
+        seen = level_embeddings_seen(nets, cfg, video, level)
+        assert torch.equal(seen, full[level - 1].transpose(0, 1)), level
