@@ -10,9 +10,10 @@ Site names match the model's (``s_{l}_{t}``), so ``poutine.block(hide_fn=...)`` 
 
 ``--obs-dropout P`` (off by default, and in the paper) hides each frame from level 1's posterior with probability P
 while the networks train (zeroing its embedding), so that level 1 must predict those frames from its past and from
-the levels above, as an open-loop prediction must (observational dropout, Freeman, Metz & Ha 2019). A guide with
-inputs hidden at random is still a guide: the ELBO stays a lower bound for each mask drawn. Filtering a context
-for a rollout (the networks in eval mode) sees every frame.
+the levels above, as an open-loop prediction must (observational dropout, Freeman, Metz & Ha 2019); with
+``--obs-dropout-span N`` it hides or shows N consecutive frames at a time. A guide with inputs hidden at random is
+still a guide: the ELBO stays a lower bound for each mask drawn. Filtering a context for a rollout (the networks
+in eval mode) sees every frame.
 
 Copy this file, edit it, and train the copy with ``pyro-cwvae fit --guide PATH``.
 """
@@ -38,7 +39,8 @@ def guide(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
                 h = cell.deterministic(state, above[clock.parent_step(step)])
                 embedding = embeddings[level - 1][:, step]
                 if level == 1 and cfg.obs_dropout and nets.training:
-                    seen = torch.rand(B, 1, device=embedding.device) >= cfg.obs_dropout
+                    if step % cfg.obs_dropout_span == 0:  # a new draw for each span of frames
+                        seen = torch.rand(B, 1, device=embedding.device) >= cfg.obs_dropout
                     embedding = embedding * seen
                 loc, scale = cell.posterior(h, embedding)
                 # q(s_t^l | s_{t-1}^l, s_t^{l+1}, e_t^l)

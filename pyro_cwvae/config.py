@@ -69,6 +69,8 @@ class Config:
     kl_beta: Optional[list[float]] = setting(None, "Weight of each level's KL term, level 1 first: e.g. 1,0.5,0.5.")
     obs_dropout: float = setting(0.0, "Share of training frames hidden from level 1's posterior (observational "
                                       "dropout; 0: none, as in the paper); see guides/cwvae.py.")
+    obs_dropout_span: int = setting(1, "Consecutive frames that --obs-dropout hides or shows together (6: whole "
+                                       "steps of level 2 at k 6).")
     seed: int = setting(0, "Seed of the weights, the noise and the batches.")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N.")
     precision: str = setting("fp32", "fp32 | tf32 (CUDA) | bf16 (autocast); see accel.py.")
@@ -94,7 +96,7 @@ class Config:
     def validate(self) -> "Config":
         """Check every field and the rules between them; raise UserError with one line naming the option."""
         positive = ["levels", "factor", "z_size", "h_size", "embed_size", "enc_dense_size", "seq_len", "steps",
-                    "batch_size", "checkpoint_every", "context", "enc_dense_layers"]
+                    "batch_size", "checkpoint_every", "context", "enc_dense_layers", "obs_dropout_span"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"--{option(name)} must be at least 1, got {getattr(self, name)}")

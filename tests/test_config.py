@@ -24,7 +24,7 @@ VALUES = {
     "free_nats": ("3", 3.0), "kl_beta": ("1,0.1,0.1", [1.0, 0.1, 0.1]), "seed": ("4", 4), "device": ("cpu", "cpu"),
     "precision": ("bf16", "bf16"), "compile": ("default", "default"), "model": ("m.py", "m.py"),
     "guide": ("g.py", "g.py"), "run_dir": ("RUN", "RUN"), "checkpoint_every": ("2", 2), "context": ("12", 12),
-    "obs_dropout": ("0.5", 0.5), "deterministic": (None, True),  # a flag: --deterministic
+    "obs_dropout": ("0.5", 0.5), "obs_dropout_span": ("6", 6), "deterministic": (None, True),  # a flag: --deterministic
 }
 
 

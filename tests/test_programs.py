@@ -163,3 +163,11 @@ def test_obs_dropout_hides_that_share_of_frames_from_level_1_in_training_only(ti
     for level in (1, 2):
         seen = level_embeddings_seen(nets, cfg, video, level)
         assert torch.equal(seen, full[level - 1].transpose(0, 1)), level
+
+
+def test_obs_dropout_span_hides_and_shows_whole_spans_of_frames(tiny_cfg):
+    cfg = tiny_cfg.replace(obs_dropout=0.5, obs_dropout_span=4, seq_len=40)
+    video = torch.rand(20, 40, 1, 64, 64)
+    hidden = (level_embeddings_seen(CWVAENets(cfg), cfg, video, 1) == 0).all(-1).reshape(10, 4, 20)  # spans
+    assert (hidden == hidden[:, :1]).all()  # each span of 4 frames all hidden or all shown
+    assert 0.3 < hidden.float().mean().item() < 0.7  # 200 Bernoulli(0.5) draws: five standard deviations
