@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks for a machine with one CUDA GPU and no network. Four parts, each with its own time limit:
 #   tests   the GPU-marked tests          python -m pytest -m gpu -q                       (under 150 s)
-#   bench   the benchmark tables          python benchmarks/bench.py --device cuda         (under 200 s)
-#   accel   the accelerations table       python benchmarks/bench.py --device cuda --accel (under 100 s)
+#   bench   the benchmark tables          python -m benchmarks.bench --device cuda         (under 200 s)
+#   accel   the accelerations table       python -m benchmarks.bench --device cuda --accel (under 100 s)
 #   paper   the mmnist preset at the paper's batch (50 x 100 frames) for PAPER_SECONDS (default 240), stopped by
 #           SIGTERM (the run saves its checkpoint), then evaluated on 16 test videos x 3 samples to frame 1000,
 #           with its training curves drawn                                             (PAPER_SECONDS + under 250 s)
@@ -65,7 +65,7 @@ fi
 if wanted bench; then
 echo "== benchmark"
 # shellcheck disable=SC2086
-timeout 200 "$PYTHON" benchmarks/bench.py --device cuda ${BENCH_ARGS:-} 2> "$RESULTS/bench.err" \
+timeout 200 "$PYTHON" -m benchmarks.bench --device cuda ${BENCH_ARGS:-} 2> "$RESULTS/bench.err" \
   | tee "$RESULTS/bench.md"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then
@@ -74,7 +74,7 @@ fi
 fi
 if wanted accel; then
 echo "== accelerations"
-timeout 100 "$PYTHON" benchmarks/bench.py --device cuda --accel --sizes mmnist --repeats 3 2> "$RESULTS/accel.err" \
+timeout 100 "$PYTHON" -m benchmarks.bench --device cuda --accel --sizes mmnist --repeats 3 2> "$RESULTS/accel.err" \
   | tee "$RESULTS/accel.md"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then
@@ -98,7 +98,7 @@ if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then
   echo "the paper-size run failed (exit $rc)"; status=1
 else
   cp "$run/history.nc" "$run/config.json" "$RESULTS/"
-  "$PYTHON" benchmarks/run_speed.py "$run/history.nc" "$seconds" | tee "$RESULTS/paper-speed.md"
+  "$PYTHON" -m benchmarks.run_speed "$run/history.nc" "$seconds" | tee "$RESULTS/paper-speed.md"
   "$PYTHON" -m pyro_cwvae plot "$RESULTS/history.nc" --out "$RESULTS" || status=1
   timeout 200 "$PYTHON" -m pyro_cwvae evaluate "$run" --sequences 16 --samples 3 --no-perceptual \
     --out "$RESULTS/paper-eval.nc" --quiet > "$RESULTS/paper-eval.log" 2>&1

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyro_cwvae.config import Config
+from pyro_cwvae.model.config import Config
 
 DECODE_CHUNK = 256  # frames decoded per call in rollouts
 STD_INPUT_OFFSET = 0.54  # cells.py adds it to the input of the stddev Dense layer

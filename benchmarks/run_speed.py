@@ -1,6 +1,6 @@
 """The speed and per-level KL of a training run stopped after a known wall time (the paper part of gpu.sh).
 
-    python benchmarks/run_speed.py RUN/history.nc SECONDS
+    python -m benchmarks.run_speed RUN/history.nc SECONDS
 
 Prints a markdown row: steps taken, the wall seconds given, seconds per step (start-up and checkpoint saves
 included, so an upper bound on the step time bench.py measures) and the KL per frame of each level over the last

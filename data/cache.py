@@ -20,7 +20,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from pyro_cwvae.atomic import atomic_path, write_text
+from pyro_cwvae.files.atomic import atomic_path, write_text
 
 from . import IMAGE_SIZE, DatasetError
 

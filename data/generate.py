@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pyro_cwvae.atomic import atomic_path
+from pyro_cwvae.files.atomic import atomic_path
 
 from . import DatasetError, batch_rng
 from .archives import MovingMNISTArchive

@@ -1,9 +1,9 @@
 """Dataset names to readers, and data folders back to the dataset they hold.
 
-``open_dataset`` is the one door the training and evaluation code uses: with no data folder, ``mmnist`` is the
-embedded Moving MNIST generator, so ``pyro-cwvae fit`` runs without a download; every other dataset needs its
-published archive. ``describe`` is the inverse, for ``pyro-cwvae data info``: it says which archive a folder looks
-like and what its videos are, reading only the file headers.
+``open_dataset`` (``open_run_data`` for a run's config) is the one door the training and evaluation code uses:
+with no data folder, ``mmnist`` is the embedded Moving MNIST generator, so ``pyro-cwvae fit`` runs without a
+download; every other dataset needs its published archive. ``describe`` is the inverse, for ``pyro-cwvae data
+info``: it says which archive a folder looks like and what its videos are, reading only the file headers.
 """
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None, *, speed: float 
             f"{name} videos keep their recorded speed"
         )
     return reader(data_dir).prepare()
+
+
+def open_run_data(cfg, data_dir: str | os.PathLike | None = None) -> VideoDataset:
+    """The data of a run of ``cfg`` (its dataset, data folder, speed and seed), read from ``data_dir`` if it moved."""
+    return open_dataset(cfg.dataset, str(data_dir) if data_dir else cfg.data_dir, speed=cfg.speed, seed=cfg.seed)
 
 
 def detect(data_dir: str | os.PathLike) -> ArchiveVideos:

@@ -1,7 +1,7 @@
 """Figure 7 of the paper: what the top levels hold, by predicting with them drawn from the prior.
 
-    python experiments/content.py                   # CPU size: the demo's 3-level model, 300 steps, 100 frames
-    python experiments/content.py --paper           # the paper's: mmnist preset, predictions to frame 1000
+    python -m experiments.content                   # CPU size: the demo's 3-level model, 300 steps, 100 frames
+    python -m experiments.content --paper           # the paper's: mmnist preset, predictions to frame 1000
 
 A 3-level CW-VAE (k 6; the same run as baselines.py's CW-VAE, trained here if it is not there yet) predicts
 after 8 context frames with the top 0, 1 or 2 levels drawn from their prior instead of filtered from the context
@@ -15,8 +15,6 @@ and prints the means over spans of the horizon.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -25,9 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import (ahead, curve, evaluate, markdown, plot_curves, results_dataset,  # noqa: E402
-                                run_script, span_means, stacked, start, train_setting, write_results)
+from experiments.common import content_rollout, run_script, start, train_setting  # noqa: E402
+from experiments.results import (ahead, curve, markdown, plot_curves, results_dataset, span_means,  # noqa: E402
+                                 stacked, write_results)
 
 MODEL = {"levels": 3, "factor": 6}  # baselines.py's CW-VAE: the same run when both use one --out
 # name: (what it is, the rollout's options: context frames and levels drawn from the prior)
@@ -43,13 +41,13 @@ EXAMPLE_FRAMES = 8  # frames of the first test sequence that the figure shows, s
 
 
 def main(argv=None) -> None:
-    names, plan, reads_pair = start(__doc__, SETTINGS, argv)
+    names, plan, accuracy = start(__doc__, SETTINGS, argv)
     run, _ = train_setting(MODEL, plan)
     horizon = plan.horizon_after(max(SETTINGS[name][1]["context"] for name in names))
     evaluations = []
     for name in names:
         print(f"{name}: {SETTINGS[name][0]}", flush=True)
-        evaluations.append(evaluate(run, plan, reads_pair, horizon=horizon, **SETTINGS[name][1]))
+        evaluations.append(content_rollout(run, plan, accuracy, horizon=horizon, **SETTINGS[name][1]))
     results = collect(names, evaluations, run, plan)
     write_results(results, figure(results), plan, "content")
     print(summary(results))

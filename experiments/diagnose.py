@@ -1,7 +1,7 @@
 """Why do the slow levels stay empty? Train the demo under each candidate setting and compare the per-level KL.
 
-    python experiments/diagnose.py                       # every setting, the demo's 1000 steps each (CPU: hours)
-    python experiments/diagnose.py --settings demo,beta-top --budget 3000
+    python -m experiments.diagnose                       # every setting, the demo's 1000 steps each (CPU: hours)
+    python -m experiments.diagnose --settings demo,beta-top --budget 3000
 
 Each setting changes one thing of the demo preset (generated Moving MNIST, 3 levels, k 6, z 64, 72 frames, batch
 2, dec_std 0.1). Writes OUT/diagnose.nc (the per-level KL, loss and reconstruction of every setting against the
@@ -11,7 +11,6 @@ KL per frame of each level over the last tenth of training with the share above 
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -21,11 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import history, parser, set_threads, train  # noqa: E402
-from pyro_cwvae.atomic import atomic_path  # noqa: E402
-from pyro_cwvae.export import write_netcdf  # noqa: E402
-from pyro_cwvae.plots_history import smoothed  # noqa: E402
+from experiments.common import chosen_settings, history, parser, run_script, set_threads, train  # noqa: E402
+from pyro_cwvae.files.atomic import atomic_path  # noqa: E402
+from pyro_cwvae.files.netcdf import write_netcdf  # noqa: E402
+from pyro_cwvae.plots.history import smoothed  # noqa: E402
 
 # name: (what it tests, the options it changes on the demo preset)
 SETTINGS = {
@@ -47,10 +45,7 @@ def main(argv=None) -> None:
     args = parser(__doc__.splitlines()[0], budget=1000)
     args.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names of settings to run")
     args = args.parse_args(argv)
-    names = args.settings.split(",")
-    unknown = [name for name in names if name not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"error: unknown setting(s) {', '.join(unknown)}: choose from {', '.join(SETTINGS)}")
+    names = chosen_settings(args, SETTINGS)
     set_threads(args.threads)
     for name in names:
         print(f"{name}: {SETTINGS[name][0]}", flush=True)
@@ -98,4 +93,4 @@ def write(results: xr.Dataset, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

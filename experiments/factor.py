@@ -1,21 +1,20 @@
 """Figure 1 of the paper: prediction quality against the horizon for 3-level CW-VAEs with k 2, 4, 6 and 8.
 
-    python experiments/factor.py                    # CPU size: the demo preset, 300 steps per k, 100 frames
-    python experiments/factor.py --paper            # the paper's: mmnist preset, predictions to frame 1000
-    python experiments/factor.py --settings k2,k8 --budget 1000 --horizon 300
+    python -m experiments.factor                    # CPU size: the demo preset, 300 steps per k, 100 frames
+    python -m experiments.factor --paper            # the paper's: mmnist preset, predictions to frame 1000
+    python -m experiments.factor --settings k2,k8 --budget 1000 --horizon 300
 
 The four models have the same networks and parameters; only the clock differs. Each trains resumably, then
 predicts open loop after a context that its top level can filter whole (the official code requires a multiple
 of k**2: the smallest one from 36 frames on, so 36, 48, 36 and 64 frames), and is scored against the frames
 predicted ahead: SSIM and PSNR under the paper's protocol (best of the samples), the digit classifier's
 pair accuracy, and the copy-last-frame and random-frame baselines. At CPU size the training sequences have
-128 frames, batch 2 (the demo's 72 would hold one top step of k 8, whose transition would then never train). Writes OUT/factor-SCALE.nc (each measure per
-setting and horizon) and OUT/factor-SCALE.png, and prints the means over spans of the horizon.
+128 frames, batch 2 (the demo's 72 would hold one top step of k 8, whose transition would then never train).
+Writes OUT/factor-SCALE.nc (each measure per setting and horizon) and OUT/factor-SCALE.png, and prints the means
+over spans of the horizon.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -23,9 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import xarray as xr  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import (ahead, curve, evaluate, markdown, plot_curves, results_dataset,  # noqa: E402
-                                run_script, span_means, stacked, start, train_setting, write_results)
+from experiments.common import content_rollout, run_script, start, train_setting  # noqa: E402
+from experiments.results import (ahead, curve, markdown, plot_curves, results_dataset, span_means,  # noqa: E402
+                                 stacked, write_results)
 
 # name: (what it is, the options it changes on the preset)
 SETTINGS = {f"k{k}": (f"3 levels, temporal abstraction factor {k}", {"levels": 3, "factor": k}) for k in (2, 4, 6, 8)}
@@ -38,14 +37,14 @@ LONGEST_CONTEXT = 64  # k 8's: every k predicts the same number of frames, at pa
 
 
 def main(argv=None) -> None:
-    names, plan, reads_pair = start(__doc__, SETTINGS, argv)
+    names, plan, accuracy = start(__doc__, SETTINGS, argv)
     evaluations = []
     for name in names:
         print(f"{name}: {SETTINGS[name][0]}", flush=True)
         options = {**SETTINGS[name][1], **(DEMO_SIZE if plan.scale.preset == "demo" else {})}
         run, cfg = train_setting(options, plan)
         top = cfg.clock.top_period
-        evaluations.append(evaluate(run, plan, reads_pair, context=-(-cfg.context // top) * top,
+        evaluations.append(content_rollout(run, plan, accuracy, context=-(-cfg.context // top) * top,
                                     horizon=plan.horizon_after(LONGEST_CONTEXT)))
     results = collect(names, evaluations, plan)
     write_results(results, figure(results), plan, "factor")

@@ -1,8 +1,8 @@
 """Table 1 of the paper: the KL of each level of CW-VAEs with 1, 2, 3 levels (k 6) and 4 levels (k 4).
 
-    python experiments/levels.py                    # CPU size: the demo preset, 300 steps per model
-    python experiments/levels.py --paper            # the paper's: mmnist preset, 100-frame sequences
-    python experiments/levels.py --settings 1-level,3-level --budget 1000
+    python -m experiments.levels                    # CPU size: the demo preset, 300 steps per model
+    python -m experiments.levels --paper            # the paper's: mmnist preset, 100-frame sequences
+    python -m experiments.levels --settings 1-level,3-level --budget 1000
 
 Each model trains on generated Moving MNIST (resumably: rerun with a larger --budget to continue), then the
 guide filters the test videos and the KL of each level is summed over each window of a training sequence's
@@ -14,8 +14,6 @@ per setting and level, ours and the paper's) and OUT/levels-SCALE.png, and print
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -24,9 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import (evaluate, history, kl_horizon, kl_share, markdown, results_dataset,  # noqa: E402
-                                run_script, stacked, start, train_setting, write_results)
+from experiments.common import content_rollout, history, kl_horizon, run_script, start, train_setting  # noqa: E402
+from experiments.results import kl_share, markdown, results_dataset, stacked, write_results  # noqa: E402
 
 # name: (what it is, the options it changes on the preset)
 SETTINGS = {
@@ -45,13 +42,13 @@ PAPER_TABLE = {  # Table 1 of the paper, nats per training sequence of 100 frame
 
 
 def main(argv=None) -> None:
-    names, plan, reads_pair = start(__doc__, SETTINGS, argv)
+    names, plan, accuracy = start(__doc__, SETTINGS, argv)
     tables, losses, steps = [], [], []
     for name in names:
         print(f"{name}: {SETTINGS[name][0]}", flush=True)
         options = {**SETTINGS[name][1], **(DEMO_SIZE if plan.scale.preset == "demo" else {})}
         run, cfg = train_setting(options, plan)
-        evaluation = evaluate(run, plan, reads_pair, horizon=kl_horizon(plan, cfg))  # KL of the true frames
+        evaluation = content_rollout(run, plan, accuracy, horizon=kl_horizon(plan, cfg))  # KL of the true frames
         tables.append(evaluation.kl_table)
         trained = history(plan.out, run)
         losses.append(trained.loss.isel(step=slice(-max(1, trained.sizes["step"] // 10), None)).mean())

@@ -1,8 +1,8 @@
 """Which level holds the digits? A linear probe on each level's posterior, against the same probe on the untrained
 networks.
 
-    python experiments/probe.py RUN [RUN ...]            # 2000 videos fit each probe, 500 others score it
-    python experiments/probe.py RUN --fit 2000 --score 1000 --out OUT
+    python -m experiments.probe RUN [RUN ...]            # 2000 videos fit each probe, 500 others score it
+    python -m experiments.probe RUN --fit 2000 --score 1000 --out OUT
 
 A rollout can lose the digits because no level holds them, or because the priors cannot carry forward what a level
 holds. This tells the two apart without the priors: the context (36 frames) of generated Moving MNIST videos is
@@ -21,7 +21,6 @@ Writes OUT/probe.nc (both measures by run, network and level) and OUT/probe.png,
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -34,15 +33,16 @@ import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 from pyro import poutine  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments.common import run_script  # noqa: E402
+from experiments.results import markdown  # noqa: E402
 from pyro_cwvae.data.moving_mnist import labelled_video, split_digits, split_labels  # noqa: E402
-from experiments.common import markdown  # noqa: E402
-from pyro_cwvae.api import load_run  # noqa: E402
-from pyro_cwvae.atomic import atomic_path  # noqa: E402
-from pyro_cwvae.classifier import count_targets, decode_pairs, loss, same_pairs  # noqa: E402
-from pyro_cwvae.config import Config  # noqa: E402
-from pyro_cwvae.export import write_netcdf  # noqa: E402
-from pyro_cwvae.nets import CWVAENets  # noqa: E402
+from pyro_cwvae.errors import UserError  # noqa: E402
+from pyro_cwvae.evaluation.digits import count_targets, decode_pairs, loss, same_pairs  # noqa: E402
+from pyro_cwvae.files.atomic import atomic_path  # noqa: E402
+from pyro_cwvae.files.netcdf import write_netcdf  # noqa: E402
+from pyro_cwvae.model.config import Config  # noqa: E402
+from pyro_cwvae.model.programs import load_programs  # noqa: E402
+from pyro_cwvae.prediction import load_run  # noqa: E402
 
 NETWORKS = ("trained", "initial")
 MEASURES = {"pair_accuracy": "the right unordered pair of digits", "digit_accuracy": "share of the two digits read"}
@@ -57,7 +57,7 @@ def labelled_videos(split: str, count: int, frames: int, speed: float, seed: int
 
 
 @torch.no_grad()
-def posterior_means(nets: CWVAENets, guide, cfg: Config, videos: np.ndarray, chunk: int = 50,
+def posterior_means(nets: torch.nn.Module, guide, cfg: Config, videos: np.ndarray, chunk: int = 50,
                     seed: int = 0) -> list[np.ndarray]:
     """For each level, the posterior mean of its last step inside the videos' frames: (N, z) per level. A step's
     posterior depends on the draws of the steps before it, so they are seeded with ``seed``."""
@@ -99,10 +99,11 @@ def fit_probe(features: np.ndarray, classes: np.ndarray, weight_decay: float = 1
     return read
 
 
-def initial_nets(cfg: Config) -> CWVAENets:
-    """The networks the run started from: built after seeding with its seed, as training builds them."""
+def initial_nets(cfg: Config) -> torch.nn.Module:
+    """The networks the run started from: built by its programs after seeding with its seed, as training builds
+    them."""
     pyro.set_rng_seed(cfg.seed)
-    return CWVAENets(cfg).eval()
+    return load_programs(cfg.model, cfg.guide).make_nets(cfg).eval()
 
 
 def scores(read: torch.Tensor, classes: np.ndarray) -> np.ndarray:
@@ -123,13 +124,13 @@ def probe_run(path: Path, fit: int, score: int, context: int, seed: int) -> tupl
     run = load_run(path, device="cpu")
     cfg = run.cfg
     if cfg.dataset != "mmnist" or cfg.data_dir:
-        raise SystemExit(f"error: {path} was not trained on generated Moving MNIST: its digits are not known")
+        raise UserError(f"{path} was not trained on generated Moving MNIST: its digits are not known")
     fit_videos, fit_classes = labelled_videos("train", fit, context, cfg.speed, seed)
     score_videos, score_classes = labelled_videos("test", score, context, cfg.speed, seed)
     accuracy = np.zeros((len(NETWORKS), cfg.levels, len(MEASURES)))
-    for n, nets in enumerate((run.trained.nets, initial_nets(cfg))):
-        fitted = posterior_means(nets, run.trained.guide, cfg, fit_videos)
-        scored = posterior_means(nets, run.trained.guide, cfg, score_videos)
+    for n, nets in enumerate((run.nets, initial_nets(cfg))):
+        fitted = posterior_means(nets, run.guide, cfg, fit_videos)
+        scored = posterior_means(nets, run.guide, cfg, score_videos)
         for level in range(cfg.levels):
             read = fit_probe(fitted[level], fit_classes)
             accuracy[n, level] = scores(read(scored[level]), score_classes)
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
     args.add_argument("--out", type=Path, default=Path("experiments/out"), help="output folder [experiments/out]")
     args = args.parse_args(argv)
     if min(args.fit, args.score, args.context) < 1:
-        raise SystemExit("error: --fit, --score and --context must be at least 1")
+        raise UserError("--fit, --score and --context must be at least 1")
     results = [probe_run(path, args.fit, args.score, args.context, args.seed) for path in args.runs]
     levels = max(accuracy.shape[1] for _, accuracy, _ in results)
     table = np.full((len(results), len(NETWORKS), levels, len(MEASURES)), np.nan)  # NaN: a run with fewer levels
@@ -191,5 +192,6 @@ def write_figure(ds: xr.Dataset, path: Path) -> None:
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
 
+
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,8 +1,8 @@
 """Figure 8 of the paper: the KL of each level of a 3-level CW-VAE on slower, normal and faster Moving MNIST.
 
-    python experiments/speed.py                     # CPU size: the demo preset, 300 steps per speed
-    python experiments/speed.py --paper             # the paper's: mmnist preset
-    python experiments/speed.py --settings slower,faster --budget 1000
+    python -m experiments.speed                     # CPU size: the demo preset, 300 steps per speed
+    python -m experiments.speed --paper             # the paper's: mmnist preset
+    python -m experiments.speed --settings slower,faster --budget 1000
 
 Generated Moving MNIST with the digits' speed (2-6 pixels a frame) times 0.5, 1 and 2 (Config ``speed``); the
 test videos move at the training speed. Each model trains resumably, then the guide filters the test videos
@@ -13,8 +13,6 @@ and prints the table.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -23,9 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.common import (evaluate, kl_horizon, kl_share, markdown, results_dataset, run_script,  # noqa: E402
-                                stacked, start, train_setting, write_results)
+from experiments.common import content_rollout, kl_horizon, run_script, start, train_setting  # noqa: E402
+from experiments.results import kl_share, markdown, results_dataset, stacked, write_results  # noqa: E402
 
 # name: (what it is, the options it changes on the preset)
 SETTINGS = {
@@ -36,12 +33,12 @@ SETTINGS = {
 
 
 def main(argv=None) -> None:
-    names, plan, reads_pair = start(__doc__, SETTINGS, argv)
+    names, plan, accuracy = start(__doc__, SETTINGS, argv)
     tables, steps = [], []
     for name in names:
         print(f"{name}: {SETTINGS[name][0]}", flush=True)
         run, cfg = train_setting(SETTINGS[name][1], plan)
-        evaluation = evaluate(run, plan, reads_pair, horizon=kl_horizon(plan, cfg))  # KL of the true frames
+        evaluation = content_rollout(run, plan, accuracy, horizon=kl_horizon(plan, cfg))  # KL of the true frames
         tables.append(evaluation.kl_table)
         steps.append(int(evaluation.attrs["checkpoint_step"]))
     results = collect(names, tables, steps, plan)

@@ -1,3 +1,3 @@
-from .cli import main
+from pyro_cwvae.cli.app import main
 
 main()

@@ -3,9 +3,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_cwvae.accel import set_deterministic
-from pyro_cwvae.config import Config
-from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.training.devices import set_deterministic
+from pyro_cwvae.model.config import Config
+from pyro_cwvae.model.nets import CWVAENets
 
 TINY = dict(levels=2, factor=2, seq_len=8, batch_size=2, z_size=4, h_size=8, embed_size=8, enc_dense_size=16,
             enc_dense_layers=2, steps=4, checkpoint_every=2, workers=0, device="cpu")

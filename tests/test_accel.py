@@ -3,13 +3,13 @@
 import pyro
 import torch
 
-from pyro_cwvae.accel import autocast, compile_nets, inductor_options
+from pyro_cwvae.training.devices import autocast, compile_nets, inductor_options
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
-from pyro_cwvae.elbo import elbo_terms
+from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.train import fit
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.training.loop import fit
 
 CPU = torch.device("cpu")
 

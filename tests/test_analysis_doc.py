@@ -8,10 +8,10 @@ import matplotlib
 import pytest
 from typer.testing import CliRunner
 
-from pyro_cwvae.cli import app
-from pyro_cwvae.config import Config
+from pyro_cwvae.cli.app import app
+from pyro_cwvae.model.config import Config
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
-from pyro_cwvae.train import fit
+from pyro_cwvae.training.loop import fit
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "analysis.md"
 

@@ -1,5 +1,4 @@
 """Importance-weighted bounds: against Pyro's ELBO, their ordering, and log p(x) of a linear-Gaussian model."""
-import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,19 +8,19 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from pyro_cwvae.bounds import ImportanceWeights, importance_weighted_bound
+from pyro_cwvae.evaluation.bounds import ImportanceWeights, importance_weighted_bound
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.predict import TrainedRun
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.prediction import Run
 
 SIGMA = 0.5  # stddev of x_t | z in the linear-Gaussian model
 D = 3  # dimensions of z and of each x_t
 
 
-def cwvae_run(cfg) -> TrainedRun:
-    return TrainedRun(cfg, CWVAENets(cfg).eval(), model, guide, step=0)
+def cwvae_run(cfg) -> Run:
+    return Run(cfg, CWVAENets(cfg).eval(), model, guide, step=0)
 
 
 def test_one_particle_bound_is_pyros_elbo(tiny_cfg, video):
@@ -69,8 +68,7 @@ def posterior_guide(stretch: float = 1.0, shift: float = 0.0):
 
 
 def linear_gaussian_run(guide) -> SimpleNamespace:
-    nets = SimpleNamespace(sharing_deterministic_path=contextlib.nullcontext)
-    return SimpleNamespace(cfg=None, nets=nets, model=linear_gaussian_model, guide=guide)
+    return SimpleNamespace(cfg=None, nets=torch.nn.Module(), model=linear_gaussian_model, guide=guide)  # no steps
 
 
 def log_evidence(video: torch.Tensor) -> np.ndarray:

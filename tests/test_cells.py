@@ -1,4 +1,4 @@
-"""One prior step and one posterior step of a level (pyro_cwvae/nets.py Transition, Posterior) against NumPy
+"""One prior step and one posterior step of a level (pyro_cwvae/model/nets.py Transition, Posterior) against NumPy
 transcriptions of the official cells.py (``_prior``, ``_posterior``) with fixed seeded weights in Keras' layouts.
 
 The weights are drawn as Keras stores them (Dense kernel (in, out); GRU kernel and recurrent kernel with the
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_cwvae.nets import FEATURES, Posterior, Transition
+from pyro_cwvae.model.nets import FEATURES, Posterior, Transition
 
 Z, H, EMBED, MIN_STD = 3, 5, 4, 0.05  # min_std far above rounding, so adding it is visible
 RTOL, ATOL = 1e-6, 1e-7  # the modules return float32

@@ -6,10 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pyro_cwvae import classifier
-from pyro_cwvae.classifier import (PAIRS, DigitClassifier, decode_pairs, digit_pair_accuracy, evaluate,
+from pyro_cwvae.evaluation import digits as classifier
+from pyro_cwvae.evaluation.digits import (PAIRS, DigitClassifier, decode_pairs, digit_pair_accuracy, evaluate,
                                    gaussian_blur, load, read_record, train, train_and_save)
-from pyro_cwvae.cli import app
+from pyro_cwvae.cli.app import app
 from pyro_cwvae.data import batch_rng
 from pyro_cwvae.data.moving_mnist import (TEST_STREAM, GeneratedMovingMNIST, labelled_frames, labelled_video,
                                           mnist_digits, moving_mnist_video, split_digits, split_labels)

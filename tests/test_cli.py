@@ -1,12 +1,16 @@
 """The command line through typer's test runner: a run end to end, and one-line errors for bad input."""
 import hashlib
+import json
+import shutil
 
 import numpy as np
 import pytest
 import xarray as xr
+from PIL import Image
 from typer.testing import CliRunner
 
-from pyro_cwvae.cli import app
+from pyro_cwvae.cli.app import app
+from pyro_cwvae.training.checkpoint import load_checkpoint
 
 TINY_ARGS = ["--levels", "2", "--factor", "2", "--seq-len", "8", "--batch-size", "2", "--workers", "0",
              "--checkpoint-every", "2", "--device", "cpu", "--quiet"]
@@ -25,28 +29,52 @@ def run_dir(tmp_path_factory):
     return run
 
 
+def written(run):
+    """What a run directory holds: its config.json, its history and its checkpoint."""
+    with xr.open_dataset(run / "history.nc") as history:
+        history = history.load()
+    return json.loads((run / "config.json").read_text()), history, load_checkpoint(run)
+
+
 def test_fit_writes_the_run_directory(run_dir):
     assert {p.name for p in run_dir.iterdir()} >= {"config.json", "checkpoint.pt", "history.nc"}
+    config, history, checkpoint = written(run_dir)
+    assert checkpoint["config"] == config
+    assert {k: config[k] for k in ("levels", "factor", "seq_len", "batch_size", "workers", "checkpoint_every",
+                                   "steps", "run_dir")} == dict(levels=2, factor=2, seq_len=8, batch_size=2,
+                                                                workers=0, checkpoint_every=2, steps=2,
+                                                                run_dir=str(run_dir))
+    assert checkpoint["step"] == 2 and history.step.values.tolist() == [1, 2] and history.sizes["level"] == 2
+    assert np.isfinite(history.loss.values).all() and (history.kl_scale.values == 1).all()
+    # The negative ELBO is the reconstruction term plus the KL of every level.
+    np.testing.assert_allclose(history.loss, history.reconstruction + history.kl.sum("level"), rtol=1e-4)
 
 
 def test_fit_resume_continues_to_more_steps(run_dir, tmp_path):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     result = invoke("fit", "--run-dir", copy, "--resume", "--steps", 3, "--quiet")
     assert result.exit_code == 0, result.output
-    assert "step 3:" in result.output
+    _, history, checkpoint = written(copy)
+    _, before, _ = written(run_dir)
+    assert checkpoint["step"] == 3 and checkpoint["config"]["steps"] == 3 and checkpoint["config"]["levels"] == 2
+    assert history.step.values.tolist() == [1, 2, 3]
+    assert history.isel(step=slice(0, 2)).drop_attrs().identical(before.drop_attrs())  # the old steps kept as they were
 
 
 def test_rollout_then_plot(run_dir):
     result = invoke("rollout", "--run", run_dir, "--horizon", 6, "--context", 4, "--sequences", 2, "--samples", 1,
                     "--quiet")
     assert result.exit_code == 0, result.output
-    assert (run_dir / "rollout.nc").is_file()
+    with xr.open_dataset(run_dir / "rollout.nc") as rollout:
+        assert dict(rollout.prediction.sizes) == dict(sample=1, sequence=2, time=4 + 6, channel=1, y=64, x=64)
+        assert rollout.is_context.values.tolist() == [True] * 4 + [False] * 6
+        assert rollout.prediction.dtype == np.uint8 and rollout.truth.shape == rollout.prediction.shape[1:]
     result = invoke("plot", run_dir / "rollout.nc", "--out", run_dir / "figures")
     assert result.exit_code == 0, result.output
     assert {p.name for p in (run_dir / "figures").iterdir()} == {"strip.png", "metrics.png", "kl.png", "rollout.gif"}
+    with Image.open(run_dir / "figures" / "rollout.gif") as gif:  # one frame per time of the rollout
+        assert gif.n_frames == 4 + 6 and gif.height >= 2 * 2 * 64  # two sequences, each frame upscaled twice
 
 
 def test_plot_of_a_history_draws_the_training_curves(run_dir, tmp_path):
@@ -87,7 +115,7 @@ BAD_INPUTS = [
     (["fit", "--precision", "tf32", "--device", "cpu", "--run-dir", "{tmp}/tf32"], "needs a CUDA device"),
     (["fit", "--compile", "reduce-overhead"], "--compile must be one of none, default, max-autotune"),
     (["rollout", "--run", "{tmp}/fresh"], "no checkpoint in"),
-    (["rollout", "--run", "{run}", "--horizon", "0"], "must each be at least 1"),
+    (["rollout", "--run", "{run}", "--horizon", "0"], "--horizon must be at least 1"),
     (["rollout", "--run", "{run}", "--context", "5000"], "longer than the shortest"),
     (["rollout", "--run", "{run}", "--prior-levels", "3"], "--prior-levels 3 must lie between 0 and the run's 2"),
     (["plot", "{tmp}/missing.nc"], "no such file"),
@@ -136,8 +164,6 @@ def test_bad_input_gets_one_line_and_exit_code_2(run_dir, tmp_path, monkeypatch,
 
 
 def test_overwrite_replaces_a_run_only_once_training_starts(run_dir, tmp_path):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     before = snapshot(copy)
@@ -145,4 +171,6 @@ def test_overwrite_replaces_a_run_only_once_training_starts(run_dir, tmp_path):
     assert failed.exit_code == 2 and snapshot(copy) == before  # bad input: the old run is untouched
     result = invoke("fit", "--run-dir", copy, "--overwrite", "--steps", 1, *TINY_ARGS)
     assert result.exit_code == 0, result.output
-    assert "step 1:" in result.output and snapshot(copy)["checkpoint.pt"] != before["checkpoint.pt"]
+    config, history, checkpoint = written(copy)
+    assert checkpoint["step"] == 1 and config["steps"] == 1 and history.step.values.tolist() == [1]
+    assert snapshot(copy)["checkpoint.pt"] != before["checkpoint.pt"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_cwvae.clock import Clock
+from pyro_cwvae.model.clock import Clock
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets, Transition
+from pyro_cwvae.model.nets import CWVAENets, Transition
 
 SETTINGS = [(L, k, T) for L, k, T in itertools.product([1, 2, 3, 4], [1, 2, 3, 6, 8], [1, 5, 36, 100, 217])]
 
@@ -28,7 +28,6 @@ def test_active_frames_follow_eq1(levels, factor, num_frames):
         assert list(clock.active_frames(level, num_frames)) == expected
         assert clock.num_steps(level, num_frames) == len(expected)
         assert [clock.frame(level, i) for i in range(len(expected))] == expected
-        assert all(clock.is_active(level, t) == (t in expected) for t in range(num_frames))
 
 
 @pytest.mark.parametrize("levels,factor,num_frames", SETTINGS)
@@ -51,14 +50,14 @@ def record_gru_steps(monkeypatch, nets) -> dict[int, list]:
     levels = {id(module): level for level in range(1, len(nets.levels) + 1)
               for module in nets.level(level).modules() if isinstance(module, Transition)}
     steps = {level: [] for level in levels.values()}
-    gru_step = Transition.gru_step
+    deterministic = Transition.deterministic
 
     def recording(self, previous, above):
-        h = gru_step(self, previous, above)
+        h = deterministic(self, previous, above)
         steps[levels[id(self)]].append((above, h))
         return h
 
-    monkeypatch.setattr(Transition, "gru_step", recording)
+    monkeypatch.setattr(Transition, "deterministic", recording)
     return steps
 
 

@@ -7,10 +7,11 @@ import typing
 import pytest
 from typer.testing import CliRunner
 
-from pyro_cwvae import cli
-from pyro_cwvae.config import CONFIG_FILE, PRESET_NAMES, Config, preset, preset_file, read_config_file, tomllib
-from pyro_cwvae.history import History
-from pyro_cwvae.train import FitResult
+from pyro_cwvae.cli import app as cli
+from pyro_cwvae.cli import options as cli_options
+from pyro_cwvae.model.config import CONFIG_FILE, PRESET_NAMES, Config, preset, preset_file, read_config_file, tomllib
+from pyro_cwvae.training.history import History
+from pyro_cwvae.training.loop import FitResult
 
 # A value for every field, different from the demo preset's and valid with the others at their demo values. A new
 # field without one here fails test_every_field_has_a_test_value: it must be settable too.
@@ -37,7 +38,7 @@ def configs(monkeypatch):
         captured.append(cfg)
         return FitResult(cfg.run_dir, 0, History(cfg.levels), nets=None)
 
-    monkeypatch.setattr("pyro_cwvae.train.fit", capture)
+    monkeypatch.setattr("pyro_cwvae.training.loop.fit", capture)
     monkeypatch.setattr("pyro_cwvae.data.registry.open_dataset", lambda *args, **kwargs: None)
     return captured
 
@@ -122,6 +123,6 @@ def test_a_saved_config_round_trips_through_json():
 
 def test_list_options_parse_to_the_field_type():
     hint = typing.get_type_hints(Config)["kl_beta"]
-    assert cli.option_type(hint) is str
-    assert cli.parse_setting("kl_beta", "1,2.5", hint) == [1.0, 2.5]
-    assert cli.parse_setting("lr", 0.1, typing.get_type_hints(Config)["lr"]) == 0.1
+    assert cli_options.option_type(hint) is str
+    assert cli_options.parse_setting("kl_beta", "1,2.5", hint) == [1.0, 2.5]
+    assert cli_options.parse_setting("lr", 0.1, typing.get_type_hints(Config)["lr"]) == 0.1

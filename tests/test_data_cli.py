@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pyro_cwvae.cli_data import app
+from pyro_cwvae.cli.data import app
 from pyro_cwvae.data import cache, video_io
 
 runner = CliRunner()
@@ -79,7 +79,7 @@ def test_info_errors_are_one_line_with_exit_code_2(tmp_path):
 
 
 def fit(tmp_path, dataset: str, data_dir) -> None:
-    from pyro_cwvae.cli import app as main_app
+    from pyro_cwvae.cli.app import app as main_app
 
     run_dir = tmp_path / f"run-{dataset}"
     result = runner.invoke(main_app, [

@@ -12,14 +12,14 @@ import pyro
 import pytest
 import torch
 
-from pyro_cwvae.checkpoint import load_checkpoint
-from pyro_cwvae.config import Config
+from pyro_cwvae.training.checkpoint import load_checkpoint
+from pyro_cwvae.model.config import Config
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
-from pyro_cwvae.elbo import elbo_terms
+from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.optim import KerasAdam
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.training.optim import KerasAdam
 from tests.conftest import TINY
 
 STEPS, BATCH, RANKS = 3, 4, 2
@@ -27,9 +27,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 WORKER = textwrap.dedent("""
     import sys, torch
-    from pyro_cwvae.config import Config
+    from pyro_cwvae.model.config import Config
     from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
-    from pyro_cwvae.train import fit
+    from pyro_cwvae.training.loop import fit
     cfg = Config(**{config!r})
     result = fit(cfg, GeneratedMovingMNIST(), progress=False)
     torch.save(result.nets.state_dict(), f"{{cfg.run_dir}}/rank{{result.rank}}.pt")

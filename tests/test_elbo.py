@@ -7,10 +7,11 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 
-from pyro_cwvae.elbo import elbo_terms, level_of
+from pyro_cwvae.model.elbo import elbo_terms, level_of
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.model.step_sharing import sharing_steps
 from tests.conftest import count_gru_steps
 
 
@@ -84,7 +85,7 @@ def variant_model(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=No
 def priors(model, video, nets, cfg, sharing: bool) -> dict[str, torch.Tensor]:
     """The prior loc of every latent site of ``model`` replayed on the guide's samples."""
     pyro.set_rng_seed(2)
-    with nets.sharing_deterministic_path() if sharing else contextlib.nullcontext():
+    with sharing_steps(nets) if sharing else contextlib.nullcontext():
         guide_trace = poutine.trace(guide).get_trace(video, nets, cfg)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(video, nets, cfg)
     return {name: site["fn"].base_dist.loc for name, site in model_trace.nodes.items() if level_of(name)}

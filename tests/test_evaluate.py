@@ -14,20 +14,24 @@ import xarray as xr
 from torch import nn
 from typer.testing import CliRunner
 
-import pyro_cwvae.evaluate as evaluation
-import pyro_cwvae.predict as predict
-from pyro_cwvae.cli import app
-from pyro_cwvae.classifier import digit_pair_accuracy, read_pairs, same_pairs
-from pyro_cwvae.config import Config
+import pyro_cwvae.evaluation.accuracy as accuracy
+import pyro_cwvae.prediction.frames as frames
+from pyro_cwvae.cli.app import app
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.evaluate import Scorers, GroundTruth, curves, evaluate, summary, write_evaluation
-from pyro_cwvae.fvd import frechet_distance, i3d_features
-from pyro_cwvae.metrics import PROTOCOLS
-from pyro_cwvae.predict import rollout
-from pyro_cwvae.rooms import room_accuracy
-from pyro_cwvae.train import fit
+from pyro_cwvae.evaluation.digits import digit_pair_accuracy, read_pairs, same_pairs
+from pyro_cwvae.evaluation.evaluate import evaluate, summary, write_evaluation
+from pyro_cwvae.evaluation.fvd import frechet_distance, i3d_features
+from pyro_cwvae.evaluation.rooms import room_categories
+from pyro_cwvae.evaluation.scoring import curves
+from pyro_cwvae.evaluation.truth import GroundTruth, Scorers
+from pyro_cwvae.model.config import Config
+from pyro_cwvae.prediction import PredictionOptions, load_run
+from pyro_cwvae.prediction.options import FIELDS
+from pyro_cwvae.prediction.rollout import rollout
+from pyro_cwvae.prediction.scores import PROTOCOLS
+from pyro_cwvae.training.loop import fit
 from tests.conftest import TINY
 
 CONTEXT, SAMPLES = 4, 2
@@ -125,8 +129,11 @@ def runs(tmp_path_factory):
 
 
 def run_evaluate(run_dirs, data, **options):
-    defaults = dict(sequences=3, context=CONTEXT, samples=SAMPLES, fvd_window=40, scorers=scorers(), progress=False)
-    return evaluate(run_dirs, data, **{**defaults, **options})
+    """``evaluate`` of 3 sequences, ``SAMPLES`` samples after ``CONTEXT`` frames, 40-frame FVD windows."""
+    options = {**dict(sequences=3, context=CONTEXT, samples=SAMPLES, fvd_window=40), **options}
+    predicting = PredictionOptions(**{key: value for key, value in options.items() if key in FIELDS})
+    rest = {key: value for key, value in options.items() if key not in FIELDS}
+    return evaluate(run_dirs, predicting, dataset=data, scorers=scorers(), progress=False, **rest)
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +141,13 @@ def standard(runs):
     """Both runs under the standard protocol (LPIPS on the saved frames), decoded 2 frames a chunk so the chunks
     straddle the FVD windows."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(predict, "DECODE_CHUNK", 2 * SAMPLES * 3)
+        patch.setattr(frames, "DECODE_CHUNK", 2 * SAMPLES * 3)
         return run_evaluate(runs, Videos(), protocol="standard", particles=2)
 
 
-def roll(run_dir, data, protocol):
-    return rollout(run_dir, data, horizon=46, context=CONTEXT, samples=SAMPLES, sequences=3, protocol=protocol,
-                   progress=False)
+def roll(run_dir, data, protocol, horizon=46):
+    options = PredictionOptions(horizon=horizon, context=CONTEXT, samples=SAMPLES, sequences=3, protocol=protocol)
+    return rollout(load_run(run_dir, "cpu"), options, dataset=data)
 
 
 def per_time_mean(values: np.ndarray) -> np.ndarray:
@@ -227,8 +234,7 @@ def test_fvd_compares_16_frame_clips_of_each_window(standard, runs):
 def test_best_of_n_picks_the_lowest_lpips_and_the_highest_psnr():
     has_truth = np.ones((2, 5), bool)
     has_truth[1, 4] = False
-    test = GroundTruth(np.zeros((2, 5, 1, 64, 64), np.uint8), has_truth, 1, 4, PROTOCOLS["paper"], [], None, Scorers(),
-                   torch.device("cpu"))
+    test = GroundTruth(np.zeros((2, 5, 1, 64, 64), np.uint8), has_truth, context=1, protocol=PROTOCOLS["paper"])
     low, high = np.full((2, 5), 0.1), np.full((2, 5), 0.5)  # per sample: (sequence, time)
     high[:, 0] = 0.0  # context frames do not rank the samples
     scores = np.stack([high, low]).reshape(4, 5)  # samples x sequences, sample-major
@@ -253,8 +259,8 @@ def test_room_accuracy_of_an_rgb_run_is_that_of_its_rollout(tmp_path):
     data = Videos(lengths=(40, 40, 40), channels=3)
     ds = run_evaluate([run_dir], data, perceptual=False, protocol="standard")
     assert "digit_accuracy" not in ds and ds.room_accuracy.dims == ("run", "time")
-    rolled = rollout(run_dir, data, horizon=36, context=CONTEXT, samples=SAMPLES, sequences=3, progress=False)
-    correct = room_accuracy(rolled.prediction.values, rolled.truth.values[None])
+    rolled = roll(run_dir, data, "paper", horizon=36)
+    correct = room_categories(rolled.prediction.values) == room_categories(rolled.truth.values)[None]
     np.testing.assert_allclose(ds.room_accuracy[0], correct.mean(axis=(0, 1)), rtol=1e-6)
     # The last context frame shown throughout stays in the first room while the truth moves on.
     assert ds.room_accuracy_last_frame[CONTEXT] == 1 and ds.room_accuracy_last_frame[-1] == 0
@@ -277,7 +283,7 @@ def test_bad_options_are_refused_before_any_work(runs, option, message):
 
 
 def test_cli_writes_the_file_and_plot_draws_it(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluation, "digit_classifier", lambda *args, **kwargs: StandInDigits().eval())
+    monkeypatch.setattr(accuracy, "digit_classifier", lambda *args, **kwargs: StandInDigits().eval())
     monkeypatch.setattr(GeneratedMovingMNIST, "__init__", short_test_videos(GeneratedMovingMNIST.__init__))
     out = tmp_path / "eval.nc"
     result = CliRunner().invoke(app, ["evaluate", *runs, "--out", str(out), "--sequences", "2", "--context", "4",

@@ -1,4 +1,8 @@
 """The experiment scripts end to end at a tiny budget: the files they write have the schema their docs promise."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyro
 import pytest
@@ -7,13 +11,14 @@ import xarray as xr
 from pyro import poutine
 
 from experiments import baselines, common, content, diagnose, factor, levels, prior_means, probe, speed
-from pyro_cwvae import classifier
+from pyro_cwvae.evaluation import digits as classifier
+from pyro_cwvae.evaluation.accuracy import DigitAccuracy
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.train import fit
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.training.loop import fit
 
 
 def test_diagnose_writes_the_kl_of_each_setting_against_the_step(tmp_path, capsys):
@@ -26,6 +31,14 @@ def test_diagnose_writes_the_kl_of_each_setting_against_the_step(tmp_path, capsy
     assert (tmp_path / "diagnose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert "| beta-top |" in table and "share above 1" in table
+
+
+def test_an_experiment_runs_as_a_module_and_refuses_bad_input_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "experiments.diagnose", "--settings", "demo,nope"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2, done.stderr
+    expected = "error: unknown setting(s) nope: choose from " + ", ".join(diagnose.SETTINGS)
+    assert done.stderr.strip().splitlines() == [expected]
 
 
 def test_diagnose_resumes_a_setting_to_a_larger_budget(tmp_path):
@@ -83,10 +96,16 @@ class LabelledPixels:
         return frames
 
 
-def reads_column(frames, labels):
-    """A classifier of LabelledPixels: it reads the pair (x, x + 1) from a frame's lit column x."""
-    column = frames.reshape(*frames.shape[:-3], -1).argmax(-1) % 64
-    return column == np.broadcast_to(labels[..., 0], column.shape)
+class ReadsColumn(DigitAccuracy):
+    """The package's digit accuracy with a classifier of LabelledPixels: it reads the pair (x, x + 1) from a frame's
+    lit column x."""
+
+    def __init__(self):
+        super().__init__(classifier=None)
+
+    def read(self, frames):
+        column = frames.reshape(*frames.shape[:2], -1).argmax(-1) % 64
+        return np.stack([column, column + 1], axis=-1)
 
 
 def test_content_measures_read_each_frame_against_its_sequence_and_time():
@@ -103,7 +122,7 @@ def test_content_measures_read_each_frame_against_its_sequence_and_time():
     rollout = xr.Dataset({"prediction": (("sample", "sequence", "time", "channel", "y", "x"), prediction),
                           "truth": (("sequence", "time", "channel", "y", "x"), truth),
                           "has_truth": (("sequence", "time"), has_truth)}, attrs={"context": context})
-    ds = common.with_content_measures(rollout, LabelledPixels(), reads_column, seed=0)
+    ds = common.with_content_measures(rollout, LabelledPixels(), ReadsColumn(), seed=0)
 
     measured = np.where(has_truth, 1.0, np.nan)  # no true frame, no measure
     right = np.array([1.0, 0.0])[:, None, None]  # of each sample
@@ -116,6 +135,7 @@ def test_content_measures_read_each_frame_against_its_sequence_and_time():
     np.testing.assert_allclose(ds.position_error_random_frame.values, np.hypot(10 + t, n - 9) * measured)
     assert "prediction" not in ds and ds.example_prediction.dims == ("sample", "time", "channel", "y", "x")
     np.testing.assert_array_equal(ds.example_truth.values, truth[0])
+    np.testing.assert_array_equal(ds.attrs["digit_labels"], [0, 1, 1, 2])
 
 
 def test_options_that_cannot_work_are_refused():
@@ -192,23 +212,26 @@ def test_a_rerun_trains_and_rolls_out_nothing_again(out, monkeypatch):
         common.train("tiny/demo", {"levels": 2}, 2, out, progress=False, tiny=True)
 
 
-def test_prior_means_replace_every_draw_after_the_context_by_its_mean(tiny_cfg, video):
+def test_prior_means_replace_every_draw_by_its_mean_but_the_replayed_context(tiny_cfg):
     nets = CWVAENets(tiny_cfg)
-    decided = {"s_2_0"}  # a site the context decided: left to the replay
-    trace = poutine.trace(prior_means.PriorMeans(decided)(model)).get_trace(None, nets, tiny_cfg, num_frames=8,
-                                                                            batch_size=2)
+    context = poutine.trace(model).get_trace(None, nets, tiny_cfg, num_frames=2, batch_size=2)
+    decided = {"s_2_0": context.nodes["s_2_0"]}  # a site the context decided: the rollout replays it
+    context.nodes = {name: site for name, site in context.nodes.items() if name in decided}
+    means = poutine.replay(prior_means.PriorMeans()(model), trace=context)
+    trace = poutine.trace(means).get_trace(None, nets, tiny_cfg, num_frames=8, batch_size=2)
     latents = [name for name, site in trace.nodes.items() if site["type"] == "sample" and name.startswith("s_")]
     assert len(latents) == 8 + 4
     for name in latents:
         site = trace.nodes[name]
         assert torch.equal(site["value"], site["fn"].mean) != (name in decided), name
+    assert torch.equal(trace.nodes["s_2_0"]["value"], decided["s_2_0"]["value"])
 
 
 def test_prior_means_prints_draws_means_and_the_baseline(tiny_cfg, monkeypatch, capsys):
     fit(tiny_cfg.replace(steps=2), GeneratedMovingMNIST(), progress=False)
     net, _ = classifier.train(steps=common.TINY_CLASSIFIER_STEPS, batch_size=4)
     monkeypatch.setattr(prior_means, "digit_classifier", lambda: net)
-    prior_means.main([tiny_cfg.run_dir, "--sequences", "2", "--context", "4", "--ahead", "3"])
+    prior_means.main([tiny_cfg.run_dir, "--sequences", "2", "--context", "4", "--horizon", "3"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("|")[2].strip() for line in lines[2:]] == ["prior draws", "prior means", "copy last frame"]
 

@@ -3,15 +3,16 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_cwvae.checkpoint import load_checkpoint
+from pyro_cwvae.training.checkpoint import load_checkpoint
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
-from pyro_cwvae.elbo import elbo_terms
+from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.guides.cwvae import guide
-from pyro_cwvae.metrics import psnr, ssim
+from pyro_cwvae.prediction.scores import psnr, ssim
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.predict import rollout
-from pyro_cwvae.train import fit
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.prediction import PredictionOptions, load_run
+from pyro_cwvae.prediction.rollout import rollout
+from pyro_cwvae.training.loop import fit
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh)")]
@@ -40,7 +41,8 @@ def test_fit_resume_and_rollout_on_cuda(tiny_cfg, tmp_path):
     a, b = load_checkpoint(straight.run_dir), load_checkpoint(cfg.run_dir)
     for name, tensor in a["nets"].items():
         assert torch.equal(tensor, b["nets"][name]), name
-    ds = rollout(cfg.run_dir, data, horizon=20, context=4, samples=2, sequences=2, device="cuda", progress=False)
+    options = PredictionOptions(horizon=20, context=4, samples=2, sequences=2, device="cuda")
+    ds = rollout(load_run(cfg.run_dir, options.device), options, dataset=data)
     assert ds.prediction.shape == (2, 2, 24, 1, 64, 64) and np.isfinite(ds.psnr.values).all()
 
 

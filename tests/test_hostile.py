@@ -20,17 +20,17 @@ import torch
 import xarray as xr
 from typer.testing import CliRunner
 
-from pyro_cwvae import safe_pickle
-from pyro_cwvae.checkpoint import CHECKPOINT, load_checkpoint, restore_nets, set_rng_state
-from pyro_cwvae.cli import app
-from pyro_cwvae.config import Config
+from pyro_cwvae.evaluation import safe_pickle
+from pyro_cwvae.training.checkpoint import CHECKPOINT, load_checkpoint, restore_nets, set_rng_state
+from pyro_cwvae.cli.app import app
+from pyro_cwvae.model.config import Config
 from pyro_cwvae.data import DatasetError, cache, video_io
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.data.registry import open_dataset
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.history import History
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.train import fit
+from pyro_cwvae.training.history import History
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.training.loop import fit
 from tests.conftest import TINY
 
 
@@ -183,33 +183,48 @@ def test_model_file_that_raises_at_import_is_one_line_and_writes_no_bytecode(run
 
 
 def write_format_1(run) -> dict:
-    """Turn the run's checkpoint into format 1: NumPy's random state as an array, in pyro.util's layout."""
+    """Turn the run's checkpoint into format 1: NumPy's random state as an array, in pyro.util's layout, and the
+    encoder's parts under their former names (frames -> conv, levels -> stacks)."""
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     old_rng = pyro.util.get_rng_state()
-    edit_checkpoint(run, lambda state: state.update(format=1, rng=[{"pyro": old_rng}]))
+    former = {"encoder.conv.": "encoder.frames.", "encoder.stacks.": "encoder.levels."}
+
+    def to_format_1(state):
+        state["nets"] = {next((old + name[len(new):] for new, old in former.items() if name.startswith(new)), name):
+                         tensor for name, tensor in state["nets"].items()}
+        state.update(format=1, rng=[{"pyro": old_rng}])
+    edit_checkpoint(run, to_format_1)
     return old_rng
 
 
-def test_format_1_checkpoint_loads_safely_and_upgrades_to_format_2(run):
-    """The random states of a format-1 checkpoint restore exactly, before and after the upgrade."""
-    write_format_1(run)
-    with torch.serialization.safe_globals(
-            [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.ndarray.__reduce__(np.zeros(0))[0]]):
-        assert torch.load(run / CHECKPOINT, weights_only=True)["rng"][0]["pyro"]["numpy"][1].dtype == np.uint32
+def test_format_1_checkpoint_is_refused_in_one_line_and_upgrades_with_trust(run):
+    """Format 1 (NumPy's random state as an array, the encoder's parts under former names) is not read; the
+    refusal names ``checkpoint upgrade --trust``, which converts it: its weights and random states restore exactly."""
+    old_rng = write_format_1(run)
+    before = torch.load(run / CHECKPOINT, weights_only=False)["nets"]
+    for args in (["rollout", "--run", run, "--horizon", 5], ["fit", "--resume", "--run-dir", run, "--steps", 3]):
+        line = answer(args, run)
+        assert "which the safe loader does not run" in line and f"checkpoint upgrade {run} --trust" in line, line
 
     def draws():
         return random.random(), np.random.rand(), torch.rand(1).item()
+    pyro.util.set_rng_state(old_rng)
     expected = draws()
-    set_rng_state(load_checkpoint(run)["rng"][0])
-    assert draws() == expected
-
-    result = invoke("checkpoint", "upgrade", run)
+    result = invoke("checkpoint", "upgrade", run, "--trust")
     assert result.exit_code == 0 and "from format 1 to format 2" in result.output, result.output
-    state = torch.load(run / CHECKPOINT, weights_only=True)  # no NumPy admitted: plain tensors and values now
-    assert state["format"] == 2
+    state = load_checkpoint(run)
     set_rng_state(state["rng"][0])
     assert draws() == expected
+    nets = CWVAENets(Config.from_dict(state["config"]))
+    restore_nets(nets, state)
+    assert torch.equal(nets.encoder.stack(2).out.weight, before["encoder.levels.0.out.weight"])
     assert "already format 2" in invoke("checkpoint", "upgrade", run).output
+
+
+def test_format_1_without_numpy_arrays_is_refused_with_the_hint_too(run):
+    edit_checkpoint(run, set_in("format", 1))
+    line = answer(["rollout", "--run", run], run)
+    assert "format 1 is not one this pyro-cwvae reads (2)" in line and f"upgrade {run} --trust" in line, line
 
 
 def test_checkpoint_the_safe_loader_refuses_is_upgraded_only_with_trust(run):
@@ -420,19 +435,3 @@ def test_codecs_other_than_latin1_are_unreachable(tmp_path):
 def test_array_of_python_objects_is_refused_even_without_code():
     with pytest.raises(UserError, match="array of Python objects"):
         safe_pickle.load(io.BytesIO(pickle.dumps({"w": np.array([1, "a"], dtype=object)})), "w.pkl")
-
-
-def test_a_checkpoint_with_the_encoders_former_parameter_names_still_loads(tmp_path):
-    """Runs saved before the encoder's parts were renamed (frames -> conv, levels -> stacks) keep loading."""
-    run = tmp_path / "run"
-    fit(Config(**{**TINY, "steps": 2}, run_dir=str(run)), GeneratedMovingMNIST(), progress=False)
-    state = torch.load(run / CHECKPOINT, weights_only=True)
-    renames = {"encoder.conv.": "encoder.frames.", "encoder.stacks.": "encoder.levels."}
-    state["nets"] = {next((old + name[len(new):] for new, old in renames.items() if name.startswith(new)), name):
-                     tensor for name, tensor in state["nets"].items()}
-    assert any(name.startswith("encoder.frames.") for name in state["nets"])
-    torch.save(state, run / CHECKPOINT)
-    loaded = load_checkpoint(run)
-    nets = CWVAENets(Config.from_dict(loaded["config"]))
-    restore_nets(nets, loaded)
-    assert torch.equal(nets.encoder.stack(2).out.weight, state["nets"]["encoder.levels.0.out.weight"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import xarray as xr
 
-from pyro_cwvae.checkpoint import load_checkpoint
+from pyro_cwvae.training.checkpoint import load_checkpoint
 
 ARGS = ["--levels", "2", "--factor", "2", "--seq-len", "8", "--batch-size", "2", "--workers", "0",
         "--z-size", "4", "--h-size", "8", "--checkpoint-every", "1", "--device", "cpu", "--quiet"]
@@ -34,7 +34,7 @@ def stalling_replace(source, target, *rest, **options):
     return replace(source, target, *rest, **options)
 os.replace = stalling_replace
 sys.argv = ["pyro-cwvae", *args]
-from pyro_cwvae.cli import main
+from pyro_cwvae.cli.app import main
 main()
 """
 

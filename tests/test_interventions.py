@@ -9,16 +9,19 @@ from pyro import poutine
 from typer.testing import CliRunner
 
 from pyro_cwvae import api
-from pyro_cwvae.cli import app
-from pyro_cwvae.config import Config
+from pyro_cwvae.cli.app import app
+from pyro_cwvae.model.config import Config
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.guides.cwvae import guide
-from pyro_cwvae.interventions import (Intervention, PixelSpread, latent_spread, rollout_trace, swapped_sites)
+from pyro_cwvae.prediction.latents import (Intervention, context_latents, latents_level_by_level, rollout_trace,
+                                           swapped_sites)
+from pyro_cwvae.prediction.spread import PixelSpread, latent_spread
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.predict import TrainedRun, latents_level_by_level, open_loop_states, rollout as predict_rollout
-from pyro_cwvae.train import fit
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.prediction.run import Run
+from pyro_cwvae.model.step_sharing import sharing_steps
+from pyro_cwvae.training.loop import fit
 
 SAMPLES, SEQUENCES, FRAMES = 2, 3, 12
 
@@ -27,7 +30,7 @@ def three_levels(tiny_cfg, context_frames=5):
     """An untrained 3-level CW-VAE with k 2 (periods 1, 2, 4) and the context of SAMPLES x SEQUENCES rows,
     sample-major, each sample of a sequence seeing the same frames."""
     cfg = tiny_cfg.replace(levels=3, seq_len=8)
-    run = TrainedRun(cfg, CWVAENets(cfg).eval(), model, guide, step=0)
+    run = Run(cfg, CWVAENets(cfg).eval(), model, guide, step=0)
     videos = torch.rand(SEQUENCES, context_frames, 1, 64, 64, generator=torch.Generator().manual_seed(1))
     return run, videos.repeat(SAMPLES, 1, 1, 1, 1)
 
@@ -192,7 +195,7 @@ def with_spread(ds):
 
 def test_strip_shows_the_pixel_spread_under_each_sequences_samples(tmp_path):
     from tests.test_plots import SAMPLES, rollout as synthetic
-    from pyro_cwvae import plots
+    from pyro_cwvae.plots import rollout as plots
 
     ds = with_spread(synthetic(1))
     fig = plots.plot_strip(ds, max_frames=3)
@@ -214,7 +217,7 @@ def test_strip_shows_the_pixel_spread_under_each_sequences_samples(tmp_path):
 
 def test_uncertainty_figure_draws_each_levels_latent_spread_at_its_active_frames():
     from tests.test_plots import rollout as synthetic
-    from pyro_cwvae import plots
+    from pyro_cwvae.plots import rollout as plots
 
     ds = with_spread(synthetic(3))
     fig = plots.plot_uncertainty(ds)
@@ -237,7 +240,7 @@ def test_uncertainty_figure_draws_each_levels_latent_spread_at_its_active_frames
 ])
 def test_a_rollout_file_with_a_malformed_spread_is_refused(tmp_path, name, edit, message):
     from tests.test_plots import rollout as synthetic
-    from pyro_cwvae.plots import read_rollout
+    from pyro_cwvae.plots.files import read_rollout
 
     ds = with_spread(synthetic(1))
     ds[name] = edit(ds[name])
@@ -258,8 +261,7 @@ def run_dir(tmp_path_factory):
 
 def roll(run, **options):
     data = GeneratedMovingMNIST(test_length=30)
-    return predict_rollout(run.trained, data, **{**dict(horizon=12, context=4, samples=3, sequences=3,
-                                                            progress=False), **options})
+    return api.rollout(run, **{**dict(horizon=12, context=4, samples=3, sequences=3), **options}, dataset=data)
 
 
 @pytest.fixture(scope="module")
@@ -267,12 +269,16 @@ def loaded(run_dir):
     return api.load_run(run_dir, device="cpu")
 
 
-def test_a_plain_rollout_draws_what_open_loop_states_draws(tiny_cfg):
+def test_a_plain_rollout_replays_the_context_latents_into_the_prior(tiny_cfg):
     run, context = three_levels(tiny_cfg)
     pyro.set_rng_seed(7)
     states = rollout_trace(run, context, FRAMES, SEQUENCES).nodes["_RETURN"]["value"]
     pyro.set_rng_seed(7)
-    assert torch.equal(states, open_loop_states(run, context, FRAMES))
+    with torch.no_grad(), sharing_steps(run.nets):
+        decided = context_latents(run, context)
+        expected = poutine.replay(run.model, trace=decided)(None, run.nets, run.cfg, num_frames=FRAMES,
+                                                            batch_size=context.shape[0])
+    assert torch.equal(states, expected)
 
 
 def test_swapping_every_level_predicts_sequence_js_frames(loaded):

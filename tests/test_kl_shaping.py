@@ -4,11 +4,11 @@ import pyro
 import pytest
 import torch
 
-from pyro_cwvae.elbo import elbo_terms
+from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.model.nets import CWVAENets
 
 ELBOS = ["trace", "meanfield"]
 

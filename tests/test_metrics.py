@@ -6,7 +6,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pyro_cwvae.metrics import PAPER, STANDARD, best_of_samples, psnr, ssim
+from pyro_cwvae.prediction.scores import PAPER, STANDARD, best_of_samples, psnr, ssim
 
 TOLERANCE = 1e-4
 
@@ -83,7 +83,7 @@ def test_batched_shapes_and_float32():
 
 
 def test_large_batch_is_chunked_consistently(monkeypatch):
-    import pyro_cwvae.metrics as metrics
+    import pyro_cwvae.prediction.scores as metrics
 
     gen = torch.Generator().manual_seed(4)
     truth = torch.rand(7, 5, 1, 12, 12, generator=gen)

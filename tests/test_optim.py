@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.optim import KerasAdam
+from pyro_cwvae.training.optim import KerasAdam
 
 LR, BETA1, BETA2, EPS_HAT = 0.01, 0.9, 0.999, 1e-4
 # Gradients of the order of eps_hat, so the placement of epsilon changes the update by far more than rounding.

@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from scipy import linalg, ndimage
 from typer.testing import CliRunner
 
-from pyro_cwvae import weights
-from pyro_cwvae.cli import app
+from pyro_cwvae.evaluation import weights
+from pyro_cwvae.cli.app import app
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.fvd import frechet_distance, fvd, i3d_features, resize_bilinear_tf
-from pyro_cwvae.i3d import pretrained_i3d, same_padding
-from pyro_cwvae.lpips import lpips_distance, pretrained_lpips
+from pyro_cwvae.evaluation.fvd import frechet_distance, fvd, i3d_features, resize_bilinear_tf
+from pyro_cwvae.evaluation.i3d import pretrained_i3d, same_padding
+from pyro_cwvae.evaluation.lpips import lpips_distance, pretrained_lpips
 
 FIXTURE = Path(__file__).parent / "fixtures" / "perceptual.npz"
 

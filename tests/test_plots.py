@@ -11,12 +11,12 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-import pyro_cwvae.plots as plots
+import pyro_cwvae.plots.rollout as plots
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.plots import write_figures
-from pyro_cwvae.history import History, Row
-from pyro_cwvae.plots_eval import write_evaluation_figures
-from pyro_cwvae.plots_history import is_history, read_history, write_history_figure
+from pyro_cwvae.plots.rollout import write_figures
+from pyro_cwvae.training.history import History, Row
+from pyro_cwvae.plots.evaluation import write_evaluation_figures
+from pyro_cwvae.plots.history import is_history, read_history, write_history_figure
 
 SAMPLES, SEQUENCES, TIME, CONTEXT, LEVELS, RATE, SEQ_LEN = 2, 2, 40, 10, 3, 4, 16
 
@@ -169,7 +169,9 @@ def test_metric_figure_draws_the_mean_band_and_baselines_of_the_protocol(tmp_pat
         for baseline in ("last_frame", "random_frame"):
             want = np.nanmean(finite(ds[f"{metric}_{baseline}"].values[:, future]), 0)
             check_curve(lines[baseline.replace("_", " ")], steps, want)
-    assert (f"best of {SAMPLES}" in fig._suptitle.get_text()) == (protocol == "paper")
+    over = (f"the best of {SAMPLES} samples per sequence, mean and std over sequences" if protocol == "paper"
+            else "mean and std over sequences and samples")
+    assert fig.get_suptitle() == f"Open-loop prediction quality ({protocol} protocol): {over}"
 
 
 def active_times(level: int) -> np.ndarray:

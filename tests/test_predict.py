@@ -9,16 +9,20 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
-from pyro_cwvae.elbo import elbo_terms
+from pyro_cwvae.model.elbo import elbo_terms
+from pyro_cwvae.model.step_sharing import sharing_steps
 from pyro_cwvae.errors import UserError
 from pyro import poutine
 
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.predict import (TrainedRun, context_latents, filtered_steps, kl_per_sequence, level_kls, load_run,
-                                open_loop_states, rollout, summary, write_rollout)
-from pyro_cwvae.train import fit
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.prediction.kl import kl_per_sequence, level_kls
+from pyro_cwvae.prediction.latents import Intervention, context_latents, filtered_steps, rollout_trace
+from pyro_cwvae.prediction.options import PredictionOptions
+from pyro_cwvae.prediction.rollout import rollout, summary, write_rollout
+from pyro_cwvae.prediction.run import Run, load_run
+from pyro_cwvae.training.loop import fit
 
 
 class EditableVideos(VideoDataset):
@@ -44,29 +48,29 @@ class EditableVideos(VideoDataset):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from tests.conftest import TINY
-    from pyro_cwvae.config import Config
+    from pyro_cwvae.model.config import Config
 
     cfg = Config(**{**TINY, "steps": 2, "elbo": "meanfield"}, run_dir=str(tmp_path_factory.mktemp("run")))
     fit(cfg, GeneratedMovingMNIST(), progress=False)
     return cfg
 
 
-def roll(cfg, data, **kwargs):
-    options = dict(horizon=12, context=4, samples=2, sequences=2, progress=False)
-    return rollout(cfg.run_dir, data, **{**options, **kwargs})
+def roll(cfg, data, prior_levels=0, **kwargs):
+    options = PredictionOptions(horizon=12, context=4, samples=2, sequences=2).replace(**kwargs)
+    return rollout(load_run(cfg.run_dir, "cpu"), options, Intervention(prior_levels), dataset=data)
 
 
 def three_levels(tiny_cfg):
     """An untrained 3-level CW-VAE with k 2 (periods 1, 2, 4) and a batch of two 7-frame videos."""
     cfg = tiny_cfg.replace(levels=3, seq_len=8)
-    run = TrainedRun(cfg, CWVAENets(cfg).eval(), model, guide, step=0)
+    run = Run(cfg, CWVAENets(cfg).eval(), model, guide, step=0)
     return run, torch.rand(2, 7, 1, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 def latents(run, context, num_frames=12, prior_levels=0, seed=5):
     """The context's decided sites and the open-loop model trace, both {site name: value}, under one seed."""
     pyro.set_rng_seed(seed)
-    with torch.no_grad(), run.nets.sharing_deterministic_path():
+    with torch.no_grad(), sharing_steps(run.nets):
         decided = context_latents(run, context, prior_levels)
         rolled = poutine.trace(poutine.replay(run.model, trace=decided)).get_trace(
             None, run.nets, run.cfg, num_frames=num_frames, batch_size=context.shape[0])
@@ -125,7 +129,7 @@ def test_prior_levels_draw_every_context_step_of_the_top_levels(tiny_cfg):
 
 
 def test_whole_top_steps_take_one_guide_pass_with_the_same_draws(tiny_cfg, monkeypatch):
-    import pyro_cwvae.predict as predict
+    import pyro_cwvae.prediction.latents as predict
 
     run, video = three_levels(tiny_cfg)
     context = video[:, :4]  # one whole top step
@@ -210,7 +214,7 @@ def test_kl_per_training_sequence_sums_whole_windows():
 
 
 def test_per_level_kl_is_the_analytic_kl_of_the_elbo(trained):
-    run = load_run(trained.run_dir, torch.device("cpu"))
+    run = load_run(trained.run_dir, "cpu")
     video = torch.from_numpy(np.stack(EditableVideos().videos)[:, :8]).float() / 255
     pyro.set_rng_seed(3)
     kl = level_kls(run, video)
@@ -222,15 +226,15 @@ def test_per_level_kl_is_the_analytic_kl_of_the_elbo(trained):
 
 
 def test_paper_protocol_scores_the_raw_float_means_while_decoding(trained, monkeypatch):
-    import pyro_cwvae.predict as predict
+    import pyro_cwvae.prediction.frames as predict
 
     data = EditableVideos()
     monkeypatch.setattr(predict, "DECODE_CHUNK", 6)  # several chunks of 3 frames: scores written chunk by chunk
     ds = roll(trained, data, samples=2, seed=4)
-    run = load_run(trained.run_dir, torch.device("cpu"))
+    run = load_run(trained.run_dir, "cpu")
     truth = torch.from_numpy(np.stack(data.videos)[:, :16]).float() / 255
     pyro.set_rng_seed(4)
-    states = open_loop_states(run, truth[:, :4].repeat(2, 1, 1, 1, 1), 16)
+    states = rollout_trace(run, truth[:, :4].repeat(2, 1, 1, 1, 1), 16).nodes["_RETURN"]["value"]
     with torch.no_grad():
         means = run.nets.decoder(states).view(2, 2, 16, 1, 64, 64).double().numpy()
     t = truth.double().numpy()

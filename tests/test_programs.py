@@ -1,4 +1,5 @@
-"""The model and guide as Pyro programs: their sites, shapes, and loading a user's variant."""
+"""The model and guide as Pyro programs: their sites, shapes, densities, and loading a user's variant."""
+import math
 import textwrap
 
 import pyro
@@ -7,11 +8,12 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from benchmarks import reference
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.guides.cwvae import guide
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.programs import load_program
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.model.programs import load_program, load_programs
 
 
 def expected_latents(cfg, num_frames):
@@ -58,10 +60,46 @@ def test_model_and_guide_register_the_same_networks(tiny_cfg, video):
     assert names == {f"cwvae$$${name}" for name, _ in nets.named_parameters()}
 
 
-def test_trace_elbo_is_finite_and_meanfield_too(tiny_cfg, video):
-    nets = CWVAENets(tiny_cfg)
-    for elbo in (pyro.infer.Trace_ELBO(), pyro.infer.TraceMeanField_ELBO()):
-        assert torch.isfinite(elbo.differentiable_loss(model, guide, video, nets, tiny_cfg))
+def log_normal(x, loc, scale):
+    """log N(x; loc, scale), summed over the last dimension, written out."""
+    return (-0.5 * ((x - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def eq3_and_eq4_by_hand(nets, video, cfg):
+    """-[log p(x | s^1) + sum log p(s_t^l | ...) - sum log q(s_t^l | ...)] at the draws the guide takes under the
+    current seed, with the networks of benchmarks/reference.py (an independent transcription of the official
+    code) and Gaussian log-densities written out."""
+    w = reference.Weights(nets)
+    B, T = video.shape[:2]
+    embeddings = reference.encode(w, video, cfg)
+    above = video.new_zeros(B, reference.num_steps(cfg, cfg.levels + 1, T), cfg.state_size)
+    log_ratio = video.new_zeros(())
+    for level in range(cfg.levels, 0, -1):
+        above, (loc_q, scale_q), h = reference.unroll_level(w, cfg, level, embeddings[level - 1], above,
+                                                            reference.num_steps(cfg, level, T))
+        z = above[..., :cfg.z_size]
+        log_p = log_normal(z, *reference.prior(w, cfg, level, h))
+        log_ratio = log_ratio + (log_normal(z, loc_q, scale_q) - log_p).sum()
+    reconstruction = reference.normal_nll(video, reference.decode_mean(w, above, cfg), cfg.dec_std).sum()
+    return reconstruction + log_ratio
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_pyros_elbos_of_the_programs_equal_eq3_and_the_official_computation(tiny_cfg, video, levels):
+    """Pyro's Trace_ELBO of the programs is eq. 3 minus eq. 4 at the guide's draws, and its TraceMeanField_ELBO
+    the official loss (analytic KLs), both computed without the programs, under the same seed."""
+    cfg = tiny_cfg.replace(levels=levels)
+    nets = CWVAENets(cfg)
+    pyro.set_rng_seed(7)
+    trace_loss = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, video, nets, cfg)
+    pyro.set_rng_seed(7)
+    torch.testing.assert_close(trace_loss, eq3_and_eq4_by_hand(nets, video, cfg), rtol=1e-5, atol=0)
+    pyro.set_rng_seed(7)
+    meanfield_loss = pyro.infer.TraceMeanField_ELBO().differentiable_loss(model, guide, video, nets, cfg)
+    pyro.set_rng_seed(7)
+    official = reference.negative_elbo(nets, video, cfg).loss * video.shape[:2].numel()
+    torch.testing.assert_close(meanfield_loss, official, rtol=1e-5, atol=0)
+    assert abs(trace_loss - meanfield_loss) > 10 * 1e-5 * abs(meanfield_loss)  # two estimators, told apart
 
 
 def test_model_samples_states_without_a_video(tiny_cfg):
@@ -95,6 +133,28 @@ def test_user_variant_file_is_loaded(tmp_path):
 def test_default_programs_record_their_source():
     program = load_program("guide", None)
     assert program.source.startswith('"""The CW-VAE inference model')
+
+
+MAKE_NETS = "from pyro_cwvae.model.nets import CWVAENets\n\ndef make_nets(cfg):\n    return ('{kind}', cfg)\n"
+
+
+@pytest.mark.parametrize("kinds", [(), ("model",), ("guide",)])
+def test_make_nets_comes_from_the_model_file_else_the_guide_file_else_cwvaenets(tmp_path, kinds):
+    paths = {}
+    for kind in ("model", "guide"):
+        paths[kind] = tmp_path / f"{kind}.py"
+        paths[kind].write_text(f"def {kind}(*args): pass\n" + (MAKE_NETS.format(kind=kind) if kind in kinds else ""))
+    programs = load_programs(str(paths["model"]), str(paths["guide"]))
+    assert programs.make_nets("cfg") == (kinds[0], "cfg") if kinds else programs.make_nets is CWVAENets
+    assert [p.source for p in programs] == [paths["model"].read_text(), paths["guide"].read_text()]
+
+
+def test_make_nets_in_both_files_is_refused_in_one_line(tmp_path):
+    for kind in ("model", "guide"):
+        (tmp_path / f"{kind}.py").write_text(f"def {kind}(*args): pass\n" + MAKE_NETS.format(kind=kind))
+    with pytest.raises(UserError, match="both define make_nets: keep one") as caught:
+        load_programs(str(tmp_path / "model.py"), str(tmp_path / "guide.py"))
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("content,message", [
@@ -150,13 +210,15 @@ def level_embeddings_seen(nets, cfg, video, level):
     return torch.stack(seen)
 
 
+@torch.no_grad()  # kept for a backward pass, the activations of 4000 frames would take gigabytes
 def test_obs_dropout_hides_that_share_of_frames_from_level_1_in_training_only(tiny_cfg):
     cfg = tiny_cfg.replace(obs_dropout=0.3, seq_len=200)
     nets = CWVAENets(cfg)
-    video = torch.rand(20, 200, 1, 64, 64)
-    hidden = (level_embeddings_seen(nets, cfg, video, 1) == 0).all(-1)  # (200 steps, 20 videos)
+    videos = torch.rand(4, 5, 200, 1, 64, 64)  # 20 videos, filtered five at a time to keep the memory small
+    hidden = torch.cat([(level_embeddings_seen(nets, cfg, video, 1) == 0).all(-1) for video in videos], 1)
     # 4000 Bernoulli(0.3) draws: the share lies within 0.3 +- 0.029 (four standard deviations)
-    assert abs(hidden.float().mean().item() - 0.3) < 0.029
+    assert hidden.shape == (200, 20) and abs(hidden.float().mean().item() - 0.3) < 0.029
+    video = videos[0]
     full = nets.encoder(video)  # what a frame not hidden shows: its embedding unchanged
     assert torch.equal(level_embeddings_seen(nets, cfg.replace(obs_dropout=0.0), video, 1), full[0].transpose(0, 1))
     nets.eval()  # filtering a context for a rollout: every frame seen, and every level unchanged
@@ -165,6 +227,7 @@ def test_obs_dropout_hides_that_share_of_frames_from_level_1_in_training_only(ti
         assert torch.equal(seen, full[level - 1].transpose(0, 1)), level
 
 
+@torch.no_grad()  # no activations kept for a backward pass: 800 frames' would take about a gigabyte
 def test_obs_dropout_span_hides_and_shows_whole_spans_of_frames(tiny_cfg):
     cfg = tiny_cfg.replace(obs_dropout=0.5, obs_dropout_span=4, seq_len=40)
     video = torch.rand(20, 40, 1, 64, 64)

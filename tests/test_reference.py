@@ -11,13 +11,13 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from benchmarks import reference
-from pyro_cwvae.elbo import elbo_terms, level_of
+from pyro_cwvae.model.elbo import elbo_terms, level_of
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.optim import KerasAdam
-from pyro_cwvae.predict import TrainedRun, decode, open_loop_states
-from pyro_cwvae.programs import load_program
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.training.optim import KerasAdam
+from pyro_cwvae.prediction import Run, decode, rollout_trace
+from pyro_cwvae.model.programs import load_program
 
 RTOL, ATOL = 1e-5, 1e-7
 # Two float32 implementations round differently, so a leaky-ReLU unit of the decoder whose input lies within
@@ -97,7 +97,7 @@ def test_two_keras_adam_steps_match_the_official_adam(tiny_cfg, video):
     cfg = tiny_cfg.replace(elbo="meanfield")
     nets = CWVAENets(cfg)
     params = list(nets.parameters())
-    optimizer = KerasAdam(params, lr=cfg.lr, eps=cfg.adam_eps)  # as pyro_cwvae.train builds it
+    optimizer = KerasAdam(params, lr=cfg.lr, eps=cfg.adam_eps)  # as pyro_cwvae.training.loop builds it
     official = reference.KerasAdam(lr=cfg.lr, epsilon=cfg.adam_eps)
     expected = [p.detach().clone() for p in params]
     for seed in (1, 2):
@@ -131,10 +131,10 @@ def test_mean_open_loop_rollout_matches_the_official_rollout(tiny_cfg, context):
     cfg, _ = case(tiny_cfg, 3)
     video = torch.rand(2, 8, 1, 64, 64, generator=torch.Generator().manual_seed(2))
     nets = CWVAENets(cfg).eval()
-    run = TrainedRun(cfg, nets, model, guide, step=0)
+    run = Run(cfg, nets, model, guide, step=0)
     frames = 14
     with MeanLatents():
-        states = open_loop_states(run, video[:, :context], frames)
+        states = rollout_trace(run, video[:, :context], frames).nodes["_RETURN"]["value"]
     expected = reference.open_loop_states(nets, video[:, :context], frames, cfg, mean_only=True)
     assert states.shape == expected.shape == (2, frames, cfg.z_size + cfg.h_size)
     torch.testing.assert_close(states, expected, rtol=RTOL, atol=1e-6)
@@ -145,7 +145,7 @@ def test_mean_open_loop_rollout_matches_the_official_rollout(tiny_cfg, context):
 def test_oracle_decodes_the_frames_the_project_decodes(tiny_cfg):
     cfg, _ = case(tiny_cfg, 2)
     nets = CWVAENets(cfg).eval()
-    run = TrainedRun(cfg, nets, model, guide, step=0)
+    run = Run(cfg, nets, model, guide, step=0)
     states = 3 * torch.randn(2, 5, cfg.z_size + cfg.h_size, generator=torch.Generator().manual_seed(4))
     expected = reference.decode(nets, states, cfg, chunk=4)
     assert expected.std() > 0

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from pyro_cwvae.rooms import (MIN_FRAMES, colour_histograms, histogram_categories, room_accuracy, room_categories,
-                              segment_places, total_variation)
+from pyro_cwvae.evaluation.accuracy import RoomAccuracy
+from pyro_cwvae.evaluation.rooms import (MIN_FRAMES, colour_histograms, histogram_categories, room_categories,
+                                         segment_places, total_variation)
 
 SIZE = 64
 CEILING = 8  # rows of one grey shared by every place, as a sky or ceiling would be
@@ -142,11 +143,14 @@ def test_categories_from_histograms_gathered_in_chunks_match_those_of_the_frames
     assert categories.shape == (2, len(videos[0])) and categories[:, -1].tolist() == [2, 2]
 
 
-def test_accuracy_per_sample_and_frame_against_broadcast_truth():
+def test_accuracy_per_sample_and_frame_against_the_truth_of_its_sequence():
     truth = video([("A", 40), ("H", 40), ("B", 40)], seed=0)
     right = video([("A", 40), ("H", 40), ("B", 40)], seed=1)  # same rooms, other texture noise
     stuck = video([("A", 140)], seed=2)
-    correct = room_accuracy(np.stack([right, stuck]), truth)
+    accuracy = RoomAccuracy()
+    labels, known = accuracy.labels(truth[None], dataset=None)
+    correct = accuracy.correct(accuracy.read(np.stack([right, stuck])), labels)  # two samples of one sequence
+    assert not known and labels.tolist() == [room_categories(truth).tolist()]
     assert correct.shape == (2, len(truth)) and correct.dtype == bool
     assert correct[0].all()
     assert correct[1, :40].all() and not correct[1, -1]

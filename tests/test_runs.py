@@ -3,11 +3,11 @@ and the run's files record which ELBO was used."""
 import pytest
 import xarray as xr
 
-from pyro_cwvae.config import preset_file, tomllib
+from pyro_cwvae.model.config import preset_file, tomllib
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
-from pyro_cwvae.history import HISTORY
-from pyro_cwvae.runs import new_run_config
-from pyro_cwvae.train import fit
+from pyro_cwvae.training.history import HISTORY
+from pyro_cwvae.training.run_config import new_run_config
+from pyro_cwvae.training.loop import fit
 from tests.conftest import TINY
 
 

@@ -1,8 +1,9 @@
-"""The GRU-step cache of ``CWVAENets.sharing_deterministic_path()``: the model reuses the guide's steps, and a step
-is never reused where its result could differ (an input edited in place, another grad mode or autocast state,
-changed weights, a stochastic layer, a copy of the networks)."""
+"""The GRU-step sharing of ``sharing_steps(nets)``: the model reuses the guide's steps, counted, and a step is never
+reused where its result could differ (an input edited in place, another grad mode or autocast state, changed
+weights, a stochastic layer, a copy of the networks); the ELBO and its gradients are unchanged."""
 import contextlib
 import copy
+import pickle
 
 import pyro
 import pytest
@@ -10,10 +11,11 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_cwvae.elbo import elbo_terms, level_of
+from pyro_cwvae.model.elbo import elbo_terms, level_of
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.nets import CWVAENets
+from pyro_cwvae.model.nets import CWVAENets, Transition
+from pyro_cwvae.model.step_sharing import sharing_steps, step_counts
 from tests.conftest import count_gru_steps
 
 
@@ -25,7 +27,7 @@ def step_inputs(cfg, batch: int = 3):
 
 
 def sharing(nets: CWVAENets, on: bool) -> contextlib.AbstractContextManager:
-    return nets.sharing_deterministic_path() if on else contextlib.nullcontext()
+    return sharing_steps(nets) if on else contextlib.nullcontext()
 
 
 def test_a_step_on_the_same_inputs_is_reused(tiny_cfg):
@@ -33,29 +35,29 @@ def test_a_step_on_the_same_inputs_is_reused(tiny_cfg):
     transition = nets.level(1).transition
     previous, above = step_inputs(tiny_cfg)
     calls = count_gru_steps(nets)
-    with nets.sharing_deterministic_path():
+    with sharing_steps(nets):
         first = transition.deterministic(previous, above)
         assert transition.deterministic(previous, above) is first
     assert calls[0] == 1
-    assert nets.step_cache.stats() == {"hits": 1, "misses": 1}
+    assert step_counts(nets) == {"hits": 1, "misses": 1}
 
 
 def test_an_input_edited_in_place_is_not_reused(tiny_cfg):
     nets = CWVAENets(tiny_cfg)
     transition = nets.level(1).transition
     previous, above = step_inputs(tiny_cfg)
-    with nets.sharing_deterministic_path():
+    with sharing_steps(nets):
         first = transition.deterministic(previous, above)
         previous[0].add_(1.0)  # e.g. a variant that clamps z in place
         second = transition.deterministic(previous, above)
-    torch.testing.assert_close(second, transition.gru_step(previous, above), rtol=0, atol=0)
+    torch.testing.assert_close(second, transition.deterministic(previous, above), rtol=0, atol=0)
     assert not torch.allclose(first, second)
-    assert nets.step_cache.stats() == {"hits": 0, "misses": 2}
+    assert step_counts(nets) == {"hits": 0, "misses": 2}
 
 
 def test_an_initial_state_edited_in_place_is_not_handed_out_again(tiny_cfg):
     nets = CWVAENets(tiny_cfg)
-    with nets.sharing_deterministic_path():
+    with sharing_steps(nets):
         z, h = nets.initial_state(2)
         assert nets.initial_state(2)[0] is z  # shared, so that first steps are shared too
         z.add_(1.0)
@@ -82,20 +84,20 @@ def test_a_step_taken_without_grad_is_not_reused_with_grad(tiny_cfg, video):
     for got, expected in zip(shared, recomputed):
         assert got is not None, "log p(z | h) sends no gradient to the GRU"
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
-    assert nets.step_cache.hits == 0
+    assert step_counts(nets)["hits"] == 0
 
 
 def test_a_step_under_autocast_is_not_reused_without_it(tiny_cfg):
     nets = CWVAENets(tiny_cfg)
     transition = nets.level(1).transition
     previous, above = step_inputs(tiny_cfg)
-    with nets.sharing_deterministic_path():
+    with sharing_steps(nets):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = transition.deterministic(previous, above)
         full = transition.deterministic(previous, above)
-    torch.testing.assert_close(full, transition.gru_step(previous, above), rtol=0, atol=0)
+    torch.testing.assert_close(full, transition.deterministic(previous, above), rtol=0, atol=0)
     assert not torch.equal(low, full)  # the test sees a difference: bf16 rounding
-    assert nets.step_cache.stats() == {"hits": 0, "misses": 2}
+    assert step_counts(nets) == {"hits": 0, "misses": 2}
 
 
 def trace_elbo_loss(nets, video, cfg) -> torch.Tensor:
@@ -115,27 +117,27 @@ def elbo_terms_loss(nets, video, cfg) -> torch.Tensor:
 def test_no_step_is_reused_after_an_optimizer_step(tiny_cfg, video, loss, fused):
     nets = CWVAENets(tiny_cfg)
     optimizer = torch.optim.Adam(nets.parameters(), lr=1e-2, fused=fused)
-    with nets.sharing_deterministic_path():  # e.g. around a whole training loop
+    with sharing_steps(nets):  # e.g. around a whole training loop
         loss(nets, video, tiny_cfg).backward()
         optimizer.step()
         after_step = loss(nets, video, tiny_cfg)
     recomputed = loss(nets, video, tiny_cfg)  # outside the block: computed afresh
     torch.testing.assert_close(after_step, recomputed, rtol=1e-6, atol=0)
-    assert nets.step_cache.hits > 0  # the sharing itself stayed on
+    assert step_counts(nets)["hits"] > 0  # the sharing itself stayed on
 
 
 @pytest.mark.parametrize("grad", [True, False])
 def test_a_copy_of_the_networks_made_inside_a_block_shares_nothing_outside_it(tiny_cfg, grad):
     nets = CWVAENets(tiny_cfg)
     previous, above = step_inputs(tiny_cfg)
-    with nets.sharing_deterministic_path(), torch.set_grad_enabled(grad):
+    with sharing_steps(nets), torch.set_grad_enabled(grad):
         nets.level(1).transition.deterministic(previous, above)
         copied = copy.deepcopy(nets)
     calls = count_gru_steps(copied)
     for _ in range(2):
         copied.level(1).transition.deterministic(previous, above)
     assert calls[0] == 2
-    assert copied.step_cache.stats() == {"hits": 0, "misses": 0}
+    assert step_counts(copied) == {"hits": 0, "misses": 0}
 
 
 def test_a_stochastic_step_is_not_reused_in_training_mode(tiny_cfg):
@@ -153,21 +155,21 @@ def test_a_stochastic_step_is_not_reused_in_training_mode(tiny_cfg):
     assert not torch.equal(*recomputed)  # two dropout masks
     for got, expected in zip(shared, recomputed):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    assert nets.step_cache.hits == 0
+    assert step_counts(nets)["hits"] == 0
     nets.eval()  # dropout off: the step is deterministic and shared again
     first, second = two_steps(True)
-    assert second is first and nets.step_cache.hits == 1
+    assert second is first and step_counts(nets)["hits"] == 1
 
 
 def test_programs_under_inference_mode_share_nothing(tiny_cfg, video):
     """Inference tensors have no version counter: their steps are computed, never shared (and never fail)."""
     nets = CWVAENets(tiny_cfg)
     calls = count_gru_steps(nets)
-    with torch.inference_mode(), nets.sharing_deterministic_path():
+    with torch.inference_mode(), sharing_steps(nets):
         guide_trace = poutine.trace(guide).get_trace(video, nets, tiny_cfg)
         poutine.replay(model, trace=guide_trace)(video, nets, tiny_cfg)
     assert calls[0] == 2 * (8 + 4)  # T = 8, k = 2: each program takes its own steps
-    assert nets.step_cache.stats() == {"hits": 0, "misses": 0}
+    assert step_counts(nets) == {"hits": 0, "misses": 0}
 
 
 @pytest.mark.parametrize("levels", [2, 3])
@@ -180,4 +182,33 @@ def test_elbo_terms_takes_each_gru_step_once(tiny_cfg, video, levels):
     elbo_terms(model, guide, video, nets, cfg)
     sites = sum(cfg.clock.num_steps(level, video.shape[1]) for level in range(1, levels + 1))
     assert calls[0] == sites
-    assert nets.step_cache.stats() == {"hits": sites, "misses": sites}
+    assert step_counts(nets) == {"hits": sites, "misses": sites}
+
+
+def test_a_block_leaves_the_networks_as_they_were_and_pickles_plain(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    with sharing_steps(nets):
+        with sharing_steps(nets):  # nested: the outer block still shares after the inner one
+            pass
+        assert type(nets) is not CWVAENets  # the modules joined the block
+        previous, above = step_inputs(tiny_cfg)
+        first = nets.level(1).transition.deterministic(previous, above)
+        assert nets.level(1).transition.deterministic(previous, above) is first
+        copied = pickle.loads(pickle.dumps(nets))
+    assert type(nets) is type(copied) is CWVAENets
+    assert all(type(level.transition) is Transition for level in [*nets.levels, *copied.levels])
+    assert step_counts(nets) == {"hits": 1, "misses": 1}
+
+
+def test_networks_without_transitions_share_nothing(tiny_cfg, video):
+    """A variant's networks need not have the standard levels: their steps are simply taken every time."""
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRUCell(4, 4)
+
+    nets = Recurrent()
+    x = torch.randn(2, 4)
+    with sharing_steps(nets):
+        assert not torch.equal(nets.gru(x), nets.gru(x, nets.gru(x)))
+    assert type(nets) is Recurrent and step_counts(nets) == {"hits": 0, "misses": 0}

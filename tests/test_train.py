@@ -7,12 +7,12 @@ import pytest
 import torch
 import xarray as xr
 
-from pyro_cwvae.checkpoint import load_checkpoint
+from pyro_cwvae.training.checkpoint import load_checkpoint
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
-from pyro_cwvae.history import HISTORY
-from pyro_cwvae.nets import CWVAENets
-from pyro_cwvae.train import NumericalError, fit
+from pyro_cwvae.training.history import HISTORY
+from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.training.loop import NumericalError, fit
 
 
 class FixedBatch(VideoDataset):
@@ -116,9 +116,9 @@ def test_bad_steps_can_be_skipped(tiny_cfg, tmp_path):
 
 
 def test_checkpoint_of_another_model_is_refused_with_the_mismatch(tiny_cfg):
-    from pyro_cwvae.checkpoint import restore_nets
+    from pyro_cwvae.training.checkpoint import restore_nets
     from pyro_cwvae.errors import UserError
-    from pyro_cwvae.nets import CWVAENets
+    from pyro_cwvae.model.nets import CWVAENets
 
     fit(tiny_cfg, GeneratedMovingMNIST(), progress=False)
     state = load_checkpoint(tiny_cfg.run_dir)

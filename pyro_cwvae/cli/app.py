@@ -1,0 +1,177 @@
+"""The ``pyro-cwvae`` command line: each command builds a config, calls one library function, reports.
+
+Bad input of any kind ends with a one-line ``error: ...`` on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from pyro_cwvae.cli.checkpoint import app as checkpoint_app
+from pyro_cwvae.cli.classifier import app as classifier_app
+from pyro_cwvae.cli.data import app as data_app
+from pyro_cwvae.cli.options import config_options, dataclass_options
+from pyro_cwvae.cli.weights import app as weights_app
+from pyro_cwvae.data import DatasetError
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.prediction.latents import Intervention
+from pyro_cwvae.prediction.options import EVALUATE_DEFAULTS, PredictionOptions
+
+
+# typer raises click's exceptions (or those of the click it vendors, in newer releases): find their classes.
+_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+ClickException, UsageError = _CLICK["ClickException"], _CLICK["UsageError"]
+
+
+class OneLineErrors(TyperGroup):
+    """Every user error, from click's option parsing or from our code, becomes one line and exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from pyro_cwvae.training.loop import NumericalError
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (UserError, DatasetError) as error:
+            code = fail(str(error), 2)
+        except UsageError as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # a bare command: show its help
+                error.show()
+                code = 0
+            else:
+                code = fail(error.format_message(), 2)
+        except ClickException as error:
+            code = fail(error.format_message(), error.exit_code)
+        except typer.Abort:
+            code = fail("aborted", 130)
+        except NumericalError as error:
+            code = fail(f"{error}; the last good checkpoint is kept (--max-bad-steps skips bad steps)", 1)
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def fail(message: str, code: int) -> int:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return code
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Clockwork Variational Autoencoders as Pyro programs.")
+app.add_typer(data_app, name="data")
+app.add_typer(classifier_app, name="classifier")
+app.add_typer(weights_app, name="weights")
+app.add_typer(checkpoint_app, name="checkpoint")
+
+
+@app.command()
+@config_options
+def fit(
+    settings: dict,
+    config: Optional[Path] = typer.Option(None, help="Start from this config file (a preset from configs/, or a "
+                                          "run's config.json) instead of the dataset's preset; options override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run."),
+    max_bad_steps: int = typer.Option(0, min=0, help="Skip up to this many steps with a non-finite loss or gradient."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Train a CW-VAE with stochastic variational inference. Every setting comes from the dataset's preset
+    (configs/<dataset>.toml; the demo without --dataset) or --config FILE, then the options given here."""
+    from pyro_cwvae.data.registry import open_run_data
+    from pyro_cwvae.training.loop import fit as run_fit
+    from pyro_cwvae.training.run_config import run_config
+
+    options = {name: value for name, value in settings.items() if value is not None}
+    cfg = run_config(options, resume=resume, overwrite=overwrite, config_file=config)
+    for warning in cfg.warnings():
+        typer.echo(f"warning: {warning}", err=True)
+    result = run_fit(cfg, open_run_data(cfg), resume=resume, max_bad_steps=max_bad_steps, progress=not quiet)
+    if len(result.history) and result.rank == 0:
+        first, last = result.history.rows[0], result.history.last()
+        typer.echo(f"step {result.step}: loss {first.loss:.2f} -> {last.loss:.2f} nats/frame; run in {result.run_dir}")
+        if not result.interrupted:
+            typer.echo(f"next: pyro-cwvae rollout --run {result.run_dir} && "
+                       f"pyro-cwvae plot {result.run_dir / 'rollout.nc'}")
+    if result.interrupted:
+        raise typer.Exit(130)  # the conventional code of a program stopped by a signal
+
+
+@app.command()
+@dataclass_options(Intervention, "intervention", defaults={})
+@dataclass_options(PredictionOptions, "options", defaults={})
+def rollout(
+    options: dict,
+    intervention: dict,
+    run: Path = typer.Option(..., help="The run directory of a trained model."),
+    out: Optional[Path] = typer.Option(None, help="The NetCDF file to write (default: RUN/rollout.nc)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Open-loop predictions, their spread over samples, their PSNR/SSIM with baselines, and per-level KLs, as one
+    NetCDF file; optionally with levels swapped, held or started from the prior."""
+    from pyro_cwvae import api
+
+    ds = api.rollout(run, **options, **intervention, progress=not quiet)
+    path = api.save(ds, out or run / "rollout.nc")
+    typer.echo(f"wrote {path}: {ds.sizes['sample']} x {ds.sizes['sequence']} sequences, {ds.sizes['time']} frames; "
+               f"interventions: {ds.attrs['interventions']}\n{api.summary(ds)}")
+
+
+@app.command()
+@dataclass_options(PredictionOptions, "options", defaults=EVALUATE_DEFAULTS)
+def evaluate(
+    options: dict,
+    runs: list[Path] = typer.Argument(..., help="Run directories, compared side by side (trained on the same data)."),
+    out: Path = typer.Option(Path("eval.nc"), help="The NetCDF file to write."),
+    particles: int = typer.Option(0, help="K of the importance-weighted bound IWAE_K beside the ELBO (0: none)."),
+    fvd_window: int = typer.Option(100, help="Frames of the horizon per FVD window."),
+    perceptual: bool = typer.Option(True, help="LPIPS and FVD (--no-perceptual: without the published weights)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """SSIM, PSNR, LPIPS, FVD and the digit or room accuracy of open-loop predictions, with baselines and the
+    per-level KL, for every run in one NetCDF file."""
+    from pyro_cwvae import api
+    from pyro_cwvae.evaluation.evaluate import summary, write_evaluation
+
+    ds = api.evaluate(runs, **options, particles=particles, fvd_window=fvd_window, perceptual=perceptual,
+                      progress=not quiet)
+    path = write_evaluation(ds, out)
+    typer.echo(f"wrote {path}: {ds.sizes['run']} run(s), {ds.sizes['sequence']} sequences, {ds.attrs['horizon']} "
+               f"frames predicted (means over the predicted frames)\n{summary(ds)}")
+
+
+@app.command()
+def plot(
+    file: Path = typer.Argument(..., help="A rollout, evaluation or training history (history.nc) NetCDF file."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the figures [default: beside FILE]."),
+    sequences: int = typer.Option(4, help="Sequences shown in the frame strips and the GIF."),
+):
+    """Figures of a rollout (frame strips, PSNR/SSIM over the horizon, KL per level, a GIF), of an evaluation
+    (every run's curves on one axis, FVD per window, KL per level) or of a run's training history (loss and the KL
+    of each level against the step)."""
+    from pyro_cwvae.plots.files import read_rollout
+    from pyro_cwvae.plots.rollout import write_figures
+    from pyro_cwvae.plots.evaluation import is_evaluation, read_evaluation, write_evaluation_figures
+    from pyro_cwvae.plots.history import is_history, read_history, write_history_figure
+
+    if is_evaluation(file):
+        paths = write_evaluation_figures(read_evaluation(file), out or file.parent)
+    elif is_history(file):
+        paths = write_history_figure(read_history(file), out or file.parent)
+    else:
+        paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr, like the errors: what the user should know, not where it was raised."""
+    typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
+def main() -> None:
+    warnings.showwarning = show_warning
+    app()

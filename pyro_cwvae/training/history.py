@@ -1,0 +1,116 @@
+"""Training history: the loss and its terms at every step, kept as an xarray Dataset and saved as NetCDF.
+
+Dims ``step`` (the number of optimisation steps taken) and ``level`` (1..L, as in the paper); all terms in nats
+per frame. The file is rewritten atomically with each checkpoint, so it always matches a loadable state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.files.netcdf import provenance, write_netcdf
+
+HISTORY = "history.nc"
+TITLE = "pyro-cwvae training history"
+
+
+@dataclass
+class Row:
+    """What one training step logs, all terms in nats per frame."""
+
+    step: int  # optimisation steps taken, this one included
+    loss: float  # negative ELBO
+    reconstruction: float  # -log p(x | s^1)
+    grad_norm: float  # global gradient norm before clipping
+    kl_scale: float  # weight of the KL terms (the warm-up)
+    kl: np.ndarray  # (L,) KL of each level
+
+
+# Each scalar column of a Row, as the variable ``History.to_dataset`` writes it: (long name, units).
+COLUMNS = {
+    "loss": ("negative ELBO", "nats per frame"),
+    "reconstruction": ("-log p(x | s^1)", "nats per frame"),
+    "grad_norm": ("global gradient norm before clipping", None),
+    "kl_scale": ("weight of the KL terms", None),
+}
+
+
+class History:
+    def __init__(self, levels: int):
+        self.levels = levels
+        self.rows: list[Row] = []
+
+    def extend(self, rows: list[Row]) -> None:
+        self.rows.extend(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def last(self) -> Row:
+        return self.rows[-1]
+
+    def to_dataset(self, attrs: dict) -> xr.Dataset:
+        def column(name: str) -> np.ndarray:
+            return np.array([getattr(row, name) for row in self.rows], dtype=np.float32)
+
+        def described(long_name: str, units: str | None) -> dict:
+            return {"long_name": long_name, **({"units": units} if units else {})}
+
+        kl = np.array([row.kl for row in self.rows], dtype=np.float32).reshape(-1, self.levels)
+        return xr.Dataset(
+            {
+                **{name: ("step", column(name), described(*about)) for name, about in COLUMNS.items()},
+                "kl": (("step", "level"), kl, described("KL[q || p] of each level", "nats per frame")),
+            },
+            coords={"step": np.array([row.step for row in self.rows], dtype=np.int64),
+                    "level": np.arange(1, self.levels + 1)},
+            attrs={**provenance(TITLE), **attrs},
+        )
+
+    def save(self, path: Path, attrs: dict) -> None:
+        write_netcdf(self.to_dataset(attrs), path)
+
+    @classmethod
+    def load(cls, path: Path, levels: int, upto_step: int) -> "History":
+        """The saved history up to ``upto_step`` (later rows belong to steps the checkpoint never saw).
+
+        UserError naming the file when it is unreadable or not what ``save`` writes for ``levels`` levels.
+        """
+        history = cls(levels)
+        if not Path(path).exists():
+            return history
+        try:
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                check_history(ds, levels)
+                ds = ds.sel(step=ds.step <= upto_step).load()
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            reason = " ".join(str(error).split())
+            raise UserError(f"cannot read training history {path}: {reason}") from error
+        columns = {name: ds[name].values.astype(float) for name in COLUMNS}
+        history.extend([Row(step=int(step), kl=ds.kl.values[i], **{name: float(values[i]) for name, values in
+                                                                   columns.items()})
+                        for i, step in enumerate(ds.step.values)])
+        return history
+
+
+# Every variable ``to_dataset`` writes, with its dims; all are floating point.
+VARIABLES = {**{name: ("step",) for name in COLUMNS}, "kl": ("step", "level")}
+
+
+def check_history(ds: xr.Dataset, levels: int) -> None:
+    """ValueError unless ``ds`` holds the variables of a history of ``levels`` levels at increasing integer steps."""
+    for name, dims in VARIABLES.items():
+        if name not in ds.variables:
+            raise ValueError(f"no variable {name!r}")
+        if ds[name].dims != dims or ds[name].dtype.kind != "f":
+            raise ValueError(f"variable {name!r} is {ds[name].dtype} ({', '.join(map(str, ds[name].dims))}), "
+                             f"not floating point ({', '.join(dims)})")
+    if ds.sizes["level"] != levels:
+        raise ValueError(f"it has {ds.sizes['level']} levels, the run {levels}")
+    steps = ds.step.values
+    if steps.dtype.kind not in "iu" or (np.diff(steps) <= 0).any():
+        raise ValueError("its steps are not increasing integers")

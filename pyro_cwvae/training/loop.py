@@ -1,0 +1,303 @@
+"""Training: stochastic variational inference on the model and guide programs.
+
+Each step estimates the negative ELBO of a batch with Pyro's estimator (``elbo.py``: Trace_ELBO by default,
+TraceMeanField_ELBO with analytic KLs as an option), back-propagates, clips the global gradient norm as the
+reference does, and takes an Adam step. The run directory holds the config, the latest checkpoint and the
+history, each written atomically; ``resume`` continues from the checkpoint exactly where an uninterrupted run
+would have been.
+
+``train`` reads top to bottom: set up or resume, then a loop of step / log / checkpoint. The side concerns have
+small helpers of their own: ``StopRequest`` (signals), ``StepLog`` (reading the logged values back from the
+device, and the deferred finiteness check), ``BadSteps`` (skipping non-finite steps).
+"""
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyro
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from pyro_cwvae.data import VideoDataset
+from pyro_cwvae.data.loader import train_batches
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.files.atomic import remove_leftovers, write_text
+from pyro_cwvae.model.config import CONFIG_FILE, Config, kl_scale
+from pyro_cwvae.model.elbo import ElboTerms, elbo_terms
+from pyro_cwvae.model.programs import Programs, check_programs_match, load_programs
+from pyro_cwvae.training.checkpoint import (CHECKPOINT, load_checkpoint, restore_nets, rng_state, save_checkpoint,
+                                            set_rng_state)
+from pyro_cwvae.training.devices import autocast, compile_nets, resolve_device, set_deterministic, set_matmul_precision
+from pyro_cwvae.training.distributed import Group, join, leave
+from pyro_cwvae.training.history import HISTORY, History, Row
+from pyro_cwvae.training.optim import KerasAdam
+
+LOG_EVERY = 10  # steps between reading the logged values back from the device
+
+
+class NumericalError(RuntimeError):
+    """The loss or the gradients stopped being finite; the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    step: int
+    history: History
+    nets: torch.nn.Module  # built by the programs' make_nets
+    rank: int = 0  # this process's rank when several train together
+    interrupted: bool = False
+
+
+def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_steps: int = 0,
+        progress: bool = True) -> FitResult:
+    """Train ``cfg`` on ``dataset`` into ``cfg.run_dir`` (a new one, or the one to resume).
+
+    Under ``torchrun`` every process calls this; each trains on its rows of every batch (see distributed.py).
+    """
+    group, device_name = join(cfg.device)
+    try:
+        result = train(cfg, dataset, group, resolve_device(device_name), resume, max_bad_steps, progress)
+    except BaseException:
+        leave(group)  # without waiting: the other processes may never get this far
+        raise
+    # Every process is done with its collectives (rank 0 with its last save) before any tears the group down:
+    # a process leaving early can abort at exit in the communication library's threads.
+    group.barrier()
+    leave(group)
+    return result
+
+
+def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device, resume: bool,
+          max_bad_steps: int, progress: bool) -> FitResult:
+    run_dir = Path(cfg.run_dir)
+    set_matmul_precision(cfg.precision, device)
+    set_deterministic(cfg.deterministic)
+    programs = load_programs(cfg.model, cfg.guide)
+    if dataset.channels != cfg.channels:
+        raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the config says {cfg.channels}")
+
+    nets, optimizer, start, history = set_up(cfg, programs, device, resume, group)
+    compile_nets(nets, cfg.compile)
+    elbo = ElboModule(nets, programs.model.fn, programs.guide.fn, cfg)
+    if group.active:
+        elbo = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
+    attrs = {"config": cfg.to_json(), "elbo": cfg.elbo}  # which estimator the losses come from
+
+    def save(step: int) -> None:
+        rng = group.gather(rng_state())  # every process's random state, so a resume continues each stream
+        if group.is_main:
+            # History first: if a kill lands between the two writes, the history runs ahead of the checkpoint
+            # and a resume drops the extra rows; the other order would leave a gap.
+            history.save(run_dir / HISTORY, attrs)
+            save_checkpoint(run_dir, step=step, cfg=cfg, nets=nets, optimizer=optimizer, programs=programs, rng=rng)
+
+    log = StepLog(history, group, check_each_step=max_bad_steps > 0)
+    bad_steps = BadSteps(max_bad_steps)
+    batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed, workers=cfg.workers,
+                            pin_memory=device.type == "cuda", rows=group.rows(cfg.batch_size))
+    bar = progress_bar(cfg, dataset.name, start, resume, progress, group)
+    stop = StopRequest()
+    # Pyro's per-site checks cost time in the hot loop; the tests run the programs with them on.
+    with bar, stop.installed(), pyro.validation_enabled(False):
+        for done in range(start + 1, cfg.steps + 1):  # ``done``: the steps taken once this one is
+            video = next(batches).to(device, non_blocking=True).float().div_(255.0)
+            scale = kl_scale(done - 1, cfg)
+            terms = ElboTerms.unpack(elbo(video, scale))
+            optimizer.zero_grad(set_to_none=True)
+            terms.objective.backward()  # the loss, or its KL-shaped version
+            grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), cfg.clip_norm)
+            bad, stopping = group.any(not log.finite(terms, grad_norm), stop.requested, device=device)
+            if bad:
+                bar.write(bad_steps.skip(describe_failure(log.mean_row(done, scale, terms, grad_norm))))
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.step()
+            log.add(done, scale, terms, grad_norm)
+            bar.update(1)
+            if done % LOG_EVERY == 0 or done == cfg.steps:
+                log.flush()
+                bar.set_postfix_str(postfix(history.last()), refresh=False)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+                log.flush()
+                save(done)
+            if stopping:
+                if group.is_main:
+                    bar.write(f"stopped at step {done}: checkpoint saved in {run_dir}")
+                return FitResult(run_dir, done, history, nets, group.rank, interrupted=True)
+    return FitResult(run_dir, cfg.steps, history, nets, group.rank)
+
+
+def set_up(cfg: Config, programs: Programs, device: torch.device, resume: bool,
+           group: Group) -> tuple[torch.nn.Module, torch.optim.Optimizer, int, History]:
+    """The networks (``programs.make_nets``) and optimizer, new or restored; the step and history to go on from."""
+    pyro.clear_param_store()
+    if not resume:
+        pyro.set_rng_seed(cfg.seed)  # before building the networks: the seed fixes the initial weights too
+    nets = programs.make_nets(cfg).to(device)
+    optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)  # the reference's Keras Adam
+    if resume:
+        start, history = restore(Path(cfg.run_dir), cfg, nets, optimizer, programs, group)
+    else:
+        start, history = 0, History(cfg.levels)
+        pyro.set_rng_seed(cfg.seed + group.rank)  # the sampling noise: one stream per process
+        if group.is_main:
+            start_run_dir(Path(cfg.run_dir), cfg)
+    group.barrier()
+    return nets, optimizer, start, history
+
+
+def progress_bar(cfg: Config, data: str, start: int, resume: bool, progress: bool, group: Group) -> tqdm:
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and group.is_main), desc="fit", unit="step",
+               dynamic_ncols=True)
+    if not bar.disable:
+        bar.write(f"{'resuming' if resume else 'training'} a {cfg.levels}-level CW-VAE (k={cfg.factor}) on "
+                  f"{data} from step {start} to {cfg.steps} into {cfg.run_dir}"
+                  + (f" with {group.world} processes" if group.active else ""))
+    return bar
+
+
+def restore(run_dir: Path, cfg: Config, nets: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            programs: Programs, group: Group) -> tuple[int, History]:
+    """The checkpoint's weights, optimizer state and this process's random state, restored; returns its step and
+    the history up to that step."""
+    state = load_checkpoint(run_dir)
+    check_programs_match(state, programs)
+    if len(state["rng"]) != group.world:
+        raise UserError(f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as many, "
+                        f"not {group.world}")
+    restore_nets(nets, state)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"][group.rank])
+    if group.is_main:  # a kill during a write leaves its temporary file: the resumed run no longer needs it
+        for target in (CHECKPOINT, HISTORY):
+            remove_leftovers(run_dir / target)
+    return state["step"], History.load(run_dir / HISTORY, cfg.levels, upto_step=state["step"])
+
+
+def start_run_dir(run_dir: Path, cfg: Config) -> None:
+    """A run directory holding only the new run's config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (CHECKPOINT, HISTORY):  # an overwritten run's files must not outlive its config
+        (run_dir / stale).unlink(missing_ok=True)
+    write_text(run_dir / CONFIG_FILE, cfg.to_json())
+
+
+class ElboModule(torch.nn.Module):
+    """The packed ELBO terms of a batch as a module, so that DistributedDataParallel can average gradients."""
+
+    def __init__(self, nets: torch.nn.Module, model, guide, cfg: Config):
+        super().__init__()
+        self.nets, self.model, self.guide, self.cfg = nets, model, guide, cfg
+
+    def forward(self, video: torch.Tensor, kl_scale: float) -> torch.Tensor:
+        with autocast(self.cfg.precision, video.device):
+            return elbo_terms(self.model, self.guide, video, self.nets, self.cfg, kl_scale).pack()
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop after the current step and save; a second SIGINT stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        try:
+            previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: signals cannot be caught here
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class StepLog:
+    """The logged values of each step, kept on the device and read back into the history every few steps.
+
+    Reading a value back from the device makes the host wait for the step. Skipping bad steps needs the verdict
+    before each update (``check_each_step``); otherwise it is taken at the next ``flush``, which always comes
+    before a save, so a non-finite step is never written to a checkpoint.
+    """
+
+    def __init__(self, history: History, group: Group, check_each_step: bool):
+        self.history, self.group, self.check_each_step = history, group, check_each_step
+        self.pending: list[tuple[int, float, torch.Tensor]] = []  # (step, kl scale, values still on the device)
+
+    def finite(self, terms: ElboTerms, grad_norm: torch.Tensor) -> bool:
+        """Whether the loss and the gradient norm are finite; checked now only if bad steps are skipped."""
+        return not self.check_each_step or bool(torch.isfinite(terms.loss) & torch.isfinite(grad_norm))
+
+    def add(self, step: int, scale: float, terms: ElboTerms, grad_norm: torch.Tensor) -> None:
+        self.pending.append((step, scale, packed(terms, grad_norm)))
+
+    def flush(self) -> None:
+        """The pending steps' values, averaged over the processes, into the history (one synchronisation)."""
+        if not self.pending:
+            return
+        values = self.group.mean(torch.stack([values for _, _, values in self.pending])).cpu().numpy()
+        rows = [to_row(step, scale, row) for (step, scale, _), row in zip(self.pending, values)]
+        self.pending.clear()
+        if not self.check_each_step:
+            for row in rows:
+                if not np.isfinite([row.loss, row.grad_norm]).all():
+                    raise NumericalError(describe_failure(row))
+        self.history.extend(rows)
+
+    def mean_row(self, step: int, scale: float, terms: ElboTerms, grad_norm: torch.Tensor) -> Row:
+        """One step's values averaged over the processes, read back now (to report a bad step)."""
+        return to_row(step, scale, self.group.mean(packed(terms, grad_norm)).cpu().numpy())
+
+
+def packed(terms: ElboTerms, grad_norm: torch.Tensor) -> torch.Tensor:
+    """A step's logged values as one tensor: the ELBO terms (``ElboTerms.pack``), then the gradient norm."""
+    return torch.cat([terms.pack(), grad_norm[None]]).detach()
+
+
+def to_row(step: int, scale: float, values: np.ndarray) -> Row:
+    """The history row of ``packed``'s values."""
+    terms = ElboTerms.unpack(values[:-1])
+    return Row(step=step, loss=float(terms.loss), reconstruction=float(terms.reconstruction),
+               grad_norm=float(values[-1]), kl_scale=scale, kl=terms.kl)
+
+
+class BadSteps:
+    """Up to ``limit`` steps with a non-finite loss or gradient are skipped (no update); one more stops training."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count = limit, 0
+
+    def skip(self, failure: str) -> str:
+        """Count a bad step; its message for the user, or NumericalError past the limit."""
+        self.count += 1
+        if self.count > self.limit:
+            raise NumericalError(failure)
+        return f"skipped: {failure} ({self.count} of at most {self.limit})"
+
+
+def describe_failure(row: Row) -> str:
+    """Which logged value of ``row`` went non-finite."""
+    bad = ["reconstruction"] if not np.isfinite(row.reconstruction) else []
+    bad += [f"KL of level {level}" for level, value in enumerate(row.kl, start=1) if not np.isfinite(value)]
+    if not bad:
+        bad.append("loss" if not np.isfinite(row.loss) else "gradient norm")
+    return f"non-finite {', '.join(bad)} at step {row.step}"
+
+
+def postfix(row: Row) -> str:
+    kls = " ".join(f"kl{level}={value:.3g}" for level, value in enumerate(row.kl, start=1))
+    return f"loss={row.loss:.4g} rec={row.reconstruction:.4g} {kls}"

@@ -1,0 +1,72 @@
+"""Run directories: the config a new run starts from, or the one a resumed run continues with.
+
+``run_config`` is what ``pyro-cwvae fit`` and the experiments call. A new run starts from a config file
+(``--config``) or else the preset file of its dataset (``demo`` when none is named: generated Moving MNIST sized
+to learn in minutes on a CPU), with the user's options on top. A resumed run keeps its model and data: only the
+options that do not change what is being learned may differ.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pyro_cwvae.training.checkpoint import CHECKPOINT, load_checkpoint
+from pyro_cwvae.training.distributed import launched_ranks
+from pyro_cwvae.model.config import CONFIG_FILE, Config, option, preset, read_config_file
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.training.history import HISTORY
+
+RUN_FILES = (CONFIG_FILE, CHECKPOINT, HISTORY)
+CHANGEABLE_ON_RESUME = {"steps", "device", "workers", "checkpoint_every", "data_dir", "run_dir", "precision", "compile",
+                        "deterministic"}
+
+
+def run_config(options: dict[str, Any], *, resume: bool, overwrite: bool = False,
+               config_file: str | Path | None = None) -> Config:
+    """The config to train with: the resumed run's in ``options['run_dir']`` (``resume``), or a new run's from
+    ``config_file`` or the dataset's preset; ``options`` holds only the options the user gave."""
+    if resume and config_file is not None:
+        raise UserError("--resume continues with the run's own config: leave out --config")
+    if "run_dir" not in options and launched_ranks() > 1:  # each process would pick its own time stamp
+        raise UserError("--run-dir is required when several processes train together")
+    return resume_config(options) if resume else new_run_config(options, overwrite, config_file)
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
+def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file: str | Path | None = None
+                   ) -> Config:
+    """The config of a fresh run: ``config_file`` if given, else the preset of ``options['dataset']`` (the demo
+    when none), then ``options`` (only the options the user gave) on top."""
+    if config_file is not None:
+        name, cfg = Path(config_file).stem, read_config_file(config_file)
+    else:
+        name = options.get("dataset") or "demo"
+        cfg = preset(name)
+        options = {key: value for key, value in options.items() if key != "dataset"}  # the preset sets it
+    if "run_dir" not in options:
+        options = {**options, "run_dir": str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")}
+    cfg = cfg.replace(**options).validate()
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a folder")
+    if holds_run(run_dir) and not overwrite:
+        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start over")
+    return cfg  # the old run's files are replaced only once training starts (train.fit), never on bad input
+
+
+def resume_config(options: dict[str, Any]) -> Config:
+    """The config saved in the checkpoint of ``options['run_dir']``, with the changeable options applied."""
+    if "run_dir" not in options:
+        raise UserError("--resume needs --run-dir: the run to continue")
+    run_dir = Path(options["run_dir"])
+    saved = Config.from_dict(load_checkpoint(run_dir)["config"])
+    for key, value in options.items():
+        if key not in CHANGEABLE_ON_RESUME and value != getattr(saved, key):
+            raise UserError(f"--{option(key)} {value} differs from the resumed run's {getattr(saved, key)}: "
+                            f"a resumed run keeps its model and data (start a new run to change them)")
+    changes = {k: v for k, v in options.items() if k in CHANGEABLE_ON_RESUME}
+    return saved.replace(**changes).validate()
