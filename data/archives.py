@@ -61,15 +61,11 @@ class DataRoot:
         """Video files in ``folder`` ('' for the top), sorted by path, optionally in every subfolder too."""
         prefix = f"{folder.rstrip('/')}/" if folder else ""
         if self.is_zip:
-            names = [
-                name
-                for name in self._members
-                if name.startswith(prefix) and (recursive or "/" not in name[len(prefix) :])
-            ]
+            names = [name for name in self._members
+                     if name.startswith(prefix) and (recursive or "/" not in name[len(prefix) :])]
         else:
             top = self.path / folder
-            pattern = "**/*" if recursive else "*"
-            found = top.glob(pattern) if top.is_dir() else []
+            found = top.glob("**/*" if recursive else "*") if top.is_dir() else []
             names = [p.relative_to(self.path).as_posix() for p in found if p.is_file()]
         names = sorted(n for n in names if n.lower().endswith(extension) and not PurePosixPath(n).name.startswith("."))
         return [VideoFile(name, self.label(name), self._fingerprint(name), self) for name in names]
@@ -117,7 +113,7 @@ class ArchiveVideos(VideoDataset):
     channels: int
     archive: str  # the file users download
     url: str
-    split_folders: dict[str, str]  # split -> folder inside the archive
+    split_folders = {"train": "train", "test": "test"}  # split -> folder inside the archive
     frames_per_video: dict[str, int]  # what the real archive holds (for docs and `data info`)
     extension = ".mp4"
     native_size = (IMAGE_SIZE, IMAGE_SIZE)  # (width, height) of the archive's videos
@@ -168,9 +164,8 @@ class ArchiveVideos(VideoDataset):
     def split(self, split: str) -> DecodedSplit:
         """The decoded split, from the cache (decoded on first use, then kept open)."""
         if split not in self._splits:
-            folder, key = cache_folder(self.root.path), f"{self.name}-{split}"
-            desc = f"decoding {self.name} {split}"
-            self._splits[split] = cached_split(folder, key, self.files[split], self.channels, self._decode, desc)
+            self._splits[split] = cached_split(cache_folder(self.root.path), f"{self.name}-{split}", self.files[split],
+                                               self.channels, self._decode, f"decoding {self.name} {split}")
         return self._splits[split]
 
     def prepare(self) -> "ArchiveVideos":
@@ -183,23 +178,19 @@ class ArchiveVideos(VideoDataset):
         """First frame (in the train cache) of every non-overlapping ``seq_len`` chunk of every training video."""
         if seq_len not in self._chunk_starts:
             train = self.split("train")
-            per_video = [
-                start + np.arange(length // seq_len) * seq_len for start, length in zip(train.offsets, train.lengths)
-            ]
+            per_video = [start + np.arange(length // seq_len) * seq_len
+                         for start, length in zip(train.offsets, train.lengths)]
             starts = np.concatenate(per_video).astype(np.int64)
             if not len(starts):
-                raise DatasetError(
-                    f"no training chunk of {seq_len} frames fits: "
-                    f"the longest of the {len(train.lengths)} training videos "
-                    f"in {self.where('train')} has {int(train.lengths.max())} frames; use a shorter --seq-len"
-                )
+                raise DatasetError(f"no training chunk of {seq_len} frames fits: the longest of the "
+                                   f"{len(train.lengths)} training videos in {self.where('train')} has "
+                                   f"{int(train.lengths.max())} frames; use a shorter --seq-len")
             self._chunk_starts[seq_len] = starts
         return self._chunk_starts[seq_len]
 
     def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
         starts = self.chunk_starts(seq_len)
-        rng = batch_rng(seed, step)
-        chosen = rng.choice(len(starts), size=batch_size, replace=batch_size > len(starts))
+        chosen = batch_rng(seed, step).choice(len(starts), size=batch_size, replace=batch_size > len(starts))
         frames = self.split("train").frames
         return np.stack([frames[start : start + seq_len] for start in starts[chosen]])
 
@@ -231,7 +222,6 @@ class GQNMazesArchive(ArchiveVideos):
     channels = 3
     archive = "gqn_mazes.zip"
     url = "https://archive.org/download/gqn_mazes/gqn_mazes.zip"
-    split_folders = {"train": "train", "test": "test"}
     frames_per_video = {"train": 300, "test": 300}
 
 
@@ -242,7 +232,6 @@ class MineRLArchive(ArchiveVideos):
     channels = 3
     archive = "minerl_navigate.zip"
     url = "https://archive.org/download/minerl_navigate/minerl_navigate.zip"
-    split_folders = {"train": "train", "test": "test"}
     frames_per_video = {"train": 500, "test": 500}
 
     @classmethod
@@ -255,10 +244,8 @@ KTH_TRAIN_PERSONS = range(1, 17)  # persons 1-16 train, 17-25 test
 
 
 class KTHArchive(ArchiveVideos):
-    """KTH Action: a folder of 160x120 gray .avi files, split by the person filmed (1-16 train, 17-25 test).
-
-    Frames are center-cropped to 120x120 and area-resized to 64x64, so people keep their proportions.
-    """
+    """KTH Action: a folder of 160x120 gray .avi files, split by the person filmed (1-16 train, 17-25 test). Frames are
+    center-cropped to 120x120 and area-resized to 64x64, so people keep their proportions."""
 
     name = "kth"
     channels = 1
@@ -285,14 +272,12 @@ class KTHArchive(ArchiveVideos):
         for file in self.root.files("", self.extension, recursive=True):
             match = KTH_PERSON.search(PurePosixPath(file.name).name)
             if match is None:
-                raise DatasetError(
-                    f"cannot tell who is filmed in {file.label}: expected KTH names like person01_walking_d1_uncomp.avi"
-                )
+                raise DatasetError(f"cannot tell who is filmed in {file.label}: expected KTH names like "
+                                   f"person01_walking_d1_uncomp.avi")
             if (int(match.group(1)) in KTH_TRAIN_PERSONS) == (split == "train"):
                 chosen.append(file)
         return sorted(chosen, key=lambda file: (PurePosixPath(file.name).name, file.name))
 
 
-ARCHIVES: dict[str, type[ArchiveVideos]] = {
-    reader.name: reader for reader in (MovingMNISTArchive, GQNMazesArchive, MineRLArchive, KTHArchive)
-}
+ARCHIVES: dict[str, type[ArchiveVideos]] = {reader.name: reader for reader in (MovingMNISTArchive, GQNMazesArchive,
+                                                                                MineRLArchive, KTHArchive)}

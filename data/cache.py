@@ -51,11 +51,9 @@ class DecodedSplit:
 
 
 def cache_folder(data_path: Path) -> Path:
-    """Where the cache of ``data_path`` (a folder or a .zip) lives.
-
-    ``$PYRO_CWVAE_CACHE`` wins when set; otherwise beside the data (inside a folder, next to a zip), and when
-    that is not writable, under the user's cache directory, keyed by the data's absolute path.
-    """
+    """Where the cache of ``data_path`` (a folder or a .zip) lives. ``$PYRO_CWVAE_CACHE`` wins when set; otherwise
+    beside the data (inside a folder, next to a zip), and when that is not writable, under the user's cache directory,
+    keyed by the data's absolute path."""
     data_path = data_path.resolve()
     keyed = f"{data_path.name}-{hashlib.sha1(str(data_path).encode()).hexdigest()[:12]}"
     if os.environ.get(CACHE_ENV):
@@ -78,12 +76,8 @@ def _writable(folder: Path) -> bool:
 
 
 def _index(sources: Sequence[CacheSource], channels: int) -> dict:
-    return {
-        "format": FORMAT_VERSION,
-        "channels": channels,
-        "size": IMAGE_SIZE,
-        "sources": [[source.name, list(source.fingerprint)] for source in sources],
-    }
+    return {"format": FORMAT_VERSION, "channels": channels, "size": IMAGE_SIZE,
+            "sources": [[source.name, list(source.fingerprint)] for source in sources]}
 
 
 def load_split(folder: Path, split: str, sources: Sequence[CacheSource], channels: int) -> DecodedSplit | None:
@@ -116,9 +110,8 @@ def _valid_lengths(lengths, count: int) -> bool:
 Decoder = Callable[[CacheSource], np.ndarray]
 
 
-def build_split(
-    folder: Path, split: str, sources: Sequence[CacheSource], channels: int, decode: Decoder, desc: str
-) -> DecodedSplit:
+def build_split(folder: Path, split: str, sources: Sequence[CacheSource], channels: int, decode: Decoder,
+                desc: str) -> DecodedSplit:
     """Decode every source in order (with a progress bar) into the split's cache, then open it."""
     index_path = folder / f"{split}.json"
     try:
@@ -132,16 +125,14 @@ def build_split(
                 lengths.append(len(video))
         write_text(index_path, json.dumps({**_index(sources, channels), "lengths": lengths}))
     except OSError as error:
-        reason = error.strerror or error
-        message = f"cannot write the video cache in {folder}: {reason}; set {CACHE_ENV} to a writable folder"
-        raise DatasetError(message) from error
+        raise DatasetError(f"cannot write the video cache in {folder}: {error.strerror or error}; set {CACHE_ENV} "
+                           f"to a writable folder") from error
     split_cache = load_split(folder, split, sources, channels)
     assert split_cache is not None, "a cache just written must load"
     return split_cache
 
 
-def cached_split(
-    folder: Path, split: str, sources: Sequence[CacheSource], channels: int, decode: Decoder, desc: str
-) -> DecodedSplit:
+def cached_split(folder: Path, split: str, sources: Sequence[CacheSource], channels: int, decode: Decoder,
+                 desc: str) -> DecodedSplit:
     """The split from the cache, decoding it first when the cache is missing or stale."""
     return load_split(folder, split, sources, channels) or build_split(folder, split, sources, channels, decode, desc)

@@ -22,21 +22,11 @@ from .video_io import default_codec, write_video
 TRAIN_STREAM = 2  # distinct from the on-the-fly training batches (stream 0) and the test videos (TEST_STREAM)
 
 
-def generate_moving_mnist(
-    out: str | os.PathLike,
-    *,
-    num_train: int,
-    num_test: int,
-    train_length: int = 100,
-    test_length: int = 1000,
-    speed: float = 1.0,
-    seed: int = 0,
-) -> dict[str, Path]:
-    """Write ``num_train`` + ``num_test`` videos under ``out``; returns each split's folder.
-
-    Files are numbered from 00000.mp4 (the public archive's own naming is not documented); each is written under
-    a temporary name and then moved into place, so an interrupted run leaves no half-written video.
-    """
+def generate_moving_mnist(out: str | os.PathLike, *, num_train: int, num_test: int, train_length: int = 100,
+                          test_length: int = 1000, speed: float = 1.0, seed: int = 0) -> dict[str, Path]:
+    """Write ``num_train`` + ``num_test`` videos under ``out``; returns each split's folder. Files are numbered from
+    00000.mp4 (the public archive's own naming is not documented); each is written under a temporary name and then moved
+    into place, so an interrupted run leaves no half-written video."""
     counts = {"--train": num_train, "--test": num_test, "--train-length": train_length, "--test-length": test_length}
     for option, value in counts.items():
         if value < 1:
@@ -44,10 +34,8 @@ def generate_moving_mnist(
     if speed <= 0:
         raise DatasetError(f"--speed must be positive, got {speed}")
     out = Path(out).expanduser()
-    plan = {
-        "train": (num_train, train_length, split_digits("train"), TRAIN_STREAM),
-        "test": (num_test, test_length, split_digits("test"), TEST_STREAM),
-    }
+    plan = {"train": (num_train, train_length, split_digits("train"), TRAIN_STREAM),
+            "test": (num_test, test_length, split_digits("test"), TEST_STREAM)}
     folders = {split: out / MovingMNISTArchive.split_folders[split] for split in plan}
     for folder in folders.values():
         if folder.is_dir() and any(folder.glob("*.mp4")):

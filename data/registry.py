@@ -22,26 +22,20 @@ DATASETS = tuple(ARCHIVES)
 
 
 def open_dataset(name: str, data_dir: str | os.PathLike | None, *, speed: float = 1.0, seed: int = 0) -> VideoDataset:
-    """The dataset ``name`` read from ``data_dir``; ``mmnist`` without one is generated on the fly.
-
-    ``speed`` scales the digits' motion of generated Moving MNIST (the frame-rate study); an archive's videos
-    have the speed they were recorded at, so any other value with a data folder is an error.
-    """
+    """The dataset ``name`` read from ``data_dir``; ``mmnist`` without one is generated on the fly. ``speed`` scales the
+    digits' motion of generated Moving MNIST (the frame-rate study); an archive's videos have the speed they were
+    recorded at, so any other value with a data folder is an error."""
     if name not in ARCHIVES:
         raise DatasetError(f"unknown dataset {name!r}: known datasets are {', '.join(DATASETS)}")
     reader = ARCHIVES[name]
     if data_dir is None:
         if name == "mmnist":
             return GeneratedMovingMNIST(speed=speed, seed=seed)
-        raise DatasetError(
-            f"--dataset {name} needs --data-dir: get {reader.archive} ({reader.url}) "
-            f"and point --data-dir at {reader.expected()}"
-        )
+        raise DatasetError(f"--dataset {name} needs --data-dir: get {reader.archive} ({reader.url}) "
+                           f"and point --data-dir at {reader.expected()}")
     if speed != 1.0:
-        raise DatasetError(
-            f"--speed only applies to generated Moving MNIST (mmnist without --data-dir); "
-            f"{name} videos keep their recorded speed"
-        )
+        raise DatasetError(f"--speed only applies to generated Moving MNIST (mmnist without --data-dir); "
+                           f"{name} videos keep their recorded speed")
     return reader(data_dir).prepare()
 
 
@@ -85,14 +79,10 @@ def describe(data_dir: str | os.PathLike) -> list[str]:
         published = reader.frames_per_video.get(split)
         note = f" (the published archive has {published})" if published and published != max(frames) else ""
         sizes = _tally([f"{info.width}x{info.height}" for info in infos])
-        formats = _tally([info.pix_fmt for info in infos])
-        lines.append(
-            f"{split}: {len(files)} videos in {reader.where(split)}, {length} frames each{note}, "
-            f"{sizes}, stored as {formats}, {read_as}"
-        )
+        lines.append(f"{split}: {len(files)} videos in {reader.where(split)}, {length} frames each{note}, "
+                     f"{sizes}, stored as {_tally([info.pix_fmt for info in infos])}, {read_as}")
     folder = cache_folder(reader.root.path)
     built = [s for s, files in reader.files.items() if load_split(folder, f"{reader.name}-{s}", files, reader.channels)]
     state = ", ".join(built) if built else "not built yet; the first training run builds it"
     lines.append(f"decoded cache: {folder} ({state})")
     return lines
-

@@ -67,11 +67,9 @@ def probe(source: Source, label: str) -> VideoInfo:
 
 
 def decode(source: Source, label: str, channels: int) -> tuple[np.ndarray, bool]:
-    """Every frame as uint8 ``(time, channels, height, width)``, and whether the content has color.
-
-    One channel reads the luma plane (the gray picture, exactly as stored); three read RGB. The converters are
-    kept for the whole file: a fresh one per frame (``frame.to_ndarray(format=...)``) is several times slower.
-    """
+    """Every frame as uint8 ``(time, channels, height, width)``, and whether the content has color. One channel reads
+    the luma plane (the gray picture, exactly as stored); three read RGB. The converters are kept for the whole file: a
+    fresh one per frame (``frame.to_ndarray(format=...)``) is several times slower."""
     to_gray, to_rgb = VideoReformatter(), VideoReformatter()
     frames, color = [], 0.0
     with _open(source, label) as container:
@@ -100,15 +98,12 @@ def _colorfulness(rgb: np.ndarray) -> float:
     return float(np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean())
 
 
-def read_video(
-    source: Source, label: str, channels: int, expected_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)
-) -> np.ndarray:
+def read_video(source: Source, label: str, channels: int,
+               expected_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> np.ndarray:
     """A file as uint8 ``(time, channels, 64, 64)``, warning when it is not what the archive should hold.
-
-    ``expected_size`` is ``(width, height)`` of the archive's videos; other sizes are still read (center-cropped
-    to a square, then area-resized), with a warning naming the file, as are colored videos in a gray archive
-    (reduced to luma) and gray videos in a color archive (the channel repeated).
-    """
+    ``expected_size`` is ``(width, height)`` of the archive's videos; other sizes are still read (center-cropped to a
+    square, then area-resized), with a warning naming the file, as are colored videos in a gray archive (reduced to
+    luma) and gray videos in a color archive (the channel repeated)."""
     video, colored = decode(source, label, channels)
     if channels == 1 and colored:
         warnings.warn(f"{label} has color but this dataset is gray: reading its luma (gray) channel", stacklevel=2)
@@ -117,10 +112,8 @@ def read_video(
     height, width = video.shape[-2:]
     if (width, height) != tuple(expected_size):
         expected = f"{expected_size[0]}x{expected_size[1]}"
-        warnings.warn(
-            f"{label} is {width}x{height}, not {expected}: center-cropped to a square and area-resized to 64x64",
-            stacklevel=2,
-        )
+        warnings.warn(f"{label} is {width}x{height}, not {expected}: center-cropped to a square and area-resized "
+                      f"to 64x64", stacklevel=2)
     return square_resize(video)
 
 
@@ -154,19 +147,11 @@ def default_codec() -> str:
     return "mpeg4"
 
 
-def write_video(
-    path: str | os.PathLike,
-    video: np.ndarray,
-    *,
-    codec: str | None = None,
-    container_format: str | None = None,
-    fps: int = 10,
-) -> None:
-    """Encode uint8 ``(time, channels, height, width)`` (1 or 3 channels) as yuv420p video.
-
-    Gray frames go in through the luma plane, so a gray read gives them back up to codec loss. The container
-    (mp4, avi) follows the file's extension unless ``container_format`` names it (for temporary names).
-    """
+def write_video(path: str | os.PathLike, video: np.ndarray, *, codec: str | None = None,
+                container_format: str | None = None, fps: int = 10) -> None:
+    """Encode uint8 ``(time, channels, height, width)`` (1 or 3 channels) as yuv420p video. Gray frames go in through
+    the luma plane, so a gray read gives them back up to codec loss. The container (mp4, avi) follows the file's
+    extension unless ``container_format`` names it (for temporary names)."""
     codec = codec or default_codec()
     _, channels, height, width = video.shape
     fmt = "gray" if channels == 1 else "rgb24"

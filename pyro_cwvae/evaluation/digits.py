@@ -8,10 +8,8 @@ half of them blurred as predictions are, and measured on frames of the test vide
 saw. Counting per class learns faster than one softmax over the 55 pairs: 0.49 against 0.17 pair accuracy after
 300 steps, 0.87 against 0.84 after 1500 (sharp frames, same network).
 
-The trained weights live in the user cache (``$PYRO_CWVAE_WEIGHTS``, else ``~/.cache/pyro-cwvae/weights``) as
-``digit-classifier.pt`` (a state dict, loaded with ``weights_only=True``) beside ``digit-classifier.json`` (its
-SHA-256, the training steps and seed, and the accuracy on ground-truth test frames). ``pyro-cwvae classifier
-train`` writes them; :func:`digit_classifier` trains them at first use.
+The weights cache (``weights.cache_dir``) holds the trained state dict ``digit-classifier.pt`` beside its
+``Record``, ``digit-classifier.json``; ``pyro-cwvae classifier train`` writes them, or the first use.
 
 For the public archive (moving_mnist_2digit.zip, which ships no labels) the label of a test video is the
 classifier's reading of its true frame at the same time: the accuracy then says how often a prediction reads as
@@ -39,29 +37,24 @@ from pyro_cwvae.evaluation.weights import cache_dir, sha256
 from pyro_cwvae.files.atomic import atomic_path, write_text
 
 NUM_CLASSES = 10
-MAX_COUNT = 2
-"""A frame holds a class 0, 1 or 2 times."""
+MAX_COUNT = 2  # a frame holds a class 0, 1 or 2 times
 PAIRS = torch.tensor([(a, b) for a in range(NUM_CLASSES) for b in range(a, NUM_CLASSES)])
 """The 55 unordered pairs ``(a, b)``, ``a <= b``."""
 FILE = "digit-classifier.pt"
-FORMAT = 2
-"""Bumped when the network or its training changes: cached weights of another format are trained again."""
+FORMAT = 2  # bumped when the network or its training changes: cached weights of another format are trained again
 STEPS, BATCH_SIZE, LR, SEED = 2000, 64, 2e-3, 0
 BLUR_SHARE, MIN_BLUR, MAX_BLUR, BLUR_RADIUS = 0.5, 0.5, 2.0, 4
 """Half the training frames are blurred (Gaussian std 0.5-2 pixels), as predicted frames are. Measured on the
 ground-truth test frames blurred by 1.5 pixels: 0.28 pair accuracy when trained on sharp frames only, 0.79 with
 this (0.87 and 0.84 on sharp frames)."""
 TEST_VIDEOS, TEST_FRAMES_EVERY, TEST_LENGTH = 100, 10, 100
-TRAIN_STREAM = 7
-"""The random stream of the classifier's training frames, apart from the video streams of the same seed."""
+TRAIN_STREAM = 7  # the random stream of the classifier's training frames, apart from the video streams of the same seed
 
 
 class DigitClassifier(nn.Module):
     """Scores ``(B, 10, 3)`` of each digit class appearing 0, 1 or 2 times in frames ``(B, 1, 64, 64)`` in [0, 1].
-
     Four 3x3 conv blocks (batch norm, ReLU, 2x2 max pooling) halve the frame to 4x4 while the channels grow
-    16 -> 128, then a 256-unit hidden layer: about 0.6 M weights, ~15 M multiply-adds a frame.
-    """
+    16 -> 128, then a 256-unit hidden layer: about 0.6 M weights, ~15 M multiply-adds a frame."""
 
     def __init__(self, width: int = 16, hidden: int = 256):
         super().__init__()
@@ -110,9 +103,7 @@ def as_input(frames: np.ndarray | torch.Tensor, device: torch.device | str = "cp
 
 def gaussian_blur(frames: torch.Tensor, sigma: torch.Tensor, radius: int = BLUR_RADIUS) -> torch.Tensor:
     """Frames ``(B, 1, H, W)`` each blurred by a Gaussian of std ``sigma[b]`` pixels (0: unchanged), zero-padded.
-
-    The kernel is truncated at ``radius`` pixels and normalised, as ``scipy.ndimage.gaussian_filter`` does.
-    """
+    The kernel is truncated at ``radius`` pixels and normalised, as ``scipy.ndimage.gaussian_filter`` does."""
     B = len(frames)
     offsets = torch.arange(-radius, radius + 1, dtype=frames.dtype)
     kernel = torch.exp(-offsets.square() / (2 * sigma.to(frames.dtype).clamp_min(1e-3)[:, None].square()))
@@ -133,10 +124,8 @@ def blur_some(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 def train(steps: int = STEPS, batch_size: int = BATCH_SIZE, lr: float = LR, seed: int = SEED,
           progress: bool = False) -> tuple[DigitClassifier, list[float]]:
     """Train a classifier on fresh generator frames of the training digits; the network and its loss per step.
-
     Batch ``i`` is a pure function of ``(seed, i)``, half of it blurred (:func:`blur_some`); AdamW with a one-cycle
-    schedule (warm-up, then cosine decay).
-    """
+    schedule (warm-up, then cosine decay)."""
     torch.manual_seed(seed)
     net = DigitClassifier()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -206,7 +195,6 @@ def evaluate(net: DigitClassifier, frames: np.ndarray, labels: np.ndarray) -> tu
 
 
 def classifier_path() -> Path:
-    """Where the cached weights are: ``digit-classifier.pt`` in the weights cache folder."""
     return cache_dir() / FILE
 
 
@@ -266,12 +254,10 @@ def digit_classifier(device: str = "cpu", say: Callable[[str], None] | None = pr
 def digit_pair_accuracy(frames: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                         net: DigitClassifier | None = None) -> np.ndarray:
     """Whether each frame shows its true pair of digits: bool ``(...)`` from frames ``(..., 1, 64, 64)``.
-
     Frames are uint8 or floats in [0, 1] (e.g. predictions with sample, sequence and time axes); ``labels``
     ``(..., 2)`` broadcast to the frames' leading axes (e.g. ``(sequence, 1, 2)`` for every frame of a sequence).
     Average over samples and sequences for the accuracy against the horizon. ``net`` defaults to
-    :func:`digit_classifier`.
-    """
+    :func:`digit_classifier`."""
     net = net or digit_classifier()
     frames = torch.as_tensor(frames)
     lead = frames.shape[:-3]

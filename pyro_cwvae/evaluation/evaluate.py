@@ -1,13 +1,7 @@
 """The paper's evaluation of open-loop predictions (Section 3, "Evaluation"; Figure 5; Table 1) for several runs
-side by side, as one dataset with a ``run`` dimension.
-
-For every run, on the first ``sequences`` test videos: ``samples`` predictions of each video after ``context``
-frames, scored per frame (``scoring.py``): SSIM and PSNR under the protocol, LPIPS (AlexNet, v0.1), and the
-high-level accuracy of Figure 5 (``accuracy.py``). FVD compares I3D features of 16-frame clips per window of the
-horizon and over the whole horizon (``fvd.py``). The ground truth (``truth.py``) is read once for all runs, and so
-are the baselines that repeat the last context frame or show a random training frame. Per run also the KL of each
-level per training sequence (Table 1) and, with ``particles`` > 0, the importance-weighted bound beside the ELBO
-(``bounds.py``).
+side by side, as one dataset with a ``run`` dimension: per frame SSIM and PSNR under the protocol, LPIPS and the
+high-level accuracy of Figure 5; FVD per window of the horizon; the Table 1 KL and, with ``particles`` > 0, the
+importance-weighted bound. The ground truth and the baselines are scored once for all runs (``truth.py``).
 """
 from __future__ import annotations
 
@@ -27,14 +21,13 @@ from pyro_cwvae.evaluation.fvd import CLIP_FRAMES
 from pyro_cwvae.evaluation.scoring import HIGHER_IS_BETTER, RunScores, Scores, ceiling, score_baselines, score_run
 from pyro_cwvae.evaluation.truth import GroundTruth, Scorers, ground_truth
 from pyro_cwvae.files.netcdf import EVALUATION_TITLE, provenance, write_netcdf
-from pyro_cwvae.prediction import PredictionOptions, Run, check_options, is_context, load_run
+from pyro_cwvae.prediction import TIME_ATTRS, PredictionOptions, Run, check_options, is_context, load_run
 from pyro_cwvae.prediction.scores import PROTOCOLS, Protocol
 from pyro_cwvae.training.devices import resolve_device
 
 BASELINES = {"last_frame": "last frame of the context", "random_frame": "random frame of the training split"}
 """The baselines that show one frame throughout, and what they show."""
 METRICS = {"psnr": ("PSNR", "dB"), "ssim": ("SSIM", "1"), "lpips": ("LPIPS (AlexNet, v0.1; lower is better)", "1")}
-LPIPS_FRAMES = "the frames the protocol scores, clipped to [0, 1]; truth uint8 / 255"
 
 
 def evaluate(run_dirs: list[str | Path], options: PredictionOptions, *, particles: int = 0, fvd_window: int = 100,
@@ -43,10 +36,13 @@ def evaluate(run_dirs: list[str | Path], options: PredictionOptions, *, particle
     """Score the open-loop predictions of each run in ``run_dirs`` on the first ``options.sequences`` test videos
     of ``dataset`` (default: the runs' own data); ``perceptual`` False leaves out LPIPS and FVD (no published
     weights needed)."""
-    check_evaluate_options(options, particles, fvd_window)
-    paths = named_runs(run_dirs)
+    options.check()
+    if fvd_window < 1:
+        raise UserError(f"--fvd-window must be at least 1, got {fvd_window}")
+    if particles < 0:
+        raise UserError(f"--particles must be 0 (no bound) or more, got {particles}")
     device = resolve_device(options.device)
-    runs = {name: load_run(path, device) for name, path in paths.items()}  # each checkpoint read once
+    runs = {name: load_run(path, device) for name, path in named_runs(run_dirs).items()}  # each checkpoint read once
     check_same_data(runs)
     first = next(iter(runs.values()))
     dataset = dataset if dataset is not None else first.dataset(options.data_dir)
@@ -65,15 +61,6 @@ def evaluate(run_dirs: list[str | Path], options: PredictionOptions, *, particle
     attrs = dict(samples=options.samples, particles=particles, seed=options.seed, fvd_window=fvd_window,
                  sequences=options.sequences, context=test.context, horizon=test.truth.shape[1] - test.context)
     return to_dataset(results, runs, baselines, test, dataset.name, attrs)
-
-
-def check_evaluate_options(options: PredictionOptions, particles: int, fvd_window: int) -> None:
-    """``UserError`` for options that cannot work whatever the runs."""
-    options.check()
-    if fvd_window < 1:
-        raise UserError(f"--fvd-window must be at least 1, got {fvd_window}")
-    if particles < 0:
-        raise UserError(f"--particles must be 0 (no bound) or more, got {particles}")
 
 
 def named_runs(run_dirs: list[str | Path]) -> dict[str, Path]:
@@ -122,7 +109,7 @@ def metric_attrs(test: GroundTruth, samples: int) -> dict[str, dict]:
     conventions = test.protocol.conventions()
     about = {name: {"long_name": long_name, "units": units, "frames": conventions["frames"]}
              for name, (long_name, units) in METRICS.items()}
-    about["lpips"]["frames"] = LPIPS_FRAMES
+    about["lpips"]["frames"] = "the frames the protocol scores, clipped to [0, 1]; truth uint8 / 255"
     if test.accuracy is not None:
         about[test.accuracy.name] = test.accuracy.attrs(test.labels_known)
     for name, attrs in about.items():
@@ -188,14 +175,11 @@ def bound_variables(results: dict[str, RunScores], test: GroundTruth, particles:
     if not particles:
         return {}
     frames = f"nats per frame of the first {test.kl_frames} frames of each test video; higher is better"
-    return {
-        "iwae": (("run", "sequence"), np.stack([r.iwae for r in results.values()]).astype(np.float32),
-                 {"long_name": f"importance-weighted bound IWAE_{particles} on log p(x)", "units": frames,
-                  "particles": particles}),
-        "elbo": (("run", "sequence"), np.stack([r.elbo for r in results.values()]).astype(np.float32),
-                 {"long_name": f"ELBO from the same {particles} draws of the guide", "units": frames,
-                  "particles": particles}),
-    }
+    names = {"iwae": f"importance-weighted bound IWAE_{particles} on log p(x)",
+             "elbo": f"ELBO from the same {particles} draws of the guide"}
+    return {name: (("run", "sequence"), np.stack([getattr(r, name) for r in results.values()]).astype(np.float32),
+                   {"long_name": long_name, "units": frames, "particles": particles})
+            for name, long_name in names.items()}
 
 
 def to_dataset(results: dict[str, RunScores], runs: dict[str, Run], baselines: dict[str, Scores],
@@ -230,7 +214,7 @@ def to_dataset(results: dict[str, RunScores], runs: dict[str, Run], baselines: d
             "perceptual": int(test.lpips is not None),
         },
     )
-    ds["time"].attrs.update(units="frames", long_name="frames since the first context frame")
+    ds["time"].attrs.update(TIME_ATTRS)
     ds["window_start"].attrs.update(units="frames", long_name="first frame of the FVD window")
     ds["window_stop"].attrs.update(units="frames", long_name="frame after the last of the FVD window")
     ds["level"].attrs.update(long_name="level of the hierarchy (1 is the fastest)")

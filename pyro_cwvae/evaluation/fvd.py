@@ -57,11 +57,9 @@ def i3d_input(videos: torch.Tensor) -> torch.Tensor:
 def i3d_features(videos: torch.Tensor, net: InceptionI3d | None = None, chunk: int = 64,
                  device: torch.device | str | None = None) -> torch.Tensor:
     """The 400 FVD features (I3D logits averaged over time) of each video (B, T, C, H, W); (B, 400) float32.
-
     Frames are in [0, 1] (clipped) or uint8, C is 1 or 3, T >= 9; the reference embeds 16-frame clips, so cut
     longer videos into clips first. Runs about ``chunk`` frames (whole videos) at a time on ``device`` (default:
-    the videos' own), which bounds the memory, and returns on the videos' device.
-    """
+    the videos' own), which bounds the memory, and returns on the videos' device."""
     if videos.dim() != 5 or videos.shape[1] < MIN_FRAMES:
         raise UserError(f"FVD needs videos (B, T, C, H, W) with T >= {MIN_FRAMES}, got {tuple(videos.shape)}")
     device = torch.device(device) if device is not None else videos.device
@@ -82,16 +80,12 @@ def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 
-def check_feature_sets(features_a: torch.Tensor, features_b: torch.Tensor) -> None:
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N_a, D) and (N_b, D), N >= 2 each."""
     sizes_match = features_a.dim() == 2 and features_b.shape[1:] == features_a.shape[1:]
     if not sizes_match or min(len(features_a), len(features_b)) < 2:
         raise UserError(f"FVD needs two sets of at least 2 feature vectors of one size, got "
                         f"{tuple(features_a.shape)} and {tuple(features_b.shape)}")
-
-
-def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (N_a, D) and (N_b, D), N >= 2 each."""
-    check_feature_sets(features_a, features_b)
     a, b = features_a.double(), features_b.double()
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)  # unbiased, as TF-GAN
     root_a = sqrtm_psd(cov_a)
@@ -108,11 +102,9 @@ def fvd(videos_a: torch.Tensor, videos_b: torch.Tensor, net: InceptionI3d | None
 
 # ---- FVD of a long horizon: windows of 16-frame clips -------------------------------------------------------------
 
-CLIP_FRAMES = 16
-"""Frames of one FVD clip: the video length the reference FVD embeds with I3D."""
+CLIP_FRAMES = 16  # frames of one FVD clip: the video length the reference FVD embeds with I3D
 FRAMES_PER_CALL = 128
-Embedding = Callable[[np.ndarray], np.ndarray]
-"""Clips (M, L, C, 64, 64) uint8 -> their features (M, D) float64."""
+Embedding = Callable[[np.ndarray], np.ndarray]  # clips (M, L, C, 64, 64) uint8 -> their features (M, D) float64
 
 
 def clip_embedding(net: InceptionI3d, device: torch.device) -> Embedding:

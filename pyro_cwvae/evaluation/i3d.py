@@ -18,8 +18,7 @@ from torch import nn
 from pyro_cwvae.evaluation import weights
 
 BN_EPS = 1e-3
-MIN_FRAMES = 9
-"""I3D halves time three times and then pools 2 steps: shorter clips leave nothing to pool."""
+MIN_FRAMES = 9  # I3D halves time three times and then pools 2 steps: shorter clips leave nothing to pool
 
 
 def same_padding(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], value: float) -> torch.Tensor:

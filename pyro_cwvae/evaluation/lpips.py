@@ -68,9 +68,7 @@ def pretrained_lpips(device: torch.device | str = "cpu") -> LPIPS:
 
 def as_unit_float(frames: torch.Tensor) -> torch.Tensor:
     """uint8 pixels / 255, or float frames clipped to [0, 1] (decoder means can stray a little outside)."""
-    if frames.dtype == torch.uint8:
-        return frames.float() / 255
-    return frames.float().clamp(0, 1)
+    return frames.float() / 255 if frames.dtype == torch.uint8 else frames.float().clamp(0, 1)
 
 
 def as_rgb(frames: torch.Tensor) -> torch.Tensor:
@@ -80,21 +78,15 @@ def as_rgb(frames: torch.Tensor) -> torch.Tensor:
     return frames.expand(-1, 3, -1, -1)
 
 
-def check_pairs(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape != b.shape or a.dim() < 3:
-        raise UserError(f"frames to compare need the same shape (..., C, H, W), got {tuple(a.shape)} and "
-                        f"{tuple(b.shape)}")
-
-
 @torch.no_grad()
 def lpips_distance(frames_a: torch.Tensor, frames_b: torch.Tensor, net: LPIPS | None = None, chunk: int = 64,
                    device: torch.device | str | None = None) -> torch.Tensor:
     """LPIPS of each pair of frames shaped (..., C, H, W), in [0, 1] or uint8; returns (...) on ``frames_a``'s device.
-
     Runs ``chunk`` pairs at a time on ``device`` (default: the frames' own), so the inputs can stay on the CPU,
-    even as uint8, while the network runs on a GPU.
-    """
-    check_pairs(frames_a, frames_b)
+    even as uint8, while the network runs on a GPU."""
+    if frames_a.shape != frames_b.shape or frames_a.dim() < 3:
+        raise UserError(f"frames to compare need the same shape (..., C, H, W), got {tuple(frames_a.shape)} and "
+                        f"{tuple(frames_b.shape)}")
     device = torch.device(device) if device is not None else frames_a.device
     net = net if net is not None else pretrained_lpips(device)
     a, b = (frames.reshape(-1, *frames.shape[-3:]) for frames in (frames_a, frames_b))

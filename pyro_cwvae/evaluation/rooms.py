@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
-BINS = 4
-"""Quantisation levels per colour channel: 64 colours, coarse enough that blur and noise stay in their bin."""
+BINS = 4  # quantisation levels per colour channel: 64 colours, coarse enough that blur and noise stay in their bin
 THRESHOLD = 0.5
 """Total-variation distance above which a frame shows another place (0: same histogram, 1: no colour shared)."""
-MIN_FRAMES = 8
-"""Frames in a row that must agree on another place before the agent is said to have moved there."""
+MIN_FRAMES = 8  # frames in a row that must agree on another place before the agent is said to have moved there
 SETTLED = 0.25
 """A new place's first ``MIN_FRAMES`` frames must each lie within this distance of the first of them: frames that
 cross-fade from one texture to another (as blurred predictions do) keep drifting and never make a place."""
@@ -46,11 +44,11 @@ CATEGORIES = (1, 2, 3)
 
 def colour_histograms(frames: np.ndarray, bins: int = BINS) -> np.ndarray:
     """Normalised colour histograms ``(..., bins**3)`` of RGB frames ``(..., 3, H, W)``.
-
     ``frames`` are uint8, or floats in [0, 1] (rounded to uint8 levels first). Colour index
-    ``(r * bins + g) * bins + b`` with each channel quantised as ``value * bins // 256``.
-    """
-    frames = _as_uint8(np.asarray(frames))
+    ``(r * bins + g) * bins + b`` with each channel quantised as ``value * bins // 256``."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        frames = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
     if frames.ndim < 3 or frames.shape[-3] != 3:
         raise ValueError(f"expected RGB frames (..., 3, H, W), got shape {frames.shape}")
     levels = frames.astype(np.int64) * bins // 256
@@ -61,13 +59,6 @@ def colour_histograms(frames: np.ndarray, bins: int = BINS) -> np.ndarray:
     return (counts.reshape(len(flat), bins**3) / flat.shape[1]).reshape(*frames.shape[:-3], bins**3)
 
 
-def _as_uint8(frames: np.ndarray) -> np.ndarray:
-    """uint8 frames as they are; floats in [0, 1] scaled, clipped and rounded to 0..255."""
-    if frames.dtype == np.uint8:
-        return frames
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
-
-
 def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Total-variation distance ``0.5 * sum |p - q|`` between histograms, over the last axis."""
     return 0.5 * np.abs(p - q).sum(axis=-1)
@@ -75,11 +66,9 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def segment_places(histograms: np.ndarray, threshold: float = THRESHOLD, min_frames: int = MIN_FRAMES) -> np.ndarray:
     """The place the agent is in at each frame, ``(T,)`` ints numbered in order of first visit, from ``(T, K)``.
-
     Causal: the answer at frame t depends on frames 0..t only, so a move is recognised ``min_frames - 1`` frames
     after it happens. Each place keeps the mean histogram of the frames it holds (views of one room differ in
-    their wall-to-floor proportions, and the mean follows them).
-    """
+    their wall-to-floor proportions, and the mean follows them)."""
     if min_frames < 1:
         raise ValueError(f"min_frames must be at least 1, got {min_frames}")
     sums, counts = [histograms[0].astype(np.float64)], [1]
@@ -131,10 +120,8 @@ def _enter(candidate: int | None, run: list, sums: list, counts: list) -> int:
 def room_categories(frames: np.ndarray, threshold: float = THRESHOLD, min_frames: int = MIN_FRAMES,
                     bins: int = BINS) -> np.ndarray:
     """The category (1, 2 or 3) of frames 0..t of each video, at every t: ints ``(..., T)`` from ``(..., T, 3, H, W)``.
-
     The last entry is the category of the whole video; entry t equals the category of the video cut after
-    frame t (the segmentation is causal), which gives accuracy against the horizon.
-    """
+    frame t (the segmentation is causal), which gives accuracy against the horizon."""
     return histogram_categories(colour_histograms(frames, bins), threshold, min_frames)
 
 
@@ -150,4 +137,3 @@ def _visits(places: np.ndarray) -> np.ndarray:
     """Places visited so far, in order and counting returns: 1 + the number of moves up to each frame."""
     moves = np.concatenate([[0], places[1:] != places[:-1]])
     return 1 + np.cumsum(moves)
-

@@ -1,10 +1,6 @@
 """The numbers of one run, and of the baselines, against the ground truth: per-time curves of every metric, FVD
-per window and over the horizon, the Table 1 KL and the bounds.
-
-A run's predictions are drawn exactly as ``pyro-cwvae rollout`` draws them for the same seed, then decoded and
-scored a chunk of frames at a time (``prediction.scored_chunks``): the float predictions of all frames never
-exist at once, and uint8 frames only for one FVD window.
-"""
+per window and over the horizon, the Table 1 KL and the bounds. A run's predictions are drawn exactly as
+``pyro-cwvae rollout`` draws them for the same seed, then decoded and scored a chunk of frames at a time."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from pyro_cwvae.data import VideoDataset
-from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation.accuracy import Accuracy, accuracy_for
 from pyro_cwvae.evaluation.fvd import Embedding, WindowClips, clip_embedding, fvd_windows
 from pyro_cwvae.evaluation.i3d import pretrained_i3d
@@ -70,8 +69,6 @@ def ground_truth(dataset: VideoDataset, cfg: Config, *, sequences: int, context:
     the accuracy of ``cfg``'s dataset) and what those read from the true frames."""
     total = None if horizon is None else context + horizon
     truth, has_truth, shortest = read_test_frames(dataset, sequences, total, context)
-    if truth.shape[1] <= context:
-        raise UserError(f"the test videos end within the --context of {context} frames: nothing to predict")
     windows = fvd_windows(context, truth.shape[1], fvd_window)
     scorers = scorers or Scorers()
     lpips_net = (scorers.lpips or pretrained_lpips(device)) if perceptual else None

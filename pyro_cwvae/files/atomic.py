@@ -47,16 +47,12 @@ def _umask() -> int:
 
 def _fsync_dir(folder: Path) -> None:
     """Persist the rename itself (a power loss right after os.replace could otherwise undo it)."""
-    try:
+    with contextlib.suppress(OSError):  # pragma: no cover - platforms without directory fds
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:

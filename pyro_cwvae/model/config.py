@@ -73,10 +73,10 @@ class Config:
                                        "steps of level 2 at k 6).")
     seed: int = setting(0, "Seed of the weights, the noise and the batches.")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N.")
-    precision: str = setting("fp32", "fp32 | tf32 (CUDA) | bf16 (autocast); see accel.py.")
-    compile: str = setting("none", "none | default | max-autotune: torch.compile of the networks; see accel.py.")
+    precision: str = setting("fp32", "fp32 | tf32 (CUDA) | bf16 (autocast); see devices.py.")
+    compile: str = setting("none", "none | default | max-autotune: torch.compile of the networks; see devices.py.")
     deterministic: bool = setting(False, "Deterministic GPU kernels, so that a resumed GPU run equals an "
-                                         "uninterrupted one bit for bit; see accel.py.")
+                                         "uninterrupted one bit for bit; see devices.py.")
     model: Optional[str] = setting(None, "A model program file (default: the packaged models/cwvae.py).")
     guide: Optional[str] = setting(None, "A guide program file (default: the packaged guides/cwvae.py).")
     # OUTPUT -------------------------------------------------------------------------------------------------
@@ -105,11 +105,9 @@ class Config:
                 raise UserError(f"--{option(name)} must be positive, got {getattr(self, name)}")
         if self.channels not in (1, 3):
             raise UserError(f"--channels must be 1 or 3, got {self.channels}")
-        for name, allowed in (("precision", PRECISIONS), ("compile", COMPILE_MODES)):
+        for name, allowed in (("precision", PRECISIONS), ("compile", COMPILE_MODES), ("elbo", ELBOS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.elbo not in ELBOS:
-            raise UserError(f"--elbo must be one of {', '.join(ELBOS)}, got {self.elbo!r}")
         for name in ["workers", "kl_warmup"]:
             if getattr(self, name) < 0:
                 raise UserError(f"--{option(name)} must not be negative, got {getattr(self, name)}")
@@ -122,10 +120,8 @@ class Config:
         if self.kl_beta is not None and (len(self.kl_beta) != self.levels or min(self.kl_beta) < 0):
             raise UserError(f"--kl-beta needs one non-negative weight per level ({self.levels}), got {self.kl_beta}")
         if self.seq_len < self.clock.top_period:
-            raise UserError(
-                f"--seq-len {self.seq_len} is shorter than one step of the top level "
-                f"({self.factor}**{self.levels - 1} = {self.clock.top_period} frames)"
-            )
+            raise UserError(f"--seq-len {self.seq_len} is shorter than one step of the top level "
+                            f"({self.factor}**{self.levels - 1} = {self.clock.top_period} frames)")
         return self
 
     def warnings(self) -> list[str]:
@@ -200,7 +196,6 @@ def _kind(hint: Any) -> str:
         return f"a list ({_kind(args[0])} each)"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
     return names.get(hint, str(hint))
-
 
 
 def read_config_file(path: str | Path) -> Config:

@@ -75,7 +75,8 @@ def elbo_terms(model, guide, video, nets, cfg, kl_scale: float = 1.0) -> ElboTer
         per_level[level if level is not None and level <= cfg.levels else 0].append((guide_trace.nodes[name], site))
     kl = torch.stack([sum((kl_term(q, p, cfg.elbo) for q, p in sites), video.new_zeros(())) for sites in per_level])
     loss = reconstruction + kl.sum()
-    objective = loss if not shapes_kl(cfg) else reconstruction + kl[0] + sum(
+    shaping = cfg.kl_balance is not None or cfg.free_nats is not None or cfg.kl_beta is not None
+    objective = loss if not shaping else reconstruction + kl[0] + sum(
         shaped_kl(sites, cfg, level, batch, video.new_zeros(())) for level, sites in enumerate(per_level) if level)
     return ElboTerms(loss / frames, reconstruction / frames, kl[1:] / frames, objective / frames)
 
@@ -108,10 +109,6 @@ def site_kl(q_site, p_site) -> torch.Tensor:
     except NotImplementedError:
         z = q_site["value"]
         return q.log_prob(z) - p.log_prob(z)
-
-
-def shapes_kl(cfg) -> bool:
-    return cfg.kl_balance is not None or cfg.free_nats is not None or cfg.kl_beta is not None
 
 
 def shaped_kl(sites: list, cfg, level: int, batch: int, zero: torch.Tensor) -> torch.Tensor:

@@ -36,10 +36,8 @@ class Encoder(nn.Module):
 
 
 class LevelEmbedding(nn.Module):
-    """Per-frame embedding of a level l >= 2: dense ReLU layers and a linear output back to 1024 features.
-
-    As in the reference, level l's stack reads level (l-1)'s per-frame embedding, so the stacks form a chain.
-    """
+    """Per-frame embedding of a level l >= 2: dense ReLU layers and a linear output back to 1024 features. As in the
+    reference, level l's stack reads level (l-1)'s per-frame embedding, so the stacks form a chain."""
 
     def __init__(self, hidden: int, layers: int):
         super().__init__()
@@ -61,9 +59,8 @@ class HierarchicalEncoder(nn.Module):
         self.clock = cfg.clock
         self.conv = Encoder(cfg.channels)
         # levels 2 .. L: ``stack(level)`` counts from 1 as the paper does
-        self.stacks = nn.ModuleList(
-            LevelEmbedding(cfg.enc_dense_size, cfg.enc_dense_layers) for _ in range(cfg.levels - 1)
-        )
+        self.stacks = nn.ModuleList(LevelEmbedding(cfg.enc_dense_size, cfg.enc_dense_layers)
+                                    for _ in range(cfg.levels - 1))
 
     def stack(self, level: int) -> LevelEmbedding:
         """The embedding stack of level ``level`` >= 2."""
@@ -124,12 +121,10 @@ class Posterior(nn.Module):
 
 
 class GaussianHead(nn.Module):
-    """Diagonal Gaussian parameters: loc = Dense(hidden), scale = softplus(Dense(hidden + 0.54)) + min_std.
-
-    The official code (cells.py, ``_prior`` and ``_posterior``) adds 0.54 to the *input* of the stddev layer,
-    not to its output: it shifts the layer's input, so it changes the initial scales and every gradient of that
-    layer's kernel (it is not a reparameterisation of the bias).
-    """
+    """Diagonal Gaussian parameters: loc = Dense(hidden), scale = softplus(Dense(hidden + 0.54)) + min_std. The official
+    code (cells.py, ``_prior`` and ``_posterior``) adds 0.54 to the *input* of the stddev layer, not to its output: it
+    shifts the layer's input, so it changes the initial scales and every gradient of that layer's kernel (it is not a
+    reparameterisation of the bias)."""
 
     STD_INPUT_OFFSET = 0.54
 
@@ -152,9 +147,8 @@ class Decoder(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.state_size, FEATURES)
         kernels, widths = [5, 5, 6, 6], [FEATURES, 128, 64, 32, cfg.channels]
-        self.deconvs = nn.ModuleList(
-            nn.ConvTranspose2d(a, b, kernel_size=k, stride=2) for a, b, k in zip(widths, widths[1:], kernels)
-        )
+        self.deconvs = nn.ModuleList(nn.ConvTranspose2d(a, b, kernel_size=k, stride=2)
+                                     for a, b, k in zip(widths, widths[1:], kernels))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """(..., state) -> (..., C, 64, 64)."""
@@ -180,7 +174,6 @@ class Level(nn.Module):
         self.posterior = Posterior(cfg)
 
     def deterministic(self, previous: State, above: State) -> torch.Tensor:
-        """h_t^l from the previous state s_{t-1}^l and the state above s_t^{l+1}."""
         return self.transition.deterministic(previous, above)
 
     def prior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

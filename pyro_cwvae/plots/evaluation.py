@@ -1,26 +1,18 @@
-"""Figures of an evaluation file (what ``pyro-cwvae evaluate`` writes): every run on one axis, as the paper's
-Figures 1 and 5 compare models.
-
-``evaluation.png``: SSIM, PSNR, LPIPS and the digit or room accuracy against the frames predicted, one colour per
-run, the baselines dashed (and the classifier's accuracy on true frames dotted); FVD per window of the horizon as
-bars, the baselines' FVD as dashed lines; the KL per training sequence of each level (Table 1) per run, and the
-importance-weighted bound beside the ELBO when the file has them.
+"""The figure of an evaluation file (what ``pyro-cwvae evaluate`` writes), ``evaluation.png``: every run on one
+axis, as the paper's Figures 1 and 5 compare models, the baselines dashed and the accuracy on true frames dotted.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from pyro_cwvae.errors import UserError  # noqa: E402
-from pyro_cwvae.files.netcdf import EVALUATION_TITLE, has_title  # noqa: E402
-from pyro_cwvae.plots.files import save_figure  # noqa: E402
-from pyro_cwvae.prediction import frames_ahead  # noqa: E402
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.files.netcdf import EVALUATION_TITLE, has_title
+from pyro_cwvae.plots.files import save_figure
+from pyro_cwvae.prediction import frames_ahead
 
 CURVES = (("ssim", "SSIM"), ("psnr", "PSNR (dB)"), ("lpips", "LPIPS (lower is better)"))
 ACCURACIES = (("digit_accuracy", "digit accuracy"), ("room_accuracy", "room accuracy"))
@@ -47,10 +39,8 @@ def read_evaluation(path: Path) -> xr.Dataset:
 
 
 def write_evaluation_figures(ds: xr.Dataset, out_dir: Path) -> list[Path]:
-    """Write ``evaluation.png`` into ``out_dir``; returns the paths written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [save_figure(plot_evaluation(ds), out_dir / "evaluation.png")]
+    """Write ``evaluation.png`` into ``out_dir`` (made if missing); returns the paths written."""
+    return [save_figure(plot_evaluation(ds), Path(out_dir) / "evaluation.png")]
 
 
 def plot_evaluation(ds: xr.Dataset) -> plt.Figure:

@@ -22,12 +22,8 @@ REQUIRED_VARIABLES = {
     "has_truth": (_CURVE, "b"),
     "psnr": (_FRAME[:3], "f"),
     "ssim": (_FRAME[:3], "f"),
-    "psnr_best": (_CURVE, "f"),
-    "ssim_best": (_CURVE, "f"),
-    "psnr_last_frame": (_CURVE, "f"),
-    "ssim_last_frame": (_CURVE, "f"),
-    "psnr_random_frame": (_CURVE, "f"),
-    "ssim_random_frame": (_CURVE, "f"),
+    **{f"{metric}_{curve}": (_CURVE, "f") for curve in ("best", "last_frame", "random_frame")
+       for metric in ("psnr", "ssim")},
     "kl": (("sequence", "level", "time"), "f"),
     "kl_table": (("level",), "f"),
 }

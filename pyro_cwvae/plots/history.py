@@ -1,10 +1,6 @@
-"""Figure of a training history (a run's ``history.nc``): how the loss and each level's KL move as training goes on.
-
-``training.png``: the negative ELBO and the reconstruction term against the step; the KL of each level against the
-step (log scale, where a collapsing level shows as a falling line); and the share of the KL above level 1, the
-number that says whether the slow levels are in use (the paper's 3-level Moving MNIST model: about 12 %). Every
-curve is a running mean over a window, as single steps are noisy.
-"""
+"""Figure of a training history (a run's ``history.nc``), ``training.png``: the loss, the KL of each level (log
+scale: a collapsing level shows as a falling line) and the share of the KL above level 1, which says whether the
+slow levels are in use (the paper's 3-level Moving MNIST model: about 12 %), as running means against the step."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,10 +42,8 @@ def smoothed(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def write_history_figure(ds: xr.Dataset, out_dir: Path, window: int | None = None) -> list[Path]:
-    """Write ``training.png`` into ``out_dir``; returns the paths written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [save_figure(plot_history(ds, window), out_dir / "training.png")]
+    """Write ``training.png`` into ``out_dir`` (made if missing); returns the paths written."""
+    return [save_figure(plot_history(ds, window), Path(out_dir) / "training.png")]
 
 
 def plot_history(ds: xr.Dataset, window: int | None = None) -> plt.Figure:

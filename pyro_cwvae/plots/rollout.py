@@ -1,10 +1,6 @@
-"""Figures of a rollout: frame strips, metric curves, KL per level and an animated GIF.
-
-``write_figures`` reads a rollout dataset (what the rollout command writes) and produces the figures a
-reader of the CW-VAE paper expects: predicted frames against ground truth (paper Figures 2, 4 and 6),
-PSNR and SSIM against the number of frames predicted with the copy-frame baselines (Figure 1), and the
-KL divergence of each level of the hierarchy (Table 1). Every file is written atomically.
-"""
+"""Figures of a rollout, as a reader of the CW-VAE paper expects them: predicted frames against ground truth
+(Figures 2, 4 and 6) as a strip and a GIF, PSNR and SSIM against the frames predicted with the copy-frame
+baselines (Figure 1), and the KL of each level (Table 1)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,27 +17,19 @@ from pyro_cwvae.prediction import frames_ahead
 GIF_MAX_FRAMES = 300
 GIF_FRAME_MS = 100
 GIF_SCALE = 2
-_GAP = 2
-"""Pixels of white between frames in the strip and the GIF."""
-_GROUP_GAP = 8
-"""Pixels of white between sequences."""
+_GAP = 2  # pixels of white between frames in the strip and the GIF
+_GROUP_GAP = 8  # pixels of white between sequences
 _STRIP_CONTEXT = 4
 """Context frames in the strip: their posterior reconstructions show what the model has learned to encode."""
-_STD_GAIN = 2
-"""The strip shows the per-pixel std over samples times this: std of pixels in [0, 255] is at most 127.5."""
+_STD_GAIN = 2  # the strip shows the per-pixel std over samples times this: std of pixels in [0, 255] is at most 127.5
 
 
 def write_figures(ds: xr.Dataset, out_dir: Path, max_sequences: int = 4, max_frames: int = 12) -> list[Path]:
     """Write ``strip.png``, ``metrics.png``, ``kl.png``, ``rollout.gif`` and, when ``ds`` has the spread over
-    samples, ``uncertainty.png`` into ``out_dir``.
-
-    ``max_sequences`` caps the sequences shown in the strip and the GIF; ``max_frames`` is the number of
-    predicted frames in the strip. Returns the paths written. Raises ``UserError`` when ``ds`` is not a
-    rollout dataset.
-    """
+    samples, ``uncertainty.png`` into ``out_dir``; returns the paths written. ``max_sequences`` caps the sequences
+    of the strip and the GIF, ``max_frames`` the predicted frames of the strip. ``UserError`` unless a rollout."""
     check_rollout(ds)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # made by the first file written
     shown = ds.isel(sequence=slice(0, max_sequences))
     paths = [
         save_figure(plot_strip(shown, max_frames), out_dir / "strip.png"),
@@ -56,13 +44,11 @@ def write_figures(ds: xr.Dataset, out_dir: Path, max_sequences: int = 4, max_fra
 
 def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
     """Ground truth above each sample's prediction, for every sequence of ``ds``.
-
     Columns are a few context frames (the samples' rows show their reconstructions by the guide and decoder)
     followed by ``max_frames`` evenly spaced predicted frames, labelled with their time (frames counted from the
     first context frame). Each sequence is a block of rows: ground truth, one row per sample and, when ``ds`` has
     it, the per-pixel standard deviation over the samples (times ``_STD_GAIN``, white where they disagree).
-    Frames without ground truth are left blank.
-    """
+    Frames without ground truth are left blank."""
     times = _strip_times(ds, max_frames)
     sub = ds.isel(time=times)
     truth = _to_hwc(sub.truth.values)  # (sequence, time, H, W, C)
@@ -141,13 +127,11 @@ def _interventions(ds: xr.Dataset) -> str:
 
 def plot_metrics(ds: xr.Dataset) -> plt.Figure:
     """PSNR and SSIM against the number of frames predicted after the context (paper Figure 1).
-
     Under the paper's protocol each sequence counts with its best sample of the metric (``psnr_best``,
     ``ssim_best``), as the official evaluation plotted it; otherwise every sample of every sequence counts. The
     solid line is the mean of those curves, the band one standard deviation either side; dashed lines are the
     baselines that repeat the last context frame or show a random frame. Frames without ground truth and
-    infinite PSNR (a frame predicted exactly) are left out.
-    """
+    infinite PSNR (a frame predicted exactly) are left out."""
     future = ~ds.is_context.values
     steps = frames_ahead(ds)[future]
     best = ds.attrs.get("protocol") == "paper"
@@ -183,12 +167,10 @@ def _curves(ds: xr.Dataset, metric: str, best: bool) -> xr.DataArray:
 
 def plot_kl(ds: xr.Dataset) -> plt.Figure:
     """KL divergence of each level: per training sequence (paper Table 1) and over time.
-
     Left: ``kl_table``, the KL summed over a training sequence's frames and averaged over such windows of the
     test videos, one bar per level (level 1 is the fastest); none when the videos hold no whole window.
     Right: the KL of each level at the frames where that level is active (mean over sequences); the
-    dotted line marks the end of the context.
-    """
+    dotted line marks the end of the context."""
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(10, 3.8))
     levels = ds.level.values
     table = ds.kl_table.values
@@ -220,13 +202,9 @@ def plot_kl(ds: xr.Dataset) -> plt.Figure:
 
 
 def write_gif(ds: xr.Dataset, path: Path) -> Path:
-    """Animate ground truth beside every sample, one row per sequence of ``ds``, to ``path``.
-
-    The first column is the ground truth, then one column per sample. Frames are upscaled twice with
-    nearest neighbour; a header shows the time and whether the frame is context (the model's
-    reconstruction) or an open-loop prediction. Long rollouts are subsampled evenly in time
-    to at most ``GIF_MAX_FRAMES`` frames.
-    """
+    """Animate to ``path`` the ground truth, then every sample, in one row per sequence of ``ds``, upscaled
+    ``GIF_SCALE`` times, under a header that says the time and whether the frame is context (the model's
+    reconstruction) or an open-loop prediction; at most ``GIF_MAX_FRAMES`` frames, evenly spaced in time."""
     sub = ds.isel(time=_evenly_spaced(ds.sizes["time"], GIF_MAX_FRAMES))
     truth = _to_hwc(sub.truth.values)  # (sequence, time, H, W, C)
     pred = _to_hwc(sub.prediction.values)  # (sample, sequence, time, H, W, C)
@@ -274,10 +252,8 @@ def _display(mosaic: np.ndarray) -> np.ndarray:
 
 def _mosaic(rows: list[np.ndarray], group: int) -> tuple[np.ndarray, list[float], list[float]]:
     """Tile rows of frames ``(cols, H, W, C)`` into one white-separated uint8 image.
-
     Every ``group`` rows form a block set apart by a wider gap. Returns the image and the pixel centres
-    of its rows and columns (for labels).
-    """
+    of its rows and columns (for labels)."""
     cols, height, width, channels = rows[0].shape
     row_tops = [i * (height + _GAP) + (i // group) * (_GROUP_GAP - _GAP) for i in range(len(rows))]
     col_lefts = [j * (width + _GAP) for j in range(cols)]

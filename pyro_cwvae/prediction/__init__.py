@@ -1,10 +1,5 @@
-"""Open-loop prediction of a trained run: ``load_run``, then ``rollout`` with ``PredictionOptions``.
-
-The modules, in the order a rollout uses them: ``run`` (the loaded run), ``latents`` (filtering the context, the
-prior after it, interventions), ``frames`` (test frames, decoding, scores, baselines), ``spread``, ``kl`` and
-``rollout`` (the dataset and its file); ``options`` and ``scores`` are shared with the evaluation. The function
-``rollout.rollout`` is not re-exported here: the name would hide its module.
-"""
+"""Open-loop prediction of a trained run: ``load_run``, then ``rollout.rollout`` with ``PredictionOptions``
+(not re-exported here: the name would hide its module)."""
 from pyro_cwvae.prediction.frames import (baseline_frames, decode, read_test_frames, score_frames, scored_chunks,
                                           unit_frames)
 from pyro_cwvae.prediction.kl import kl_table_variable, truth_kls

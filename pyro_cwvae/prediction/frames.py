@@ -21,13 +21,15 @@ def read_test_frames(dataset: VideoDataset, sequences: int, total: int | None, c
                      ) -> tuple[np.ndarray, np.ndarray, int]:
     """The first ``total`` frames of the first test videos, uint8 (N, total, C, 64, 64) with zeros past a video's
     end, the mask of frames each video has, and the length of the shortest video (which must hold the context).
-    ``total`` None: to the end of the longest video."""
+    ``total`` None: to the end of the longest video, which must reach past the context."""
     videos = dataset.test_videos(sequences)
     shortest = min(len(v) for v in videos)
     total = max(len(v) for v in videos) if total is None else total
     if context > shortest:
         raise UserError(f"--context {context} is longer than the shortest of the {sequences} test videos "
                         f"({shortest} frames)")
+    if total <= context:
+        raise UserError(f"the test videos end within the --context of {context} frames: nothing to predict")
     truth = np.zeros((sequences, total, dataset.channels, 64, 64), dtype=np.uint8)
     has_truth = np.zeros((sequences, total), dtype=bool)
     for n, v in enumerate(videos):
@@ -84,9 +86,7 @@ def scored_chunks(run: Run, states: torch.Tensor, truth: np.ndarray, protocol: P
                   progress: bool = False) -> Iterator[ScoredChunk]:
     """The frames of ``states`` (B, T, state) decoded and scored under ``protocol`` a chunk at a time, so the
     float means of all frames never exist at once.
-
-    ``truth`` (N, T, C, 64, 64) uint8 is shared by the B = samples x N rows of ``states`` (sample-major).
-    """
+    ``truth`` (N, T, C, 64, 64) uint8 is shared by the B = samples x N rows of ``states`` (sample-major)."""
     B = states.shape[0]
     for frames, means in decoded_chunks(run, states, progress):
         true = unit_frames(truth[:, frames], means.device).repeat(B // truth.shape[0], 1, 1, 1, 1)

@@ -98,10 +98,8 @@ def rollout_trace(run: Run, context: torch.Tensor, num_frames: int, sequences: i
     """The model's trace of a rollout over ``num_frames`` frames given the ``context`` frames (B, C_T, C, 64, 64),
     B = samples x ``sequences`` rows, sample-major (``sequences`` None: B, one sample each), under
     ``intervention``. The level-1 states (B, T, state), the decoder's input, are the trace's ``_RETURN`` value.
-
     Noise is drawn in this order: for a swap, first sequence J's plain rollout of the swapped levels; then the
-    context's latents (``context_latents``); then the model's prior over the remaining sites.
-    """
+    context's latents (``context_latents``); then the model's prior over the remaining sites."""
     B, T = context.shape[:2]
     sequences = B if sequences is None else sequences
     with sharing_steps(run.nets):  # the passes reuse each other's GRU steps
@@ -159,10 +157,8 @@ def swapped_sites(run: Run, context: torch.Tensor, num_frames: int, sequences: i
                   intervention: Intervention) -> poutine.Trace:
     """The sites of levels >= ``swap_levels`` over all ``num_frames`` frames, every row holding the value that row
     of sequence ``from_sequence`` (the same sample) has in the plain rollout: a point mass at that value.
-
     The plain rollout is run only as far as those sites: its context latents, then the model's prior down to the
-    first site below them.
-    """
+    first site below them."""
     cfg, clock = run.cfg, run.cfg.clock
     B = context.shape[0]
     names = [clock.site_name(level, frame) for level in range(cfg.levels, intervention.swap_levels - 1, -1)
@@ -199,10 +195,8 @@ def filtered_steps(cfg: Config, level: int, context_frames: int, prior_levels: i
 
 def trace_until(fn, decided: poutine.Trace, wanted: set[str], *args, **kwargs) -> poutine.Trace:
     """Trace of ``fn`` replayed on ``decided``, stopped at the first latent site neither decided nor ``wanted``.
-
     Stopping there means the sites below are neither computed nor drawn: each pass consumes noise only for the
-    sites it keeps.
-    """
+    sites it keeps."""
     def undecided(msg) -> bool:
         return level_of(msg["name"]) is not None and msg["name"] not in decided and msg["name"] not in wanted
 

@@ -1,9 +1,6 @@
-"""The options of every open-loop prediction: ``rollout``, ``evaluate``, the Python API and the experiments.
-
-One definition, as ``Config`` is for training: the commands generate their options from these fields (each with
-its help), the API takes them as keyword arguments, and every field has one meaning wherever it is used.
-Commands may choose other defaults (``evaluate`` scores 100 sequences, as the paper); the meaning stays.
-"""
+"""The options of every open-loop prediction (``rollout``, ``evaluate``, the API, the experiments), defined once as
+``Config`` is for training: the commands generate their options and help from these fields; a command may choose
+other defaults (``evaluate`` scores 100 sequences, as the paper), never another meaning."""
 from __future__ import annotations
 
 import dataclasses

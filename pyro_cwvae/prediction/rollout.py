@@ -1,9 +1,5 @@
-"""Open-loop rollouts of a trained run (paper Section 3, "Evaluation"), as one dataset: the predictions, their
-spread over samples, their PSNR and SSIM with baselines, and the per-level KL (Sections 3.8-3.9).
-
-The latents come from ``latents`` (filtering the context, the prior after it, the interventions), the frames and
-scores from ``frames``, the spread from ``spread``, the KLs from ``kl``; this module puts them together and
-writes the NetCDF file.
+"""Open-loop rollouts of a trained run (paper Section 3, "Evaluation"), as one dataset and its NetCDF file: the
+predictions, their spread over samples, their PSNR and SSIM with baselines, and the per-level KL (Sections 3.8-3.9).
 """
 from __future__ import annotations
 
@@ -38,8 +34,6 @@ def rollout(run: Run, options: PredictionOptions = PredictionOptions(), interven
     total = None if options.horizon is None else context + options.horizon
     truth, has_truth, shortest = read_test_frames(dataset, sequences, total, context)
     total = truth.shape[1]
-    if total <= context:
-        raise UserError(f"the test videos end within the --context of {context} frames: nothing to predict")
     scoring = PROTOCOLS[options.protocol]
     device = next(run.nets.parameters()).device
 
@@ -106,28 +100,23 @@ TIME_ATTRS = {"units": "frames", "long_name": "frames since the first context fr
 """The time axis of rollouts and evaluations."""
 
 
-METRIC_NAMES = {
-    "psnr": "PSNR of each sample's prediction",
-    "ssim": "SSIM of each sample's prediction",
-    "psnr_best": "PSNR of the best of the {samples} samples of each sequence (highest mean PSNR over the predicted "
-                 "frames)",
-    "ssim_best": "SSIM of the best of the {samples} samples of each sequence (highest mean SSIM over the predicted "
-                 "frames)",
-    "psnr_last_frame": "PSNR of repeating the last context frame",
-    "ssim_last_frame": "SSIM of repeating the last context frame",
-    "psnr_random_frame": "PSNR of a random training frame",
-    "ssim_random_frame": "SSIM of a random training frame",
+METRIC_NAMES = {  # by the part of a metric variable's name after psnr_ or ssim_
+    "": "{metric} of each sample's prediction",
+    "best": "{metric} of the best of the {samples} samples of each sequence (highest mean {metric} over the "
+            "predicted frames)",
+    "last_frame": "{metric} of repeating the last context frame",
+    "random_frame": "{metric} of a random training frame",
 }
 
 
 def metric_variable(name: str, scores: np.ndarray, protocol: Protocol, samples: int) -> tuple:
     """The (dims, values, attrs) of one metric variable: its units and the conventions it was computed with."""
-    metric = name.split("_")[0]
+    metric, _, kind = name.partition("_")
     conventions = protocol.conventions()
     baseline = name.endswith("_frame")
     attrs = {
         "units": "dB" if metric == "psnr" else "1",
-        "long_name": METRIC_NAMES[name].format(samples=samples),
+        "long_name": METRIC_NAMES[kind].format(metric=metric.upper(), samples=samples),
         "protocol": protocol.name,
         "convention": conventions[metric],
         "frames": "ground-truth uint8 frames / 255" if baseline else conventions["frames"],
@@ -160,13 +149,9 @@ def to_dataset(run: Run, *, prediction: np.ndarray, truth: np.ndarray, has_truth
                 "y": np.arange(64), "x": np.arange(64), "level": np.arange(1, run.cfg.levels + 1)},
         attrs={
             **provenance("pyro-cwvae open-loop rollout"),
-            "config": run.cfg.to_json(),
-            "checkpoint_step": run.step,
+            "config": run.cfg.to_json(), "checkpoint_step": run.step,
             "elbo": run.cfg.elbo,  # the estimator the run was trained with: trace or meanfield
-            "seed": seed,
-            "context": context,
-            "horizon": horizon,
-            "prior_levels": prior_levels,
+            "seed": seed, "context": context, "horizon": horizon, "prior_levels": prior_levels,
             "protocol": protocol.name,
             **{f"protocol_{key}": line for key, line in protocol.conventions().items()},
         },

@@ -24,22 +24,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SSIM_WINDOW = 7
-"""Side of the uniform SSIM window (scikit-image's default)."""
+SSIM_WINDOW = 7  # side of the uniform SSIM window (scikit-image's default)
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-_CHUNK_ELEMENTS = 1 << 20
-"""Elements of one input per chunk: the float64 temporaries of a chunk stay near 100 MB."""
+_CHUNK_ELEMENTS = 1 << 20  # elements of one input per chunk: the float64 temporaries of a chunk stay near 100 MB
 
 
 def psnr(pred: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0, per_channel: bool = False) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB of each frame, ``10 log10(data_range**2 / MSE)``.
-
     Same as ``skimage.metrics.peak_signal_noise_ratio(truth, pred, data_range=data_range)`` per frame: the mean
     squared error is over channels and pixels, or with ``per_channel`` the PSNR of each channel averaged over the
     channels (as the paper's evaluation did). Identical frames have zero error and give ``+inf``, as in
-    scikit-image.
-    """
+    scikit-image."""
 
     def per_frame(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if per_channel:
@@ -52,13 +48,11 @@ def psnr(pred: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0, per_c
 
 def ssim(pred: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Structural similarity of each frame, as scikit-image computes it with its defaults.
-
     Equals ``skimage.metrics.structural_similarity(pred, truth, data_range=data_range, channel_axis=0)``
     per frame: local statistics over a 7x7 uniform window with sample (co)variances, constants
     ``K1=0.01`` and ``K2=0.03``, and the SSIM map averaged over the valid interior (windows that lie
     wholly inside the frame) and over channels. A frame compared with itself scores 1. Frames must be
-    at least 7x7.
-    """
+    at least 7x7."""
 
     def per_frame(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return _ssim_map(p, t, data_range).mean(dim=(-3, -2, -1))
@@ -110,10 +104,8 @@ PROTOCOLS = {protocol.name: protocol for protocol in (PAPER, STANDARD)}
 
 def best_of_samples(scores: np.ndarray, ranked: np.ndarray) -> np.ndarray:
     """Per sequence, the scores of the sample with the highest mean score over the ``ranked`` frames.
-
     ``scores`` is (sample, sequence, time), ``ranked`` a (sequence, time) mask; returns (sequence, time). NaN
-    scores are left out of the means; a sequence with no ranked score keeps its first sample.
-    """
+    scores are left out of the means; a sequence with no ranked score keeps its first sample."""
     masked = np.where(ranked, scores, np.nan)
     counted = ~np.isnan(masked)
     totals = np.where(counted, masked, 0).sum(-1)  # a frame predicted exactly (+inf) ranks first
@@ -138,32 +130,21 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tens
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
 
 
-def _per_frame(
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    pred: torch.Tensor,
-    truth: torch.Tensor,
-    min_side: int,
-) -> torch.Tensor:
-    """Apply ``score`` to chunks of frames converted to float64 and reassemble the shape ``(...)``."""
-    _check_frames(pred, truth, min_side)
-    lead = pred.shape[:-3]
-    frame_shape = pred.shape[-3:]
-    pred = pred.reshape(-1, *frame_shape)
-    truth = truth.reshape(-1, *frame_shape)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, frame_shape.numel()))
-    scores = [
-        score(p.to(torch.float64), t.to(torch.float64))
-        for p, t in zip(pred.split(chunk), truth.split(chunk))
-    ]
-    if not scores:  # no frames at all
-        return torch.empty(lead, dtype=torch.float64, device=pred.device)
-    return torch.cat(scores).reshape(lead)
-
-
-def _check_frames(pred: torch.Tensor, truth: torch.Tensor, min_side: int) -> None:
+def _per_frame(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pred: torch.Tensor, truth: torch.Tensor,
+               min_side: int) -> torch.Tensor:
+    """Apply ``score`` to chunks of the checked frames converted to float64 and reassemble the shape ``(...)``."""
     if pred.shape != truth.shape:
         raise ValueError(f"pred and truth differ in shape: {tuple(pred.shape)} vs {tuple(truth.shape)}")
     if pred.dim() < 3:
         raise ValueError(f"expected frames shaped (..., C, H, W), got shape {tuple(pred.shape)}")
     if min(pred.shape[-2:]) < min_side:
         raise ValueError(f"frames must be at least {min_side}x{min_side}, got {tuple(pred.shape[-2:])}")
+    lead = pred.shape[:-3]
+    frame_shape = pred.shape[-3:]
+    pred = pred.reshape(-1, *frame_shape)
+    truth = truth.reshape(-1, *frame_shape)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, frame_shape.numel()))
+    scores = [score(p.to(torch.float64), t.to(torch.float64)) for p, t in zip(pred.split(chunk), truth.split(chunk))]
+    if not scores:  # no frames at all
+        return torch.empty(lead, dtype=torch.float64, device=pred.device)
+    return torch.cat(scores).reshape(lead)

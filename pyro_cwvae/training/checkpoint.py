@@ -7,9 +7,8 @@ checkpoint loaded against a different model, level count or image size is refuse
 Run directories are shared between people, so a checkpoint is untrusted input: it is read with torch's
 ``weights_only`` loader (tensors and plain Python values; a pickle that names a function is refused before
 anything is called), and every key, type and tensor shape is checked against what this module writes before
-the training or rollout code sees it. Only the current format is read: an older checkpoint (format 1 kept NumPy's
-random state as an array, and the encoder's parts under former names) is refused with the hint to convert it with
-``pyro-cwvae checkpoint upgrade RUN --trust`` (``upgrade_checkpoint``).
+the training or rollout code sees it. Only the current format is read: an older one is refused with the hint to
+convert it with ``pyro-cwvae checkpoint upgrade RUN --trust`` (``upgrade_checkpoint``, ``from_format_1``).
 """
 from __future__ import annotations
 
@@ -64,23 +63,15 @@ def _stored_numpy(state: tuple) -> tuple:
 
 
 def _numpy_state(stored: tuple) -> tuple:
-    """NumPy's ``get_state()`` tuple back from its stored form (the key array as an int64 tensor)."""
     name, keys, pos, has_gauss, cached_gaussian = stored
     return name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached_gaussian
 
 
 def save_checkpoint(run_dir: Path, *, step: int, cfg: Config, nets, optimizer, programs, rng: list) -> Path:
     """Write the checkpoint; ``rng`` holds the random state of every training process, in rank order."""
-    state = {
-        "format": FORMAT,
-        "version": __version__,
-        "step": step,
-        "config": cfg.to_dict(),
-        "nets": nets.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng,
-        "programs": {p_kind: {"path": p.path, "source": p.source} for p_kind, p in zip(("model", "guide"), programs)},
-    }
+    sources = {kind: {"path": p.path, "source": p.source} for kind, p in zip(("model", "guide"), programs)}
+    state = {"format": FORMAT, "version": __version__, "step": step, "config": cfg.to_dict(), "nets": nets.state_dict(),
+             "optimizer": optimizer.state_dict(), "rng": rng, "programs": sources}
     return _write(Path(run_dir) / CHECKPOINT, state)
 
 
@@ -91,11 +82,9 @@ def _write(target: Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint of ``run_dir``, checked.
-
-    UserError in one line when it is missing, truncated, holds anything but tensors and plain values, or differs
-    from what ``save_checkpoint`` writes in any key, type or shape; also when the run's config.json is damaged.
-    """
+    """The checkpoint of ``run_dir``, checked. UserError in one line when it is missing, truncated, holds anything but
+    tensors and plain values, or differs from what ``save_checkpoint`` writes in any key, type or shape; also when the
+    run's config.json is damaged."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
     if not path.is_file():
@@ -108,11 +97,9 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
 
 
 def upgrade_checkpoint(run_dir: Path, trust: bool = False) -> int:
-    """Rewrite the checkpoint of ``run_dir`` in the current format; return the format it had.
-
-    ``trust`` reads it with the full pickle loader, which runs whatever code the file names: only for a file
-    whose origin the user trusts and that the safe loader refuses, such as one of format 1.
-    """
+    """Rewrite the checkpoint of ``run_dir`` in the current format; return the format it had. ``trust`` reads it with
+    the full pickle loader, which runs whatever code the file names: only for a file whose origin the user trusts and
+    that the safe loader refuses, such as one of format 1."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise UserError(f"no checkpoint in {run_dir}: expected {path}")
@@ -126,9 +113,7 @@ def upgrade_checkpoint(run_dir: Path, trust: bool = False) -> int:
 
 def _read(path: Path, map_location, trust: bool) -> Any:
     try:
-        if trust:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as error:
         if trust:
             raise UserError(f"cannot read checkpoint {path}: {_first_line(error)}") from error
@@ -218,8 +203,7 @@ def _checked_config(values: Any) -> Config:
 
 
 def _check_nets(nets: Any, cfg: Config) -> list[torch.Size]:
-    """The weights must be those of the networks the run's programs build (``make_nets``) for the checkpoint's
-    config; returns their parameters' shapes."""
+    """The weights of the networks ``make_nets`` builds for the checkpoint's config; returns their shapes."""
     make_nets = load_programs(cfg.model, cfg.guide).make_nets
     with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
         model = make_nets(cfg)
@@ -236,9 +220,6 @@ def _check_nets(nets: Any, cfg: Config) -> list[torch.Size]:
 
 def _describe(tensor: torch.Tensor) -> str:
     return f"{str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)}"
-
-
-PLAIN = (bool, int, float, str, type(None))
 
 
 def _check_optimizer(optimizer: Any, shapes: list[torch.Size]) -> None:
@@ -269,7 +250,7 @@ def _check_optimizer(optimizer: Any, shapes: list[torch.Size]) -> None:
 def _plain(value: Any) -> bool:
     """A setting as optimizers store them: a number, flag, string or None, or a tuple/list of those."""
     items = value if isinstance(value, (tuple, list)) else [value]
-    return all(isinstance(item, PLAIN) for item in items)
+    return all(isinstance(item, (bool, int, float, str, type(None))) for item in items)
 
 
 def _check_rng(entry: Any) -> None:
@@ -278,18 +259,13 @@ def _check_rng(entry: Any) -> None:
     try:
         torch.Generator().set_state(entry["torch"].cpu())
         random.Random().setstate(entry["python"])
-        name, keys, *rest = _tuple(entry["numpy"], 5, "the NumPy random state")
-        np.random.RandomState().set_state(_numpy_state((name, keys, *rest)))
+        if not isinstance(entry["numpy"], tuple) or len(entry["numpy"]) != 5:
+            raise Invalid("the NumPy random state is not a tuple of 5")
+        np.random.RandomState().set_state(_numpy_state(entry["numpy"]))
     except Exception as error:  # each setter fails in its own way on a foreign state
         raise Invalid(f"a random state does not load: {_first_line(error)}") from None
     if "cuda" in entry and not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in entry["cuda"]):
         raise Invalid("the CUDA random states are not byte tensors")
-
-
-def _tuple(value: Any, length: int, what: str) -> tuple:
-    if not isinstance(value, tuple) or len(value) != length:
-        raise Invalid(f"{what} is not a tuple of {length}")
-    return value
 
 
 def _check_programs(programs: Any) -> None:

@@ -60,26 +60,20 @@ class History:
         def described(long_name: str, units: str | None) -> dict:
             return {"long_name": long_name, **({"units": units} if units else {})}
 
+        variables = {name: ("step", column(name), described(*about)) for name, about in COLUMNS.items()}
         kl = np.array([row.kl for row in self.rows], dtype=np.float32).reshape(-1, self.levels)
-        return xr.Dataset(
-            {
-                **{name: ("step", column(name), described(*about)) for name, about in COLUMNS.items()},
-                "kl": (("step", "level"), kl, described("KL[q || p] of each level", "nats per frame")),
-            },
-            coords={"step": np.array([row.step for row in self.rows], dtype=np.int64),
-                    "level": np.arange(1, self.levels + 1)},
-            attrs={**provenance(TITLE), **attrs},
-        )
+        variables["kl"] = (("step", "level"), kl, described("KL[q || p] of each level", "nats per frame"))
+        steps = np.array([row.step for row in self.rows], dtype=np.int64)
+        return xr.Dataset(variables, coords={"step": steps, "level": np.arange(1, self.levels + 1)},
+                          attrs={**provenance(TITLE), **attrs})
 
     def save(self, path: Path, attrs: dict) -> None:
         write_netcdf(self.to_dataset(attrs), path)
 
     @classmethod
     def load(cls, path: Path, levels: int, upto_step: int) -> "History":
-        """The saved history up to ``upto_step`` (later rows belong to steps the checkpoint never saw).
-
-        UserError naming the file when it is unreadable or not what ``save`` writes for ``levels`` levels.
-        """
+        """The saved history up to ``upto_step`` (later rows belong to steps the checkpoint never saw). UserError naming
+        the file when it is unreadable or not what ``save`` writes for ``levels`` levels."""
         history = cls(levels)
         if not Path(path).exists():
             return history
@@ -91,8 +85,7 @@ class History:
             reason = " ".join(str(error).split())
             raise UserError(f"cannot read training history {path}: {reason}") from error
         columns = {name: ds[name].values.astype(float) for name in COLUMNS}
-        history.extend([Row(step=int(step), kl=ds.kl.values[i], **{name: float(values[i]) for name, values in
-                                                                   columns.items()})
+        history.extend([Row(step=int(step), kl=ds.kl.values[i], **{name: float(c[i]) for name, c in columns.items()})
                         for i, step in enumerate(ds.step.values)])
         return history
 

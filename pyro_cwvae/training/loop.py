@@ -5,10 +5,6 @@ TraceMeanField_ELBO with analytic KLs as an option), back-propagates, clips the 
 reference does, and takes an Adam step. The run directory holds the config, the latest checkpoint and the
 history, each written atomically; ``resume`` continues from the checkpoint exactly where an uninterrupted run
 would have been.
-
-``train`` reads top to bottom: set up or resume, then a loop of step / log / checkpoint. The side concerns have
-small helpers of their own: ``StopRequest`` (signals), ``StepLog`` (reading the logged values back from the
-device, and the deferred finiteness check), ``BadSteps`` (skipping non-finite steps).
 """
 from __future__ import annotations
 
@@ -57,10 +53,8 @@ class FitResult:
 
 def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_steps: int = 0,
         progress: bool = True) -> FitResult:
-    """Train ``cfg`` on ``dataset`` into ``cfg.run_dir`` (a new one, or the one to resume).
-
-    Under ``torchrun`` every process calls this; each trains on its rows of every batch (see distributed.py).
-    """
+    """Train ``cfg`` on ``dataset`` into ``cfg.run_dir`` (a new one, or the one to resume). Under ``torchrun`` every
+    process calls this; each trains on its rows of every batch (see distributed.py)."""
     group, device_name = join(cfg.device)
     try:
         result = train(cfg, dataset, group, resolve_device(device_name), resume, max_bad_steps, progress)
@@ -217,8 +211,7 @@ class StopRequest:
         try:
             previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:  # not the main thread: signals cannot be caught here
-            yield self
-            return
+            previous = {}
         try:
             yield self
         finally:
@@ -227,12 +220,10 @@ class StopRequest:
 
 
 class StepLog:
-    """The logged values of each step, kept on the device and read back into the history every few steps.
-
-    Reading a value back from the device makes the host wait for the step. Skipping bad steps needs the verdict
-    before each update (``check_each_step``); otherwise it is taken at the next ``flush``, which always comes
-    before a save, so a non-finite step is never written to a checkpoint.
-    """
+    """The logged values of each step, kept on the device and read back into the history every few steps. Reading a
+    value back from the device makes the host wait for the step. Skipping bad steps needs the verdict before each update
+    (``check_each_step``); otherwise it is taken at the next ``flush``, which always comes before a save, so a
+    non-finite step is never written to a checkpoint."""
 
     def __init__(self, history: History, group: Group, check_each_step: bool):
         self.history, self.group, self.check_each_step = history, group, check_each_step

@@ -22,19 +22,11 @@ import torch
 from pyro_cwvae.errors import UserError
 
 
-def torch_eps(eps_hat: float, beta2: float, step: int) -> float:
-    """The torch Adam epsilon that makes step ``step`` (1-based) equal to Keras' step with ``eps_hat``."""
-    return eps_hat / math.sqrt(1.0 - beta2 ** step)
-
-
 class KerasAdam(torch.optim.Adam):
-    """``torch.optim.Adam`` whose ``eps`` is Keras' epsilon hat: before each step, every param group's torch
-    ``eps`` is set from the step about to be taken (``torch_eps``), then Adam's own step (single-tensor,
-    foreach or fused) runs unchanged.
-
-    The Keras epsilon is kept in each group as ``eps_hat`` and the step count is read from Adam's per-parameter
-    ``step`` state, so both travel with ``state_dict()`` and a resumed optimizer continues bit for bit.
-    """
+    """``torch.optim.Adam`` whose ``eps`` is Keras' epsilon hat: before each step, every param group's torch ``eps`` is
+    set from the step about to be taken (eps_hat / sqrt(1 - beta2^t)), then Adam's own step (single-tensor, foreach or
+    fused) runs unchanged. The Keras epsilon is kept in each group as ``eps_hat`` and the step count is read from Adam's
+    per-parameter ``step`` state, so both travel with ``state_dict()`` and a resumed optimizer continues bit for bit."""
 
     def __init__(self, params, lr: float = 1e-3, eps: float = 1e-7, **kwargs):
         """``eps`` is Keras' epsilon hat (Keras' defaults: lr 1e-3, eps 1e-7); other options as ``torch.optim.Adam``."""
@@ -47,8 +39,8 @@ class KerasAdam(torch.optim.Adam):
             group.setdefault("eps_hat", group["eps"])  # saved by torch's Adam, whose eps never changes
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group as torch's Adam does, recording its Keras epsilon as ``eps_hat``."""
-        # the eps given to the group or the constructor is Keras' epsilon hat; group['eps'] changes every step
+        """Add a group as torch's Adam does, recording its eps (Keras' epsilon hat) as ``eps_hat``: group['eps']
+        changes every step."""
         param_group.setdefault("eps_hat", param_group.get("eps", self.defaults["eps"]))
         super().add_param_group(param_group)
 
@@ -61,7 +53,7 @@ class KerasAdam(torch.optim.Adam):
         for group in self.param_groups:
             step = self._next_step(group)
             if step is not None:
-                group["eps"] = torch_eps(group["eps_hat"], group["betas"][1], step)
+                group["eps"] = group["eps_hat"] / math.sqrt(1.0 - group["betas"][1] ** step)
         super().step()
         return loss
 

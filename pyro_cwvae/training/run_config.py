@@ -1,10 +1,6 @@
-"""Run directories: the config a new run starts from, or the one a resumed run continues with.
-
-``run_config`` is what ``pyro-cwvae fit`` and the experiments call. A new run starts from a config file
-(``--config``) or else the preset file of its dataset (``demo`` when none is named: generated Moving MNIST sized
-to learn in minutes on a CPU), with the user's options on top. A resumed run keeps its model and data: only the
-options that do not change what is being learned may differ.
-"""
+"""Run directories: the config a new run starts from, or the one a resumed run continues with (``run_config``, what
+``pyro-cwvae fit`` and the experiments call). The ``demo`` preset is generated Moving MNIST sized to learn in minutes
+on a CPU. A resumed run keeps its model and data: only the options that do not change what is learned may differ."""
 from __future__ import annotations
 
 import time
@@ -33,10 +29,6 @@ def run_config(options: dict[str, Any], *, resume: bool, overwrite: bool = False
     return resume_config(options) if resume else new_run_config(options, overwrite, config_file)
 
 
-def holds_run(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in RUN_FILES)
-
-
 def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file: str | Path | None = None
                    ) -> Config:
     """The config of a fresh run: ``config_file`` if given, else the preset of ``options['dataset']`` (the demo
@@ -53,7 +45,7 @@ def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file, not a folder")
-    if holds_run(run_dir) and not overwrite:
+    if any((run_dir / name).exists() for name in RUN_FILES) and not overwrite:
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start over")
     return cfg  # the old run's files are replaced only once training starts (train.fit), never on bad input
 
