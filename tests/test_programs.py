@@ -13,7 +13,7 @@ from pyro_cwvae.errors import UserError
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.model.nets import CWVAENets
-from pyro_cwvae.model.programs import load_program, load_programs
+from pyro_cwvae.model.programs import check_programs_match, load_program, load_programs
 
 
 def expected_latents(cfg, num_frames):
@@ -147,6 +147,28 @@ def test_make_nets_comes_from_the_model_file_else_the_guide_file_else_cwvaenets(
     programs = load_programs(str(paths["model"]), str(paths["guide"]))
     assert programs.make_nets("cfg") == (kinds[0], "cfg") if kinds else programs.make_nets is CWVAENets
     assert [p.source for p in programs] == [paths["model"].read_text(), paths["guide"].read_text()]
+
+
+def test_a_run_of_an_earlier_packaged_program_loads_and_warns_only_if_its_code_changed(tmp_path, recwarn):
+    programs = load_programs(None, None)
+    recorded = {kind: {"path": p.path, "source": p.source} for kind, p in zip(("model", "guide"), programs)}
+
+    def state(guide_source):
+        return {"programs": {**recorded, "guide": {"path": "guides/cwvae.py", "source": guide_source}}}
+
+    source = programs.guide.source
+    reworded = source.replace('"""', '"""An earlier docstring. ', 1) + "\n# a comment\n"
+    check_programs_match(state(reworded), programs)  # the same code: silent
+    assert not recwarn.list
+    changed = source.replace("return level1", "return level1 * 1")
+    assert changed != source
+    with pytest.warns(UserWarning, match="packaged guide program has changed"):
+        check_programs_match(state(changed), programs)
+    variant = tmp_path / "guide.py"
+    variant.write_text(source)
+    mine = load_programs(None, str(variant))
+    with pytest.raises(UserError, match="differs from the one the checkpoint was trained with"):
+        check_programs_match(state(changed), mine)  # a user's file must be the very same
 
 
 def test_make_nets_in_both_files_is_refused_in_one_line(tmp_path):
