@@ -4,6 +4,7 @@
     python -m benchmarks.bench --device cuda            # reference sizes (batch 50) on a GPU
     python -m benchmarks.bench --profile --sizes mmnist # where the time of a Pyro training step goes
     python -m benchmarks.bench --accel --device cuda    # bf16 / tf32 / torch.compile against fp32
+    python -m benchmarks.bench --graph --device cuda    # eager, CUDA-graphed and reference steps (benchmarks/graph.py)
 
 Prints markdown tables. Every timing row is measured side by side in one process, with the implementations
 interleaved (one step of each in turn, then again), so machine noise hits them alike; the tables give medians,
@@ -21,6 +22,7 @@ import torch
 
 from benchmarks.accelerations import measure_accelerations
 from benchmarks.breakdown import profile
+from benchmarks.graph import table as graph_table
 from benchmarks.memory import measure_memory
 from benchmarks.workloads import (ROLLOUTS, SIZES, STEPS, Rollout, TrainingStep, batch_for, frames_for, machine,
                                   make_nets, make_video, median, paired_ratio, size_config, timed)
@@ -128,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="break a training step down at each of --sizes")
     parser.add_argument("--accel", action="store_true",
                         help="--precision and --compile options against fp32 at each of --sizes")
+    parser.add_argument("--graph", action="store_true",
+                        help="the Pyro step eager and as a CUDA graph against the reference (benchmarks/graph.py)")
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
@@ -151,6 +155,9 @@ def main(argv=None) -> None:
     print(f"`{command}`\n\n{machine(device)}\n")
     started = time.perf_counter()
     with pyro.validation_enabled(False):
+        if args.graph:
+            print(graph_table(args, device), flush=True)
+            return
         if args.profile or args.accel:
             for name in args.sizes:
                 table = profile(name, args, device) if args.profile else measure_accelerations(name, args, device)

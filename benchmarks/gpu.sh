@@ -6,6 +6,9 @@
 #   paper   the mmnist preset at the paper's batch (50 x 100 frames) for PAPER_SECONDS (default 240), stopped by
 #           SIGTERM (the run saves its checkpoint), then evaluated on 16 test videos x 3 samples to frame 1000,
 #           with its training curves drawn                                             (PAPER_SECONDS + under 250 s)
+#   graph   --cuda-graph: its GPU tests (graphed against eager over 50 steps, resume, a refused variant, bad steps)
+#           and the graphed rows (eager Pyro, graphed Pyro, reference; mmnist and minerl at 50 x 100 frames)
+#                                                    python -m benchmarks.graph --device cuda  (under 8 min in all)
 #
 # Run from anywhere:   bash benchmarks/gpu.sh [RESULTS_DIR [PART ...]]    (default: runs/gpu-bench, every part)
 #   e.g.   bash benchmarks/gpu.sh runs/gpu-bench tests bench accel
@@ -24,8 +27,8 @@ shift $(( $# > 0 ? 1 : 0 ))
 PARTS="${*:-tests bench accel paper}"
 for part in $PARTS; do
   case "$part" in
-    tests|bench|accel|paper) ;;
-    *) echo "unknown part '$part': choose from tests bench accel paper"; exit 2;;
+    tests|bench|accel|paper|graph) ;;
+    *) echo "unknown part '$part': choose from tests bench accel paper graph"; exit 2;;
   esac
 done
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -79,6 +82,22 @@ timeout 100 "$PYTHON" -m benchmarks.bench --device cuda --accel --sizes mmnist -
 rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then
   echo "accelerations table failed (exit $rc; 124: timed out):"; tail -20 "$RESULTS/accel.err"; status=1
+fi
+fi
+
+if wanted graph; then
+echo "== CUDA graph: tests"
+timeout 200 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -k "graph" tests/test_gpu.py 2>&1 \
+  | tee "$RESULTS/graph-tests.log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" -ne 0 ]; then
+  echo "CUDA graph tests failed (exit $rc; 124: timed out)"; status=1
+fi
+echo "== CUDA graph: benchmark"
+timeout 280 "$PYTHON" -m benchmarks.graph --device cuda 2> "$RESULTS/graph.err" | tee "$RESULTS/graph.md"
+rc=${PIPESTATUS[0]}
+if [ "$rc" -ne 0 ]; then
+  echo "graphed benchmark failed (exit $rc; 124: timed out):"; tail -20 "$RESULTS/graph.err"; status=1
 fi
 fi
 

@@ -16,8 +16,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from pyro_cwvae.files.reading import printable
+
 from . import IMAGE_SIZE, DatasetError, VideoDataset, batch_rng, video_io
-from .cache import DecodedSplit, cache_folder, cached_split
+from .cache import DecodedSplit, all_or_nothing, cache_folder, cached_split
 
 SPLITS = ("train", "test")
 
@@ -82,7 +84,8 @@ class DataRoot:
         return sorted(name for name in inside if not name.startswith("."))
 
     def label(self, name: str) -> str:
-        return f"{self.path}:{name}" if self.is_zip else str(self.path / name)
+        """How messages show a file: names from an archive or a shared folder with escape codes made harmless."""
+        return printable(f"{self.path}:{name}" if self.is_zip else str(self.path / name))
 
     def _fingerprint(self, name: str) -> tuple:
         if self.is_zip:
@@ -92,7 +95,12 @@ class DataRoot:
         return (stat.st_size, stat.st_mtime_ns)
 
     def open(self, name: str) -> video_io.Source:
-        """A path for a folder's file; the bytes of a zip member (videos are small enough to hold whole)."""
+        """A path for a folder's file; the bytes of a zip member (videos are small enough to hold whole). A file
+        larger than ``video_io.MAX_FILE_BYTES`` is refused before it is read (a zip member: by its declared size)."""
+        size = self._members[name].file_size if self.is_zip else (self.path / name).stat().st_size
+        if size > video_io.MAX_FILE_BYTES:
+            raise DatasetError(f"{self.label(name)} has {size:,} bytes, more than the {video_io.MAX_FILE_BYTES:,} a "
+                               f"video may have")
         if not self.is_zip:
             return str(self.path / name)
         return io.BytesIO(self.archive().read(name))
@@ -169,9 +177,11 @@ class ArchiveVideos(VideoDataset):
         return self._splits[split]
 
     def prepare(self) -> "ArchiveVideos":
-        """Decode both splits now (or check their caches): a bad video stops a run before training, not after."""
-        for split in SPLITS:
-            self.split(split)
+        """Decode both splits now (or check their caches): a bad video stops a run before training, not after, and
+        leaves no cache behind."""
+        with all_or_nothing(cache_folder(self.root.path)):
+            for split in SPLITS:
+                self.split(split)
         return self
 
     def chunk_starts(self, seq_len: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from . import IMAGE_SIZE, DatasetError, VideoDataset, batch_rng
 DIGIT_SIZE = 28
 NUM_DIGITS = 2
 MIN_SPEED, MAX_SPEED = 2.0, 6.0
+SPEEDUPS = (0.01, 100.0)  # the accepted --speed multipliers: at 100 a digit bounces up to 17 times a frame
 TEST_STREAM = 1
 
 
@@ -56,7 +57,8 @@ def trajectories(rng: np.random.Generator, num_frames: int, speed: float = 1.0,
                  count: int = NUM_DIGITS) -> tuple[np.ndarray, np.ndarray]:
     """Top-left corners ``(num_frames, count, 2)`` of bouncing digits, and their initial velocities ``(count, 2)``. A
     digit moves in a straight line until its box would leave the frame; then the position is mirrored back inside and
-    that velocity component flips sign (an elastic bounce)."""
+    that velocity component flips sign (an elastic bounce). DatasetError unless ``speed`` lies in ``SPEEDUPS``."""
+    check_speed(speed)
     limit = float(IMAGE_SIZE - DIGIT_SIZE)
     position = rng.uniform(0.0, limit, size=(count, 2))
     angle = rng.uniform(0.0, 2.0 * np.pi, size=count)
@@ -64,17 +66,26 @@ def trajectories(rng: np.random.Generator, num_frames: int, speed: float = 1.0,
     velocity = np.stack([np.sin(angle), np.cos(angle)], axis=-1) * magnitude[:, None]
     initial_velocity = velocity.copy()
     corners = np.empty((num_frames, count, 2))
+    # A fast digit may bounce more than once per frame. Two reflections bring a coordinate 2 * limit closer, so a step
+    # of |velocity| needs at most 2 * (|velocity| // (2 * limit)) + 2 of them, and one more pass finds it inside.
+    passes = 2 * int(np.abs(velocity).max() // (2.0 * limit)) + 3
     for t in range(num_frames):
         corners[t] = position
         position = position + velocity
-        # Reflect until inside: a fast digit in a small frame may bounce more than once per frame.
-        while True:
+        for _ in range(passes):  # reflect until inside
             low, high = position < 0.0, position > limit
             if not (low.any() or high.any()):
                 break
             position = np.where(low, -position, np.where(high, 2.0 * limit - position, position))
             velocity = np.where(low | high, -velocity, velocity)
     return corners, initial_velocity
+
+
+def check_speed(speed: float) -> None:
+    """DatasetError unless ``speed`` is a multiplier in ``SPEEDUPS`` (NaN and infinity are not)."""
+    low, high = SPEEDUPS
+    if not low <= speed <= high:
+        raise DatasetError(f"--speed must lie between {low:g} and {high:g}, got {speed:g}")
 
 
 def render(digits: np.ndarray, corners: np.ndarray) -> np.ndarray:
@@ -119,8 +130,7 @@ class GeneratedMovingMNIST(VideoDataset):
     channels = 1
 
     def __init__(self, speed: float = 1.0, num_test: int = 100, test_length: int = 1000, seed: int = 0):
-        if speed <= 0:
-            raise DatasetError(f"--speed must be positive, got {speed}")
+        check_speed(speed)
         self.speed = speed
         self._num_test = num_test
         self.test_length = test_length

@@ -25,6 +25,13 @@ X264_OPTIONS = {"qp": "2"}
 MPEG4_BIT_RATE = 2_000_000
 
 Source = str | os.PathLike | io.BytesIO
+MAX_FILE_BYTES = 2 << 30
+"""A video file of the archives is a few MB (KTH's up to 10 MB): a larger one is refused before it is read."""
+MAX_SIDE = 1024
+"""The widest and tallest frame read (the archives' are 64x64 and KTH's 160x120): checked in the header, and again on
+every decoded frame, before a frame is converted."""
+MAX_DECODED_BYTES = 512 << 20
+"""What one video's frames may take decoded, before they are resized to 64x64 (the archives' take at most 20 MB)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,25 @@ def _open(source: Source, label: str):
     if not container.streams.video:
         container.close()
         raise DatasetError(f"{label} holds no video stream")
+    stream = container.streams.video[0]
+    codec = stream.codec_context
+    try:
+        check_size(label, codec.width, codec.height, stream.frames)
+    except DatasetError:
+        container.close()
+        raise
     return container
+
+
+def check_size(label: str, width: int, height: int, frames: int = 0) -> None:
+    """``DatasetError`` when frames of ``width`` x ``height`` (``frames`` of them, 0 where unknown) exceed
+    ``MAX_SIDE`` or ``MAX_DECODED_BYTES`` as RGB: refused before they are decoded."""
+    if max(width, height) > MAX_SIDE:
+        raise DatasetError(f"{label} declares {width}x{height} frames, more than the {MAX_SIDE}x{MAX_SIDE} "
+                           f"pyro-cwvae reads")
+    if frames * width * height * 3 > MAX_DECODED_BYTES:
+        raise DatasetError(f"{label} declares {frames:,} frames of {width}x{height}, more than the "
+                           f"{MAX_DECODED_BYTES >> 20} MiB of frames pyro-cwvae decodes from one video")
 
 
 def probe(source: Source, label: str) -> VideoInfo:
@@ -76,6 +101,7 @@ def decode(source: Source, label: str, channels: int) -> tuple[np.ndarray, bool]
         promised = container.streams.video[0].frames  # 0 where the header does not say
         try:
             for frame in container.decode(video=0):
+                check_size(label, frame.width, frame.height, len(frames) + 1)
                 rgb = to_rgb.reformat(frame, format="rgb24").to_ndarray()
                 picture = rgb if channels == 3 else to_gray.reformat(frame, format="gray").to_ndarray()
                 color = max(color, _colorfulness(rgb))

@@ -8,9 +8,11 @@ and get xarray Datasets back. ``pyro-cwvae rollout`` and ``pyro-cwvae evaluate``
     swapped = api.rollout(run, horizon=100, samples=3, sequences=4, swap_levels=3, from_sequence=0)
     api.save(swapped, "runs/demo/swapped.nc")
 
-The options are the fields of ``PredictionOptions`` (and, for ``rollout``, of ``Intervention``), with the same
-meaning as on the command line. The datasets are those the command line writes (README, "Results as xarray");
-``docs/analysis.md`` walks through an analysis of them.
+A run trained with program files (``--model``/``--guide``) runs the sources recorded in its checkpoint, and only
+with ``trust_programs=True``: a run someone sent may hold any code. The options are the fields of
+``PredictionOptions`` (and, for ``rollout``, of ``Intervention``), with the same meaning as on the command line.
+The datasets are those the command line writes (README, "Results as xarray"); ``docs/analysis.md`` walks through
+an analysis of them.
 """
 from __future__ import annotations
 
@@ -27,24 +29,27 @@ __all__ = ["Run", "load_run", "rollout", "evaluate", "open_rollout", "save", "su
 
 
 def rollout(run: Run | str | Path, *, dataset: VideoDataset | None = None, progress: bool = False,
-            **options) -> xr.Dataset:
+            trust_programs: bool = False, **options) -> xr.Dataset:
     """Open-loop predictions of the first test videos of ``dataset`` (default: the run's data), as ``pyro-cwvae
-    rollout`` makes them (its ``--help`` says what each option does); ``device`` applies when ``run`` is a path."""
+    rollout`` makes them (its ``--help`` says what each option does); ``device`` and ``trust_programs`` (see
+    ``load_run``) apply when ``run`` is a path."""
     prediction = PredictionOptions(**{name: options.pop(name) for name in FIELDS if name in options})
     intervention = Intervention(**options)  # a TypeError names an unknown option
-    run = run if isinstance(run, Run) else load_run(run, prediction.device)
+    run = run if isinstance(run, Run) else load_run(run, prediction.device, trust_programs)
     return rollout_run(run, prediction, intervention, progress, dataset=dataset)
 
 
 def evaluate(runs: list[str | Path], *, particles: int = 0, fvd_window: int = 100, perceptual: bool = True,
-             dataset: VideoDataset | None = None, scorers=None, progress: bool = False, **options) -> xr.Dataset:
+             dataset: VideoDataset | None = None, scorers=None, progress: bool = False, trust_programs: bool = False,
+             **options) -> xr.Dataset:
     """The paper's evaluation of one or more runs side by side, as ``pyro-cwvae evaluate`` makes it (its
     ``--help`` says what each option does; by default 100 sequences, one sample each)."""
     from pyro_cwvae.evaluation.evaluate import evaluate as evaluate_runs
 
     prediction = PredictionOptions(**{**EVALUATE_DEFAULTS, **options})
     return evaluate_runs([Path(run) for run in runs], prediction, particles=particles, fvd_window=fvd_window,
-                         perceptual=perceptual, dataset=dataset, scorers=scorers, progress=progress)
+                         perceptual=perceptual, dataset=dataset, scorers=scorers, progress=progress,
+                         trust_programs=trust_programs)
 
 
 def open_rollout(path: str | Path) -> xr.Dataset:

@@ -26,6 +26,7 @@ VALUES = {
     "precision": ("bf16", "bf16"), "compile": ("default", "default"), "model": ("m.py", "m.py"),
     "guide": ("g.py", "g.py"), "run_dir": ("RUN", "RUN"), "checkpoint_every": ("2", 2), "context": ("12", 12),
     "obs_dropout": ("0.5", 0.5), "obs_dropout_span": ("6", 6), "deterministic": (None, True),  # a flag: --deterministic
+    "cuda_graph": ("off", "off"),
 }
 
 

@@ -1,7 +1,11 @@
 """Checks on a CUDA device, run by benchmarks/gpu.sh on a GPU machine (skipped where there is none)."""
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from pyro_cwvae.training.checkpoint import load_checkpoint
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
@@ -12,6 +16,7 @@ from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.model.nets import CWVAENets
 from pyro_cwvae.prediction import PredictionOptions, load_run
 from pyro_cwvae.prediction.rollout import rollout
+from pyro_cwvae.training.history import HISTORY
 from pyro_cwvae.training.loop import fit
 
 pytestmark = [pytest.mark.gpu,
@@ -57,3 +62,102 @@ def test_fit_with_accelerations_on_cuda(tiny_cfg, precision, compile_mode):
     cfg = tiny_cfg.replace(device="cuda", steps=3, precision=precision, compile=compile_mode)
     result = fit(cfg, GeneratedMovingMNIST(), progress=False)
     assert np.isfinite([[row.loss, row.grad_norm, *row.kl] for row in result.history.rows]).all() and result.step == 3
+
+
+# --cuda-graph (pyro_cwvae/training/step.py): a graphed run against an eager one, resume, and a variant it refuses.
+GRAPH_STEPS = 50
+LAPLACE_GUIDE = ("dist.Normal(loc, scale).to_event(1)", "dist.Laplace(loc, scale).to_event(1)")  # no analytic KL
+
+
+def laplace_guide(tmp_path) -> str:
+    """A variant guide: Laplace posteriors (the meanfield ELBO falls back to the sampled KL for them)."""
+    from pyro_cwvae.model.programs import load_programs
+
+    source = load_programs(None, None).guide.source
+    assert LAPLACE_GUIDE[0] in source
+    path = tmp_path / "laplace_guide.py"
+    path.write_text(source.replace(*LAPLACE_GUIDE))
+    return str(path)
+
+
+def weights_and_history(cfg):
+    state = load_checkpoint(cfg.run_dir)
+    with xr.open_dataset(Path(cfg.run_dir) / HISTORY) as history:
+        return state["nets"], state["optimizer"], history.drop_attrs().load()
+
+
+@pytest.mark.parametrize("program", ["default", "variant"])
+def test_graphed_run_equals_an_eager_run_over_50_steps(tiny_cfg, tmp_path, program):
+    """Bit for bit with --deterministic: the same kernels with the same inputs, launched from a graph."""
+    cfg = tiny_cfg.replace(device="cuda", steps=GRAPH_STEPS, checkpoint_every=GRAPH_STEPS, deterministic=True,
+                           elbo="meanfield", obs_dropout=0.3, kl_warmup=20)
+    if program == "variant":
+        cfg = cfg.replace(guide=laplace_guide(tmp_path))
+    runs = {mode: cfg.replace(cuda_graph=mode, run_dir=str(tmp_path / mode)) for mode in ("off", "on")}
+    for run in runs.values():
+        fit(run, GeneratedMovingMNIST(), progress=False)
+    (nets_a, opt_a, history_a), (nets_b, opt_b, history_b) = (weights_and_history(run) for run in runs.values())
+    xr.testing.assert_equal(history_a, history_b)
+    for name, tensor in nets_a.items():
+        assert torch.equal(tensor, nets_b[name]), name
+    for index, state in opt_a["state"].items():
+        assert all(torch.equal(value, opt_b["state"][index][key]) for key, value in state.items()), index
+
+
+def test_graphed_resume_equals_an_uninterrupted_graphed_run(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(device="cuda", steps=12, checkpoint_every=4, deterministic=True, cuda_graph="on")
+    data = GeneratedMovingMNIST()
+    straight = cfg.replace(run_dir=str(tmp_path / "straight"))
+    fit(straight, data, progress=False)
+    split = cfg.replace(run_dir=str(tmp_path / "split"), steps=4)
+    fit(split, data, progress=False)
+    fit(split.replace(steps=12), data, resume=True, progress=False)  # warms up and captures again after resuming
+    (nets_a, opt_a, history_a), (nets_b, opt_b, history_b) = (weights_and_history(run) for run in (straight, split))
+    xr.testing.assert_equal(history_a, history_b)
+    for name, tensor in nets_a.items():
+        assert torch.equal(tensor, nets_b[name]), name
+
+
+def test_a_variant_reading_a_value_on_the_host_is_refused_under_the_graph(tiny_cfg, tmp_path):
+    from pyro_cwvae.errors import UserError
+    from pyro_cwvae.model.programs import load_programs
+
+    marker = "    embeddings = observational_dropout("
+    path = tmp_path / "syncing_guide.py"
+    path.write_text(load_programs(None, None).guide.source.replace(
+        marker, "    if video.mean().item() > 2.0:\n        video = video / 2\n" + marker))
+    cfg = tiny_cfg.replace(device="cuda", guide=str(path), cuda_graph="on")
+    with pytest.raises(UserError, match=r"cannot be captured: .*\.item\(\).*syncing_guide.py:\d+.*--cuda-graph off"):
+        fit(cfg, GeneratedMovingMNIST(), progress=False)
+    fit(cfg.replace(cuda_graph="off", steps=2), GeneratedMovingMNIST(), progress=False)  # eager, it trains
+
+
+def test_bad_steps_are_skipped_inside_the_graph(tiny_cfg, tmp_path):
+    """A step made non-finite inside the captured step (a variant multiplying the frames by a device tensor that
+    the test sets to NaN) is skipped without changing the weights, and reported at the next flush."""
+    from pyro_cwvae.training.loop import NumericalError
+
+    variant = tmp_path / "poisoned_model.py"
+    variant.write_text(POISONED_MODEL)
+    cfg = tiny_cfg.replace(device="cuda", model=str(variant), steps=12, checkpoint_every=12, cuda_graph="on")
+    result = fit(cfg, GeneratedMovingMNIST(), max_bad_steps=1, progress=False)
+    rows = result.history.rows
+    assert [row.step for row in rows if not np.isfinite(row.loss)] == [8]
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(cfg.run_dir)["nets"].values())
+    with pytest.raises(NumericalError, match="at step 8"):
+        fit(cfg.replace(run_dir=str(tmp_path / "strict")), GeneratedMovingMNIST(), progress=False)
+
+
+POISONED_MODEL = textwrap.dedent("""
+    import torch
+    from pyro_cwvae.models.cwvae import model as default_model
+    poison = {}
+
+    def model(video, nets, cfg, kl_scale=1.0, num_frames=None, batch_size=None):
+        if video is not None:  # a device counter, advanced inside the graph: NaN at the 8th training step
+            if "count" not in poison:
+                poison["count"] = torch.zeros((), device=video.device)
+            poison["count"].add_(1)
+            video = video * torch.where(poison["count"] == 8, float("nan"), 1.0)
+        return default_model(video, nets, cfg, kl_scale, num_frames, batch_size)
+""")

@@ -9,7 +9,6 @@ import pickle
 import random
 import re
 import shutil
-import sys
 import zipfile
 
 import av
@@ -171,15 +170,6 @@ def test_damaged_config_json_is_refused(run, text, message):
     (run / "config.json").write_text(text)
     for args in (["rollout", "--run", run], ["fit", "--resume", "--run-dir", run, "--steps", 3]):
         assert message in answer(args, run)
-
-
-def test_model_file_that_raises_at_import_is_one_line_and_writes_no_bytecode(run, monkeypatch):
-    variant = run / "variant.py"
-    variant.write_text("raise RuntimeError('this model fails at import')\n")
-    edit_checkpoint(run, set_in("config", "model", str(variant)))
-    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as for users: no __pycache__ may appear in the run
-    line = answer(["rollout", "--run", run, "--horizon", 5], run)
-    assert f"{variant} failed to load: RuntimeError: this model fails at import" in line
 
 
 def write_format_1(run) -> dict:

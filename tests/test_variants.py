@@ -94,7 +94,7 @@ def test_a_prior_network_with_an_extra_layer_trains_resumes_and_rolls_out(deeper
     pyro.set_rng_seed(straight.seed)
     start = load_programs(straight.model, straight.guide).make_nets(straight).state_dict()
     assert extra in state["nets"] and not torch.equal(state["nets"][extra], start[extra])
-    run = load_run(split.run_dir, device="cpu")  # checked against the variant's networks, not CWVAENets
+    run = load_run(split.run_dir, device="cpu", trust_programs=True)  # checked against the variant's networks
     assert torch.equal(run.nets.state_dict()[extra], state["nets"][extra])
 
     roll_out(split.run_dir)
@@ -104,7 +104,7 @@ def roll_out(run_dir, analytic: bool = True) -> None:
     """``pyro-cwvae rollout`` of the run: 2 context frames, 4 predicted, 2 samples; its KLs finite where defined
     (and not negative where analytic: a single-sample log q - log p can be)."""
     result = CliRunner().invoke(app, ["rollout", "--run", run_dir, "--context", 2, "--horizon", 4,
-                                      "--sequences", 1, "--samples", 2, "--quiet"])
+                                      "--sequences", 1, "--samples", 2, "--quiet", "--trust-programs"])
     assert result.exit_code == 0, result.output
     with xr.open_dataset(f"{run_dir}/rollout.nc") as rolled:
         assert rolled.prediction.sizes["time"] == 6 and rolled.sizes["sample"] == 2
@@ -127,7 +127,7 @@ def log_normal(x, loc, scale):
 def test_a_student_t_prior_trains_resumes_and_rolls_out_with_log_q_minus_log_p(student_t):
     straight, split = student_t
     assert_resumed_equals_straight(straight, split)
-    run = load_run(split.run_dir, device="cpu")
+    run = load_run(split.run_dir, device="cpu", trust_programs=True)
     video = torch.from_numpy(run.dataset().test_video(0)[:6]).float().div(255)[None]
     pyro.set_rng_seed(11)
     kl = level_kls(run, video)  # (1, L, T)

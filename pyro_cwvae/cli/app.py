@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from pyro_cwvae.cli.checkpoint import app as checkpoint_app
 from pyro_cwvae.cli.classifier import app as classifier_app
 from pyro_cwvae.cli.data import app as data_app
-from pyro_cwvae.cli.options import config_options, dataclass_options
+from pyro_cwvae.cli.options import TRUST_PROGRAMS, config_options, dataclass_options
 from pyro_cwvae.cli.weights import app as weights_app
 from pyro_cwvae.data import DatasetError
 from pyro_cwvae.errors import UserError
@@ -79,6 +79,7 @@ def fit(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run."),
     max_bad_steps: int = typer.Option(0, min=0, help="Skip up to this many steps with a non-finite loss or gradient."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    trust_programs: bool = TRUST_PROGRAMS,
 ):
     """Train a CW-VAE with stochastic variational inference. Every setting comes from the dataset's preset
     (configs/<dataset>.toml; the demo without --dataset) or --config FILE, then the options given here."""
@@ -87,7 +88,7 @@ def fit(
     from pyro_cwvae.training.run_config import run_config
 
     options = {name: value for name, value in settings.items() if value is not None}
-    cfg = run_config(options, resume=resume, overwrite=overwrite, config_file=config)
+    cfg = run_config(options, resume=resume, overwrite=overwrite, config_file=config, trust_programs=trust_programs)
     for warning in cfg.warnings():
         typer.echo(f"warning: {warning}", err=True)
     result = run_fit(cfg, open_run_data(cfg), resume=resume, max_bad_steps=max_bad_steps, progress=not quiet)
@@ -110,12 +111,13 @@ def rollout(
     run: Path = typer.Option(..., help="The run directory of a trained model."),
     out: Optional[Path] = typer.Option(None, help="The NetCDF file to write (default: RUN/rollout.nc)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    trust_programs: bool = TRUST_PROGRAMS,
 ):
     """Open-loop predictions, their spread over samples, their PSNR/SSIM with baselines, and per-level KLs, as one
     NetCDF file; optionally with levels swapped, held or started from the prior."""
     from pyro_cwvae import api
 
-    ds = api.rollout(run, **options, **intervention, progress=not quiet)
+    ds = api.rollout(run, **options, **intervention, progress=not quiet, trust_programs=trust_programs)
     path = api.save(ds, out or run / "rollout.nc")
     typer.echo(f"wrote {path}: {ds.sizes['sample']} x {ds.sizes['sequence']} sequences, {ds.sizes['time']} frames; "
                f"interventions: {ds.attrs['interventions']}\n{api.summary(ds)}")
@@ -131,6 +133,7 @@ def evaluate(
     fvd_window: int = typer.Option(100, help="Frames of the horizon per FVD window."),
     perceptual: bool = typer.Option(True, help="LPIPS and FVD (--no-perceptual: without the published weights)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    trust_programs: bool = TRUST_PROGRAMS,
 ):
     """SSIM, PSNR, LPIPS, FVD and the digit or room accuracy of open-loop predictions, with baselines and the
     per-level KL, for every run in one NetCDF file."""
@@ -138,7 +141,7 @@ def evaluate(
     from pyro_cwvae.evaluation.evaluate import summary, write_evaluation
 
     ds = api.evaluate(runs, **options, particles=particles, fvd_window=fvd_window, perceptual=perceptual,
-                      progress=not quiet)
+                      progress=not quiet, trust_programs=trust_programs)
     path = write_evaluation(ds, out)
     typer.echo(f"wrote {path}: {ds.sizes['run']} run(s), {ds.sizes['sequence']} sequences, {ds.attrs['horizon']} "
                f"frames predicted (means over the predicted frames)\n{summary(ds)}")

@@ -1,4 +1,4 @@
-"""`pyro-cwvae data ...`: make and inspect video data folders (mounted by the main CLI as the `data` group)."""
+"""`pyro-cwvae data ...`: download, make and inspect video data folders (the main CLI's `data` group)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +8,10 @@ import typer
 from pyro_cwvae.data import DatasetError
 from pyro_cwvae.data.generate import generate_moving_mnist
 from pyro_cwvae.data.archives import ARCHIVES
+from pyro_cwvae.data.download import download_dataset
 from pyro_cwvae.data.registry import describe
 
-app = typer.Typer(help="Make and inspect video data folders.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Download, make and inspect video data folders.", no_args_is_help=True, add_completion=False)
 
 
 def _fail(error: Exception) -> None:
@@ -50,6 +51,29 @@ def info(data_dir: Path = typer.Argument(..., help="A data folder or .zip archiv
     """Say which dataset a folder holds, and its videos per split: count, frames, size, channels."""
     try:
         lines = describe(data_dir)
+    except DatasetError as error:
+        _fail(error)
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+def download(
+    dataset: str = typer.Argument(..., help="mmnist, gqn, minerl or kth."),
+    out: Path = typer.Option(..., "--out", help="Folder to download into and unpack into (made if missing)."),
+    url: str = typer.Option(None, "--url", help="Fetch from this mirror instead: the archive's URL, or a folder URL "
+                                                "ending in '/' that holds the archives (kth has six)."),
+    keep_archive: bool = typer.Option(True, "--keep-archive/--no-keep-archive",
+                                      help="Keep the checked archive after unpacking (default): a later run reuses "
+                                           "it instead of downloading tens of GB again, and it stays checkable. "
+                                           "--no-keep-archive deletes it to save its size in disk space."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Fetch a published archive (resuming an interrupted download), check its size and checksum, unpack it into
+    the layout of docs/data.md, and print what `pyro-cwvae data info` says about the folder."""
+    try:
+        lines = download_dataset(dataset, out, url=url, keep_archive=keep_archive, progress=not quiet,
+                                 echo=typer.echo)
     except DatasetError as error:
         _fail(error)
     for line in lines:

@@ -46,6 +46,11 @@ def dataclass_options(cls: type, into: str, defaults: Optional[dict[str, Any]] =
 config_options = dataclass_options(Config, "settings")
 """``fit``'s options: every ``Config`` field, None where not given (the preset or config file decides)."""
 
+TRUST_PROGRAMS = typer.Option(False, "--trust-programs", help="Run the program files (--model/--guide) that a run "
+                              "or a --config file names (a run: the sources recorded in its checkpoint); without "
+                              "it they are refused, since a run someone sent may hold any code.")
+"""``fit``'s, ``rollout``'s and ``evaluate``'s ``--trust-programs``."""
+
 
 def flag_names(name: str, hint) -> str:
     """A field's option: ``--z-size``; a true-or-false field both ways (``--deterministic/--no-deterministic``),

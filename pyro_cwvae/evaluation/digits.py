@@ -35,6 +35,7 @@ from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST, labelled_frames, 
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation.weights import cache_dir, sha256
 from pyro_cwvae.files.atomic import atomic_path, write_text
+from pyro_cwvae.files.reading import first_line, read_bytes, regular_file
 
 NUM_CLASSES = 10
 MAX_COUNT = 2  # a frame holds a class 0, 1 or 2 times
@@ -48,6 +49,7 @@ BLUR_SHARE, MIN_BLUR, MAX_BLUR, BLUR_RADIUS = 0.5, 0.5, 2.0, 4
 ground-truth test frames blurred by 1.5 pixels: 0.28 pair accuracy when trained on sharp frames only, 0.79 with
 this (0.87 and 0.84 on sharp frames)."""
 TEST_VIDEOS, TEST_FRAMES_EVERY, TEST_LENGTH = 100, 10, 100
+MAX_CLASSIFIER_BYTES, MAX_RECORD_BYTES = 64 << 20, 1 << 20  # the weights are 2.4 MB, the record 1 KB
 TRAIN_STREAM = 7  # the random stream of the classifier's training frames, apart from the video streams of the same seed
 
 
@@ -220,9 +222,13 @@ def train_and_save(steps: int = STEPS, batch_size: int = BATCH_SIZE, seed: int =
 def read_record(path: Path | None = None) -> Record | None:
     """The record of the cached weights, or None when there is none of the current format."""
     path = path or classifier_path()
+    record_path = path.with_suffix(".json")
+    if not record_path.exists():
+        return None
+    text = read_bytes(record_path, MAX_RECORD_BYTES, "classifier record")  # UserError: not a regular file
     try:
-        record = Record(**json.loads(path.with_suffix(".json").read_text()))
-    except (OSError, ValueError, TypeError):
+        record = Record(**json.loads(text))
+    except (ValueError, TypeError):  # damaged: trained again
         return None
     return record if record.format == FORMAT and path.exists() else None
 
@@ -233,11 +239,15 @@ def load(path: Path, device: str = "cpu") -> DigitClassifier:
     record = read_record(path)
     if record is None:
         raise UserError(f"no digit classifier at {path}: run `pyro-cwvae classifier train`")
-    if sha256(path) != record.sha256:
+    if sha256(regular_file(path, MAX_CLASSIFIER_BYTES, "digit classifier")) != record.sha256:
         raise UserError(f"{path} does not match its recorded SHA-256 (damaged or changed): run "
                         f"`pyro-cwvae classifier train --force`")
     net = DigitClassifier()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as error:  # a tampered file can fail in many ways: name it, in one line
+        raise UserError(f"cannot load the digit classifier {path}: {first_line(error)}; run `pyro-cwvae classifier "
+                        f"train --force`") from None
     return net.to(device).eval()
 
 

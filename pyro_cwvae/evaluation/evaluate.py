@@ -32,17 +32,18 @@ METRICS = {"psnr": ("PSNR", "dB"), "ssim": ("SSIM", "1"), "lpips": ("LPIPS (Alex
 
 def evaluate(run_dirs: list[str | Path], options: PredictionOptions, *, particles: int = 0, fvd_window: int = 100,
              perceptual: bool = True, dataset: VideoDataset | None = None, scorers: Scorers | None = None,
-             progress: bool = True) -> xr.Dataset:
+             progress: bool = True, trust_programs: bool = False) -> xr.Dataset:
     """Score the open-loop predictions of each run in ``run_dirs`` on the first ``options.sequences`` test videos
     of ``dataset`` (default: the runs' own data); ``perceptual`` False leaves out LPIPS and FVD (no published
-    weights needed)."""
+    weights needed); ``trust_programs``: see ``load_run``."""
     options.check()
     if fvd_window < 1:
         raise UserError(f"--fvd-window must be at least 1, got {fvd_window}")
     if particles < 0:
         raise UserError(f"--particles must be 0 (no bound) or more, got {particles}")
     device = resolve_device(options.device)
-    runs = {name: load_run(path, device) for name, path in named_runs(run_dirs).items()}  # each checkpoint read once
+    runs = {name: load_run(path, device, trust_programs)  # each checkpoint read once
+            for name, path in named_runs(run_dirs).items()}
     check_same_data(runs)
     first = next(iter(runs.values()))
     dataset = dataset if dataset is not None else first.dataset(options.data_dir)

@@ -7,13 +7,16 @@ that rebuilding arrays needs and refuses every other one before anything is call
 from __future__ import annotations
 
 import collections
+import io
 import os
+from collections.abc import Mapping
 import pickle
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from pyro_cwvae.errors import UserError
+from pyro_cwvae.files.reading import printable, read_bytes
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
@@ -52,35 +55,61 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refers to {module}.{name}, which a weight archive may not hold") from None
 
 
+MAX_BYTES = 200 << 20
+"""A weight archive larger than this is refused before it is read (the real ones are 10 and 51 MB)."""
+MAX_DEPTH = 32
+"""Nesting deeper than this is refused (the real archives nest dicts 5 deep)."""
+MAX_OBJECTS = 1_000_000
+"""Distinct containers and arrays one archive may hold (the real ones: a few hundred)."""
+
+
 def load(source: BinaryIO | str | os.PathLike, label: str | None = None) -> Any:
     """Unpickle a path or an open binary file, admitting arrays only; UserError naming ``label`` otherwise."""
     if not isinstance(source, (str, os.PathLike)):
         return _unpickle(source, label or "<stream>")
     label = label or str(source)
-    try:
-        with open(source, "rb") as file:
-            return _unpickle(file, label)
-    except OSError as error:
-        raise UserError(f"cannot read weight archive {label}: {error.strerror or error}") from error
+    data = read_bytes(source, MAX_BYTES, "weight archive")
+    return _unpickle(io.BytesIO(data), label)
 
 
 def _unpickle(file: BinaryIO, label: str) -> Any:
+    label = printable(label)
     try:
         value = ArraysOnlyUnpickler(file).load()
     except Exception as error:  # a crafted or damaged stream can fail in any way: name the file, keep one line
-        raise UserError(f"weight archive {label} is refused: {' '.join(str(error).split())}") from error
-    _refuse_object_arrays(value, label)
+        raise UserError(f"weight archive {label} is refused: {printable(' '.join(str(error).split()))}") from error
+    refuse_objects(value, label)
     return value
 
 
-def _refuse_object_arrays(value: Any, label: str) -> None:
-    """Weights are numbers: an array of Python objects (whose items pickle could rebuild) is refused too."""
-    stack = [value]
+def refuse_objects(value: Any, label: str) -> None:
+    """Weights are numbers: an array of Python objects (whose items pickle could rebuild) is refused wherever it is,
+    in containers, dict keys, instance attributes or dtype metadata; so is nesting deeper than ``MAX_DEPTH`` or more
+    than ``MAX_OBJECTS`` objects. Each object is visited once, however often it is referred to."""
+    seen: set[int] = set()
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if id(item) in seen or isinstance(item, (str, bytes, int, float, complex, bool, type(None))):
+            continue
+        seen.add(id(item))
+        if depth > MAX_DEPTH or len(seen) > MAX_OBJECTS:
+            why = f"nested deeper than {MAX_DEPTH}" if depth > MAX_DEPTH else f"more than {MAX_OBJECTS:,} objects"
+            raise UserError(f"weight archive {label} is refused: it holds {why}")
         if isinstance(item, np.ndarray) and item.dtype.hasobject:
             raise UserError(f"weight archive {label} is refused: it holds an array of Python objects")
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
+        stack.extend((child, depth + 1) for child in _children(item))
+
+
+def _children(item: Any) -> list:
+    """What ``item`` holds: items, keys and values, instance attributes, and the parts of a dtype."""
+    children = list(vars(item).values()) if hasattr(item, "__dict__") else []
+    if isinstance(item, Mapping):  # dicts, and a dtype's metadata
+        children += [*item.keys(), *item.values()]
+    elif isinstance(item, (list, tuple, set, frozenset)):
+        children += list(item)
+    elif isinstance(item, (np.ndarray, np.generic)):
+        children.append(item.dtype)
+    elif isinstance(item, np.dtype):
+        children += [item.metadata, *(item.fields or {}).values(), item.subdtype]
+    return children

@@ -26,9 +26,12 @@ import torch
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation import safe_pickle
 from pyro_cwvae.files.atomic import atomic_path, write_text
+from pyro_cwvae.files.reading import first_line, read_bytes, regular_file
 
 ENV_VAR = "PYRO_CWVAE_WEIGHTS"
-MAX_MEMBER_BYTES = 200 << 20  # a checkpoint member larger than this is refused (the real ones are 10 and 51 MB)
+
+
+MAX_WEIGHTS_BYTES = 1 << 30  # the converted weights are 10 and 51 MB
 
 
 class DownloadError(UserError):
@@ -117,7 +120,7 @@ def is_fetched(name: str) -> bool:
     """Whether the converted weights are in the cache and match their recorded checksum."""
     path = cache_dir() / source_of(name).file
     record = read_record(path)
-    return record is not None and path.exists() and sha256(path) == record.get("sha256")
+    return record is not None and path.is_file() and sha256(path) == record.get("sha256")
 
 
 def fetch(name: str, archive: str | os.PathLike | None = None, force: bool = False,
@@ -175,7 +178,7 @@ def read_member(source: Source, path: Path) -> dict:
     try:
         with tarfile.open(path, "r:gz") as tar:
             member = tar.getmember(name)
-            if not member.isreg() or member.size > MAX_MEMBER_BYTES:
+            if not member.isreg() or member.size > safe_pickle.MAX_BYTES:
                 raise UserError(f"{path}: {name} is not a regular file of a plausible size")
             with tar.extractfile(member) as file:
                 return safe_pickle.load(file, label=f"{path.name}:{name}")
@@ -219,9 +222,12 @@ def convert(source: Source, tree: dict) -> dict[str, torch.Tensor]:
 
 def read_record(path: Path) -> dict | None:
     """The record written beside the converted weights at ``path`` (None if missing or unreadable)."""
+    if not path.with_suffix(".json").exists():
+        return None
+    text = read_bytes(path.with_suffix(".json"), 1 << 20, "weights record")  # UserError: not a regular file
     try:
-        record = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
+        record = json.loads(text)
+    except ValueError:  # damaged: fetched again
         return None
     return record if isinstance(record, dict) else None
 
@@ -235,7 +241,11 @@ def load_state_dict(name: str, fetch_missing: bool = True) -> dict[str, torch.Te
             raise UserError(f"the {source.title} weights are not in {cache_dir()}: run `pyro-cwvae weights fetch "
                             f"{name}`")
         fetch(name)
-    if sha256(path) != read_record(path).get("sha256"):
+    if sha256(regular_file(path, MAX_WEIGHTS_BYTES, "weights")) != read_record(path).get("sha256"):
         raise UserError(f"{path} does not match its recorded SHA-256 (damaged or changed): run `pyro-cwvae weights "
                         f"fetch {name} --force`")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a tampered file can fail in many ways: name it, in one line
+        raise UserError(f"cannot load the {source.title} weights {path}: {first_line(error)}; run `pyro-cwvae "
+                        f"weights fetch {name} --force`") from None

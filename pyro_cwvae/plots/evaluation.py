@@ -11,14 +11,30 @@ import xarray as xr
 
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.files.netcdf import EVALUATION_TITLE, has_title
-from pyro_cwvae.plots.files import save_figure
+from pyro_cwvae.plots.files import check_variables, read_checked, save_figure
 from pyro_cwvae.prediction import frames_ahead
 
 CURVES = (("ssim", "SSIM"), ("psnr", "PSNR (dB)"), ("lpips", "LPIPS (lower is better)"))
 ACCURACIES = (("digit_accuracy", "digit accuracy"), ("room_accuracy", "room accuracy"))
-REQUIRED = ("ssim", "psnr", "kl_table", "is_context")
 BASELINE_STYLE = {"last_frame": ("0.35", "--"), "random_frame": ("0.65", "--")}
 """Colour and line of each baseline the file holds (``<metric>_<baseline>``)."""
+
+
+def curve(name: str) -> dict[str, tuple[tuple[str, ...], str]]:
+    """A per-time metric of every run and its baselines: their dims and dtype kind (``plots.files.check_variables``)."""
+    return {name: (("run", "time"), "f"), **{f"{name}_{baseline}": (("time",), "f") for baseline in BASELINE_STYLE}}
+
+
+REQUIRED = {**curve("ssim"), **curve("psnr"), "kl_table": (("run", "level"), "f"), "is_context": (("time",), "b")}
+OPTIONAL = {  # each group checked whole when its first variable is in the file
+    "lpips": curve("lpips"),
+    **{name: {**curve(name), f"{name}_truth": (("time",), "f")} for name, _ in ACCURACIES},
+    "fvd": {"fvd": (("run", "window"), "f"), "fvd_horizon": (("run",), "f"), "window_start": (("window",), "i"),
+            "window_stop": (("window",), "i"), **{f"fvd_{baseline}": (("window",), "f") for baseline in BASELINE_STYLE},
+            **{f"fvd_horizon_{baseline}": ((), "f") for baseline in BASELINE_STYLE}},
+    "iwae": {"iwae": (("run", "sequence"), "f"), "elbo": (("run", "sequence"), "f")},
+}
+"""What the figure reads of an evaluation file: variables, their dims and dtype kinds."""
 
 
 def is_evaluation(path: Path) -> bool:
@@ -27,15 +43,26 @@ def is_evaluation(path: Path) -> bool:
 
 
 def read_evaluation(path: Path) -> xr.Dataset:
-    """Load an evaluation file; ``UserError`` naming the file when it lacks what the figure reads."""
-    with xr.open_dataset(path, engine="netcdf4") as ds:
-        ds = ds.load()
-    for name in REQUIRED:
-        if name not in ds.variables:
-            raise UserError(f"{path}: an evaluation file needs the variable {name!r}")
+    """Load an evaluation file; ``UserError`` naming the file when it lacks what the figure reads or holds it with
+    other dims or dtypes."""
+    return read_checked(path, "evaluation file", check_evaluation)
+
+
+def check_evaluation(ds: xr.Dataset) -> None:
+    """``UserError`` unless ``ds`` holds, with their dims and dtypes, every variable the figure reads, one run or
+    more, and integer labels."""
+    if missing := next((name for name in REQUIRED if name not in ds.variables), None):
+        raise UserError(f"an evaluation file needs the variable {missing!r}")
     if ds.sizes.get("run", 0) < 1:
-        raise UserError(f"{path}: the evaluation file holds no run")
-    return ds
+        raise UserError("the evaluation file holds no run")
+    present = {}
+    for group, variables in OPTIONAL.items():
+        if group in ds.variables:
+            for name in variables:
+                if name not in ds.variables and not name.endswith("_truth"):  # the ceiling is optional
+                    raise UserError(f"an evaluation file with {group!r} needs the variable {name!r}")
+            present.update({name: kind for name, kind in variables.items() if name in ds.variables})
+    check_variables(ds, {**REQUIRED, **present}, ("time", "level"))
 
 
 def write_evaluation_figures(ds: xr.Dataset, out_dir: Path) -> list[Path]:

@@ -10,7 +10,8 @@ import numpy as np
 import xarray as xr
 
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.files.netcdf import has_title
+from pyro_cwvae.files.netcdf import has_title, open_netcdf
+from pyro_cwvae.files.reading import printable
 from pyro_cwvae.plots.files import save_figure
 from pyro_cwvae.training.history import TITLE, check_history
 
@@ -22,12 +23,13 @@ def is_history(path: Path) -> bool:
 
 def read_history(path: Path) -> xr.Dataset:
     """Load a history file; ``UserError`` naming the file when it is not what training writes or has no step."""
-    try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
+    with open_netcdf(path, "training history") as ds:
+        try:
+            check_history(ds, ds.sizes.get("level", 0))
             ds = ds.load()
-        check_history(ds, ds.sizes.get("level", 0))
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise UserError(f"cannot read training history {path}: {' '.join(str(error).split())}") from error
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise UserError(f"cannot read training history {printable(str(path))}: "
+                            f"{printable(' '.join(str(error).split()))}") from error
     if ds.sizes["step"] < 1:
         raise UserError(f"{path}: the training history has no step yet")
     return ds

@@ -10,8 +10,7 @@ import torch
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.registry import open_run_data
 from pyro_cwvae.model.config import Config
-from pyro_cwvae.model.programs import check_programs_match, load_programs
-from pyro_cwvae.training.checkpoint import load_checkpoint, restore_nets
+from pyro_cwvae.training.checkpoint import load_trained, restore_nets
 from pyro_cwvae.training.devices import resolve_device
 
 
@@ -31,14 +30,13 @@ class Run:
         return open_run_data(self.cfg, data_dir)
 
 
-def load_run(path: str | Path, device: str | torch.device = "auto") -> Run:
+def load_run(path: str | Path, device: str | torch.device = "auto", trust_programs: bool = False) -> Run:
     """The run in directory ``path`` on ``device`` (auto | cpu | cuda | cuda:N); ``UserError`` if it has no
-    readable checkpoint or its programs changed."""
+    readable checkpoint, or it was trained with program files and not ``trust_programs`` (then the sources
+    recorded in its checkpoint run, not the files)."""
     device = resolve_device(device) if isinstance(device, str) else device
-    state = load_checkpoint(Path(path), map_location=device)
+    state, programs = load_trained(Path(path), map_location=device, trust_programs=trust_programs)
     cfg = Config.from_dict(state["config"])
-    programs = load_programs(cfg.model, cfg.guide)
-    check_programs_match(state, programs)
     nets = programs.make_nets(cfg).to(device)
     restore_nets(nets, state)
     return Run(cfg, nets.eval(), programs.model.fn, programs.guide.fn, state["step"], Path(path))

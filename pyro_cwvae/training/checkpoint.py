@@ -6,9 +6,12 @@ checkpoint loaded against a different model, level count or image size is refuse
 
 Run directories are shared between people, so a checkpoint is untrusted input: it is read with torch's
 ``weights_only`` loader (tensors and plain Python values; a pickle that names a function is refused before
-anything is called), and every key, type and tensor shape is checked against what this module writes before
-the training or rollout code sees it. Only the current format is read: an older one is refused with the hint to
-convert it with ``pyro-cwvae checkpoint upgrade RUN --trust`` (``upgrade_checkpoint``, ``from_format_1``).
+anything is called), and every key, type and value is checked against what this module writes before the training
+or rollout code sees it. None of these checks runs a program: a run trained with program files runs the sources
+recorded in its checkpoint, only when the user trusts them (``load_trained``), and the tensors' shapes are checked
+against the networks those programs build once they are loaded. Only the current format is read: an older one is
+refused with the hint to convert it with ``pyro-cwvae checkpoint upgrade RUN --trust`` (``upgrade_checkpoint``,
+``from_format_1``).
 """
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ import torch
 from pyro_cwvae import __version__
 from pyro_cwvae.files.atomic import atomic_path
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.model.config import CONFIG_FILE, Config
-from pyro_cwvae.model.programs import load_programs
+from pyro_cwvae.files.reading import MAX_CHECKPOINT_BYTES, MAX_CONFIG_BYTES, printable, regular_file
+from pyro_cwvae.model.config import CONFIG_FILE, FIELD_RANGES, Config, shown
+from pyro_cwvae.model.programs import Programs, recorded_programs
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 2
 KEYS = ("format", "version", "step", "config", "nets", "optimizer", "rng", "programs")
 RNG_KEYS = ("torch", "python", "numpy")  # and "cuda" where CUDA was available
+MAX_STEP = FIELD_RANGES["steps"][1]
 
 
 class Invalid(ValueError):
@@ -81,10 +86,30 @@ def _write(target: Path, state: dict[str, Any]) -> Path:
     return target
 
 
+def load_trained(run_dir: Path, map_location: str | torch.device = "cpu", trust_programs: bool = False
+                 ) -> tuple[dict[str, Any], Programs]:
+    """The checkpoint of ``run_dir`` and the programs it was trained with: the packaged ones, or the sources recorded
+    in it, which run only when ``trust_programs`` (UserError naming the files otherwise); its weights and optimizer
+    state checked against the networks that the programs build."""
+    state = load_checkpoint(run_dir, map_location)
+    path = Path(run_dir) / CHECKPOINT
+    cfg = Config.from_dict(state["config"])
+    programs = recorded_programs({"model": cfg.model, "guide": cfg.guide}, state["programs"], trust_programs,
+                                 str(path))
+    with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
+        nets = programs.make_nets(cfg)
+    try:
+        _check_optimizer_fits(state["optimizer"], _check_nets_fit(state["nets"], nets))
+    except Invalid as error:
+        raise UserError(f"{path} is not a checkpoint pyro-cwvae can use: {error}") from None
+    return state, programs
+
+
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint of ``run_dir``, checked. UserError in one line when it is missing, truncated, holds anything but
-    tensors and plain values, or differs from what ``save_checkpoint`` writes in any key, type or shape; also when the
-    run's config.json is damaged."""
+    """The checkpoint of ``run_dir``, checked without running any program. UserError in one line when it is missing,
+    truncated, holds anything but tensors and plain values, or differs from what ``save_checkpoint`` writes in any
+    key or type, or holds a weight that is not finite; also when the run's config.json is damaged. Its shapes are
+    checked by ``load_trained``."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
     if not path.is_file():
@@ -92,7 +117,7 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
     state = checked(_read(path, map_location, trust=False), path)
     check_config_file(run_dir / CONFIG_FILE)
     if state["version"] != __version__:
-        warnings.warn(f"{path} was written by pyro-cwvae {state['version']}; this is {__version__}")
+        warnings.warn(f"{path} was written by pyro-cwvae {printable(state['version'])}; this is {__version__}")
     return state
 
 
@@ -112,6 +137,7 @@ def upgrade_checkpoint(run_dir: Path, trust: bool = False) -> int:
 
 
 def _read(path: Path, map_location, trust: bool) -> Any:
+    regular_file(path, MAX_CHECKPOINT_BYTES, "checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as error:
@@ -159,11 +185,12 @@ def checked(state: Any, path: Path) -> dict[str, Any]:
                           f"older one, convert it with `pyro-cwvae checkpoint upgrade {path.parent} --trust`")
         _check_type(state["version"], str, "version")
         _check_type(state["step"], int, "step")
-        if state["step"] < 0:
-            raise Invalid(f"step is {state['step']}")
-        cfg = _checked_config(state["config"])
+        if not 0 <= state["step"] <= MAX_STEP:
+            raise Invalid(f"step is {shown(state['step'])}, not a count of steps from 0 to {MAX_STEP}")
+        _checked_config(state["config"])
         _check_programs(state["programs"])
-        _check_optimizer(state["optimizer"], _check_nets(state["nets"], cfg))
+        _check_tensors(state["nets"], "nets")
+        _check_optimizer(state["optimizer"])
         for entry in _list(state["rng"], "rng"):
             _check_rng(entry)
     except Invalid as error:
@@ -175,7 +202,8 @@ def _check_keys(value: Any, keys: tuple[str, ...], what: str, optional: tuple[st
     if not isinstance(value, dict):
         raise Invalid(f"{what} is a {type(value).__name__}, not a dict")
     missing = [key for key in keys if key not in value]
-    unknown = sorted(map(str, set(value) - set(keys) - set(optional)))
+    unknown = sorted(printable(key) if isinstance(key, str) else shown(key) for key in set(value) - set(keys)
+                     - set(optional))
     if missing:
         raise Invalid(f"{what} lacks {', '.join(missing)}")
     if unknown:
@@ -202,49 +230,114 @@ def _checked_config(values: Any) -> Config:
         raise Invalid(f"its config: {error}") from None
 
 
-def _check_nets(nets: Any, cfg: Config) -> list[torch.Size]:
-    """The weights of the networks ``make_nets`` builds for the checkpoint's config; returns their shapes."""
-    make_nets = load_programs(cfg.model, cfg.guide).make_nets
-    with torch.device("meta"):  # shapes only: nothing allocated, no random numbers drawn
-        model = make_nets(cfg)
+def _check_tensors(tensors: Any, what: str) -> None:
+    """A dict of named tensors, every value finite."""
+    if not isinstance(tensors, dict):
+        raise Invalid(f"{what} is a {type(tensors).__name__}, not a dict")
+    for name, tensor in tensors.items():
+        _check_tensor(tensor, f"{what}.{name}")
+
+
+def _check_tensor(tensor: Any, what: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise Invalid(f"{what} is a {type(tensor).__name__}, not a tensor")
+    if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+        raise Invalid(f"{what} holds values that are not finite")
+
+
+def _check_nets_fit(nets: dict, model: torch.nn.Module) -> list[torch.Tensor]:
+    """The weights of ``model`` (the networks of the checkpoint's programs and config); returns its parameters."""
     expected = model.state_dict()
     _check_keys(nets, tuple(expected), "nets")
     for name, tensor in nets.items():
         want = expected[name]
-        if not isinstance(tensor, torch.Tensor):
-            raise Invalid(f"nets.{name} is a {type(tensor).__name__}, not a tensor")
         if tensor.shape != want.shape or tensor.dtype != want.dtype:
             raise Invalid(f"nets.{name} is {_describe(tensor)} but the model of its config has {_describe(want)}")
-    return [parameter.shape for parameter in model.parameters()]
+    return list(model.parameters())
 
 
 def _describe(tensor: torch.Tensor) -> str:
     return f"{str(tensor.dtype).removeprefix('torch.')} {tuple(tensor.shape)}"
 
 
-def _check_optimizer(optimizer: Any, shapes: list[torch.Size]) -> None:
-    """An optimizer state for exactly these parameters: per-parameter tensors of their shapes, plain settings."""
+def _check_optimizer(optimizer: Any) -> None:
+    """An optimizer state: per-parameter finite tensors or plain values, plain settings (shapes: ``load_trained``)."""
     _check_keys(optimizer, ("state", "param_groups"), "optimizer")
-    indices = []
     for group in _list(optimizer["param_groups"], "optimizer.param_groups"):
-        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
-            raise Invalid("an optimizer param group is not a dict with a list of params")
-        for key, setting in group.items():
-            if key != "params" and not _plain(setting):
-                raise Invalid(f"optimizer setting {key!r} is a {type(setting).__name__}")
-        indices += group["params"]
-    if any(type(index) is not int for index in indices) or sorted(indices) != list(range(len(shapes))):
-        raise Invalid(f"the optimizer state is not for the {len(shapes)} parameters of the model")
+        _check_group(group)
+    indices = _indices(optimizer)
+    if any(type(index) is not int for index in indices) or len(set(indices)) != len(indices):
+        raise Invalid("the optimizer's parameter indices are not distinct integers")
     if not isinstance(optimizer["state"], dict):
         raise Invalid("optimizer.state is not a dict")
     for index, values in optimizer["state"].items():
         if index not in indices or not isinstance(values, dict):
-            raise Invalid(f"optimizer.state holds an entry {index!r} for no parameter")
+            raise Invalid(f"optimizer.state holds an entry {shown(index)} for no parameter")
+        _check_moments(values, f"optimizer.state[{index}]")
+
+
+GROUP_RANGES = {"lr": FIELD_RANGES["lr"], "eps_hat": FIELD_RANGES["adam_eps"],
+                "eps": (FIELD_RANGES["adam_eps"][0], 1e6)}
+"""Adam's settings: lr and Keras' epsilon in the ranges of their options; torch's eps, which ``KerasAdam`` sets to
+eps_hat / sqrt(1 - beta2^t) each step, positive and finite."""
+
+
+def _check_group(group: Any) -> None:
+    """An optimizer param group: a list of parameter indices and Adam's settings, plain values, in ``GROUP_RANGES``;
+    betas two numbers in [0, 1)."""
+    if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+        raise Invalid("an optimizer param group is not a dict with a list of params")
+    _check_keys(group, ("params", "lr", "betas", "eps"), "an optimizer param group", optional=tuple(group))
+    for key, setting in group.items():
+        if key != "params" and not _plain(setting):
+            raise Invalid(f"optimizer setting {shown(key)} is a {type(setting).__name__}")
+    for key, (low, high) in GROUP_RANGES.items():
+        if key in group and not (_number(group[key]) and low <= group[key] <= high):
+            raise Invalid(f"optimizer setting {key!r} is {shown(group[key])}, not from {shown(low)} to {shown(high)}")
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
+        raise Invalid(f"optimizer setting 'betas' is {shown(betas)}, not two numbers in [0, 1)")
+
+
+ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")  # and torch's amsgrad's max_exp_avg_sq
+
+
+def _check_moments(values: dict, what: str) -> None:
+    """Adam's state of one parameter: a step count (a 0-dim float tensor or a number) from 0 to ``MAX_STEP`` and
+    finite floating-point moments, the squared ones not negative (their shapes: ``_check_optimizer_fits``)."""
+    _check_keys(values, ADAM_STATE, what, optional=("max_exp_avg_sq",))
+    step = values["step"]
+    count = step.item() if isinstance(step, torch.Tensor) and step.dim() == 0 and step.is_floating_point() else step
+    if not (_number(count) and 0 <= count <= MAX_STEP):
+        raise Invalid(f"{what}['step'] is {shown(step)}, not a count of steps from 0 to {MAX_STEP}")
+    for key in sorted(values.keys() - {"step"}):
+        moment = values[key]
+        _check_tensor(moment, f"{what}[{key!r}]")
+        if not moment.is_floating_point():
+            raise Invalid(f"{what}[{key!r}] is {_describe(moment)}, not floating point")
+        if key.endswith("_sq") and bool((moment < 0).any()):
+            raise Invalid(f"{what}[{key!r}] holds negative values, which Adam's squared moments never are")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _indices(optimizer: dict) -> list:
+    return [index for group in optimizer["param_groups"] for index in group["params"]]
+
+
+def _check_optimizer_fits(optimizer: dict, parameters: list[torch.Tensor]) -> None:
+    """An optimizer state (checked by ``_check_optimizer``) for exactly these parameters, its moments of their
+    shapes and dtypes."""
+    if sorted(_indices(optimizer)) != list(range(len(parameters))):
+        raise Invalid(f"the optimizer state is not for the {len(parameters)} parameters of the model")
+    for index, values in optimizer["state"].items():
+        want = parameters[index]
         for key, value in values.items():
-            tensor_ok = isinstance(value, torch.Tensor) and value.shape in (shapes[index], torch.Size([]))
-            if not (tensor_ok or _plain(value)):
-                raise Invalid(f"optimizer.state[{index}][{key!r}] does not fit a parameter of shape "
-                              f"{tuple(shapes[index])}")
+            if key != "step" and (value.shape != want.shape or value.dtype != want.dtype):
+                raise Invalid(f"optimizer.state[{index}][{key!r}] is {_describe(value)}: it does not fit a parameter "
+                              f"of shape {tuple(want.shape)} ({str(want.dtype).removeprefix('torch.')})")
 
 
 def _plain(value: Any) -> bool:
@@ -281,9 +374,10 @@ def check_config_file(path: Path) -> None:
     a run directory with a damaged or foreign config.json is refused rather than half trusted)."""
     if not path.exists():
         return
+    regular_file(path, MAX_CONFIG_BYTES, "config file")
     try:
         values = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise UserError(f"cannot read {path} as JSON: {_first_line(error)}") from None
     if not isinstance(values, dict):
         raise UserError(f"{path} holds a JSON {type(values).__name__}, not a config")

@@ -10,9 +10,10 @@ Both change the numerics, so both are off by default (``--precision fp32 --compi
   accumulate in float32.
 - ``--compile default | max-autotune``: ``torch.compile`` (Inductor) of the encoder, decoder and each level's
   GRU step and heads: fewer, fused kernels per latent step. The Pyro programs themselves stay plain Python.
-  CUDA graphs are not used (not even by ``max-autotune``, whose torch mode would switch them on): one training
-  step replays the per-step cell hundreds of times while keeping every output alive for the backward pass,
-  which CUDA-graph replay would overwrite.
+  Inductor's own CUDA graphs are not used (not even by ``max-autotune``, whose torch mode would switch them on):
+  one training step replays the per-step cell hundreds of times while keeping every output alive for the backward
+  pass, which a per-cell graph replay would overwrite. ``--cuda-graph`` (step.py) captures the whole step instead,
+  and is off with ``--compile``.
 
 ``--deterministic`` is about reproducibility, not speed: cuDNN's and cuBLAS's fastest kernels may sum in a
 different order from one call to the next, so two GPU runs from the same seed (or a resumed run and an
@@ -37,10 +38,11 @@ def set_matmul_precision(precision: str, device: torch.device) -> None:
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
 
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The context the networks run in: bfloat16 autocast for ``bf16``, nothing otherwise."""
+def autocast(precision: str, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """The context the networks run in: bfloat16 autocast for ``bf16``, nothing otherwise. ``cache``: reuse the
+    casts of the weights within the context (not under a CUDA graph's capture, which torch does not support)."""
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 

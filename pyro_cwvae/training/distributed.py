@@ -39,6 +39,14 @@ class Group:
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
         return [bool(v) for v in values.tolist()]
 
+    def all(self, flag: torch.Tensor) -> torch.Tensor:
+        """A bool tensor, true where it is true on every rank: a collective on the device, nothing read back."""
+        if not self.active:
+            return flag
+        values = flag.to(torch.float32)
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+        return values > 0
+
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of ``tensor`` over the ranks (for the logged terms)."""
         if self.active:

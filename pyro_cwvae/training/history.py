@@ -12,7 +12,8 @@ import numpy as np
 import xarray as xr
 
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.files.netcdf import provenance, write_netcdf
+from pyro_cwvae.files.netcdf import open_netcdf, provenance, write_netcdf
+from pyro_cwvae.files.reading import printable
 
 HISTORY = "history.nc"
 TITLE = "pyro-cwvae training history"
@@ -75,15 +76,15 @@ class History:
         """The saved history up to ``upto_step`` (later rows belong to steps the checkpoint never saw). UserError naming
         the file when it is unreadable or not what ``save`` writes for ``levels`` levels."""
         history = cls(levels)
-        if not Path(path).exists():
+        if not Path(path).exists() and not Path(path).is_symlink():
             return history
-        try:
-            with xr.open_dataset(path, engine="netcdf4") as ds:
+        with open_netcdf(path, "training history") as ds:
+            try:
                 check_history(ds, levels)
                 ds = ds.sel(step=ds.step <= upto_step).load()
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            reason = " ".join(str(error).split())
-            raise UserError(f"cannot read training history {path}: {reason}") from error
+            except (OSError, ValueError, KeyError, RuntimeError) as error:
+                reason = printable(" ".join(str(error).split()))
+                raise UserError(f"cannot read training history {printable(str(path))}: {reason}") from error
         columns = {name: ds[name].values.astype(float) for name in COLUMNS}
         history.extend([Row(step=int(step), kl=ds.kl.values[i], **{name: float(c[i]) for name, c in columns.items()})
                         for i, step in enumerate(ds.step.values)])

@@ -2,7 +2,8 @@
 
 Each step estimates the negative ELBO of a batch with Pyro's estimator (``elbo.py``: Trace_ELBO by default,
 TraceMeanField_ELBO with analytic KLs as an option), back-propagates, clips the global gradient norm as the
-reference does, and takes an Adam step. The run directory holds the config, the latest checkpoint and the
+reference does, and takes an Adam step, all in one ``TrainStep`` (step.py), which a CUDA device captures and
+replays as a CUDA graph (``--cuda-graph``). The run directory holds the config, the latest checkpoint and the
 history, each written atomically; ``resume`` continues from the checkpoint exactly where an uninterrupted run
 would have been.
 """
@@ -26,13 +27,14 @@ from pyro_cwvae.errors import UserError
 from pyro_cwvae.files.atomic import remove_leftovers, write_text
 from pyro_cwvae.model.config import CONFIG_FILE, Config, kl_scale
 from pyro_cwvae.model.elbo import ElboTerms, elbo_terms
-from pyro_cwvae.model.programs import Programs, check_programs_match, load_programs
-from pyro_cwvae.training.checkpoint import (CHECKPOINT, load_checkpoint, restore_nets, rng_state, save_checkpoint,
-                                            set_rng_state)
+from pyro_cwvae.model.programs import Programs, load_programs
+from pyro_cwvae.training.checkpoint import (CHECKPOINT, load_checkpoint, load_trained, restore_nets, rng_state,
+                                            save_checkpoint, set_rng_state)
 from pyro_cwvae.training.devices import autocast, compile_nets, resolve_device, set_deterministic, set_matmul_precision
 from pyro_cwvae.training.distributed import Group, join, leave
 from pyro_cwvae.training.history import HISTORY, History, Row
 from pyro_cwvae.training.optim import KerasAdam
+from pyro_cwvae.training.step import TrainStep, use_cuda_graph
 
 LOG_EVERY = 10  # steps between reading the logged values back from the device
 
@@ -73,15 +75,19 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
     run_dir = Path(cfg.run_dir)
     set_matmul_precision(cfg.precision, device)
     set_deterministic(cfg.deterministic)
-    programs = load_programs(cfg.model, cfg.guide)
+    # A resumed run runs the programs recorded in its checkpoint (run_config refused them unless the user trusts them).
+    programs = load_trained(run_dir, trust_programs=True)[1] if resume else load_programs(cfg.model, cfg.guide)
     if dataset.channels != cfg.channels:
         raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the config says {cfg.channels}")
 
+    graph = use_cuda_graph(cfg.cuda_graph, device, cfg.compile, group.world)
     nets, optimizer, start, history = set_up(cfg, programs, device, resume, group)
     compile_nets(nets, cfg.compile)
-    elbo = ElboModule(nets, programs.model.fn, programs.guide.fn, cfg)
+    elbo = ElboModule(nets, programs.model.fn, programs.guide.fn, cfg, autocast_cache=not graph)
     if group.active:
         elbo = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
+    step = TrainStep(elbo, optimizer, cfg.clip_norm, graph=graph, warmup_scale=cfg.kl_warmup > 0,
+                     reduce_ok=group.all if group.active else None)
     attrs = {"config": cfg.to_json(), "elbo": cfg.elbo}  # which estimator the losses come from
 
     def save(step: int) -> None:
@@ -92,8 +98,7 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
             history.save(run_dir / HISTORY, attrs)
             save_checkpoint(run_dir, step=step, cfg=cfg, nets=nets, optimizer=optimizer, programs=programs, rng=rng)
 
-    log = StepLog(history, group, check_each_step=max_bad_steps > 0)
-    bad_steps = BadSteps(max_bad_steps)
+    log = StepLog(history, group, BadSteps(max_bad_steps))
     batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed, workers=cfg.workers,
                             pin_memory=device.type == "cuda", rows=group.rows(cfg.batch_size))
     bar = progress_bar(cfg, dataset.name, start, resume, progress, group)
@@ -101,25 +106,15 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
     # Pyro's per-site checks cost time in the hot loop; the tests run the programs with them on.
     with bar, stop.installed(), pyro.validation_enabled(False):
         for done in range(start + 1, cfg.steps + 1):  # ``done``: the steps taken once this one is
-            video = next(batches).to(device, non_blocking=True).float().div_(255.0)
             scale = kl_scale(done - 1, cfg)
-            terms = ElboTerms.unpack(elbo(video, scale))
-            optimizer.zero_grad(set_to_none=True)
-            terms.objective.backward()  # the loss, or its KL-shaped version
-            grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), cfg.clip_norm)
-            bad, stopping = group.any(not log.finite(terms, grad_norm), stop.requested, device=device)
-            if bad:
-                bar.write(bad_steps.skip(describe_failure(log.mean_row(done, scale, terms, grad_norm))))
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                optimizer.step()
-            log.add(done, scale, terms, grad_norm)
+            log.add(done, scale, step(next(batches), scale))  # a non-finite step is skipped inside (step.py)
+            (stopping,) = group.any(stop.requested, device=device)
             bar.update(1)
             if done % LOG_EVERY == 0 or done == cfg.steps:
-                log.flush()
+                log.flush(bar.write)
                 bar.set_postfix_str(postfix(history.last()), refresh=False)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
-                log.flush()
+                log.flush(bar.write)
                 save(done)
             if stopping:
                 if group.is_main:
@@ -137,7 +132,7 @@ def set_up(cfg: Config, programs: Programs, device: torch.device, resume: bool,
     nets = programs.make_nets(cfg).to(device)
     optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)  # the reference's Keras Adam
     if resume:
-        start, history = restore(Path(cfg.run_dir), cfg, nets, optimizer, programs, group)
+        start, history = restore(Path(cfg.run_dir), cfg, nets, optimizer, group)
     else:
         start, history = 0, History(cfg.levels)
         pyro.set_rng_seed(cfg.seed + group.rank)  # the sampling noise: one stream per process
@@ -158,21 +153,21 @@ def progress_bar(cfg: Config, data: str, start: int, resume: bool, progress: boo
 
 
 def restore(run_dir: Path, cfg: Config, nets: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            programs: Programs, group: Group) -> tuple[int, History]:
+            group: Group) -> tuple[int, History]:
     """The checkpoint's weights, optimizer state and this process's random state, restored; returns its step and
     the history up to that step."""
     state = load_checkpoint(run_dir)
-    check_programs_match(state, programs)
     if len(state["rng"]) != group.world:
         raise UserError(f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as many, "
                         f"not {group.world}")
     restore_nets(nets, state)
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"][group.rank])
-    if group.is_main:  # a kill during a write leaves its temporary file: the resumed run no longer needs it
+    history = History.load(run_dir / HISTORY, cfg.levels, upto_step=state["step"])
+    if group.is_main:  # a kill during a write leaves its temporary file: the resumed run, checked, no longer needs it
         for target in (CHECKPOINT, HISTORY):
             remove_leftovers(run_dir / target)
-    return state["step"], History.load(run_dir / HISTORY, cfg.levels, upto_step=state["step"])
+    return state["step"], history
 
 
 def start_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -184,14 +179,15 @@ def start_run_dir(run_dir: Path, cfg: Config) -> None:
 
 
 class ElboModule(torch.nn.Module):
-    """The packed ELBO terms of a batch as a module, so that DistributedDataParallel can average gradients."""
+    """The packed ELBO terms of a batch as a module, so that DistributedDataParallel can average gradients.
+    ``autocast_cache``: off under a CUDA graph, whose replays must not reuse casts cached at the capture."""
 
-    def __init__(self, nets: torch.nn.Module, model, guide, cfg: Config):
+    def __init__(self, nets: torch.nn.Module, model, guide, cfg: Config, autocast_cache: bool = True):
         super().__init__()
-        self.nets, self.model, self.guide, self.cfg = nets, model, guide, cfg
+        self.nets, self.model, self.guide, self.cfg, self.autocast_cache = nets, model, guide, cfg, autocast_cache
 
-    def forward(self, video: torch.Tensor, kl_scale: float) -> torch.Tensor:
-        with autocast(self.cfg.precision, video.device):
+    def forward(self, video: torch.Tensor, kl_scale: float | torch.Tensor) -> torch.Tensor:
+        with autocast(self.cfg.precision, video.device, cache=self.autocast_cache):
             return elbo_terms(self.model, self.guide, video, self.nets, self.cfg, kl_scale).pack()
 
 
@@ -220,50 +216,40 @@ class StopRequest:
 
 
 class StepLog:
-    """The logged values of each step, kept on the device and read back into the history every few steps. Reading a
-    value back from the device makes the host wait for the step. Skipping bad steps needs the verdict before each update
-    (``check_each_step``); otherwise it is taken at the next ``flush``, which always comes before a save, so a
-    non-finite step is never written to a checkpoint."""
+    """The logged values of each step (``TrainStep``'s: ELBO terms, gradient norm, finite flag), kept on the device
+    and read back into the history every few steps: reading a value back makes the host wait for the step. A step
+    whose loss or gradient norm is not finite has already been skipped inside the step (no update); ``flush`` counts
+    it against ``--max-bad-steps`` (``BadSteps``). A flush comes before every save, so a checkpoint is never written
+    past a step the limit would refuse."""
 
-    def __init__(self, history: History, group: Group, check_each_step: bool):
-        self.history, self.group, self.check_each_step = history, group, check_each_step
+    def __init__(self, history: History, group: Group, bad_steps: "BadSteps"):
+        self.history, self.group, self.bad_steps = history, group, bad_steps
         self.pending: list[tuple[int, float, torch.Tensor]] = []  # (step, kl scale, values still on the device)
 
-    def finite(self, terms: ElboTerms, grad_norm: torch.Tensor) -> bool:
-        """Whether the loss and the gradient norm are finite; checked now only if bad steps are skipped."""
-        return not self.check_each_step or bool(torch.isfinite(terms.loss) & torch.isfinite(grad_norm))
+    def add(self, step: int, scale: float, values: torch.Tensor) -> None:
+        self.pending.append((step, scale, values))
 
-    def add(self, step: int, scale: float, terms: ElboTerms, grad_norm: torch.Tensor) -> None:
-        self.pending.append((step, scale, packed(terms, grad_norm)))
-
-    def flush(self) -> None:
-        """The pending steps' values, averaged over the processes, into the history (one synchronisation)."""
+    def flush(self, report=print) -> None:
+        """The pending steps' values, averaged over the processes, into the history (one synchronisation); each
+        skipped step ``report``ed, or NumericalError past the limit."""
         if not self.pending:
             return
         values = self.group.mean(torch.stack([values for _, _, values in self.pending])).cpu().numpy()
         rows = [to_row(step, scale, row) for (step, scale, _), row in zip(self.pending, values)]
+        skipped = [row for row, finite in zip(rows, values[:, -1]) if finite < 1]
         self.pending.clear()
-        if not self.check_each_step:
-            for row in rows:
-                if not np.isfinite([row.loss, row.grad_norm]).all():
-                    raise NumericalError(describe_failure(row))
+        for row in skipped:
+            message = self.bad_steps.skip(describe_failure(row))
+            if self.group.is_main:
+                report(message)
         self.history.extend(rows)
-
-    def mean_row(self, step: int, scale: float, terms: ElboTerms, grad_norm: torch.Tensor) -> Row:
-        """One step's values averaged over the processes, read back now (to report a bad step)."""
-        return to_row(step, scale, self.group.mean(packed(terms, grad_norm)).cpu().numpy())
-
-
-def packed(terms: ElboTerms, grad_norm: torch.Tensor) -> torch.Tensor:
-    """A step's logged values as one tensor: the ELBO terms (``ElboTerms.pack``), then the gradient norm."""
-    return torch.cat([terms.pack(), grad_norm[None]]).detach()
 
 
 def to_row(step: int, scale: float, values: np.ndarray) -> Row:
-    """The history row of ``packed``'s values."""
-    terms = ElboTerms.unpack(values[:-1])
+    """The history row of a step's values: ``ElboTerms.pack``'s, the gradient norm, the finite flag."""
+    terms = ElboTerms.unpack(values[:-2])
     return Row(step=step, loss=float(terms.loss), reconstruction=float(terms.reconstruction),
-               grad_norm=float(values[-1]), kl_scale=scale, kl=terms.kl)
+               grad_norm=float(values[-2]), kl_scale=scale, kl=terms.kl)
 
 
 class BadSteps:

@@ -12,25 +12,30 @@ Keras (``tf.keras.optimizers.Adam``, the optimiser of the official code) takes s
 Multiplying the torch denominator by sqrt(1 - beta2^t) shows the two are the same update when
 eps = eps_hat / sqrt(1 - beta2^t). With eps_hat 1e-4 that is 3.2e-3 at step 1 and 1.3e-4 at step 1000:
 torch's Adam with a fixed eps of 1e-4 damps the early steps far less than the reference does.
+
+``KerasAdam`` takes torch's form with that eps, written in tensor operations only: the step count is a tensor on
+the parameter's device and the step-dependent scalars (bias corrections, step size, eps) are computed there, so a
+step never waits for the device and can be captured in a CUDA graph (``training/step.py``). Its operations are
+those of torch's single-tensor Adam (``_single_tensor_adam``, not capturable), with its Python float scalars as
+float64 tensors, so on a CPU it takes the same steps as ``torch.optim.Adam`` with eps reset each step, bit for bit
+in float32 (tests/test_graph_step.py). ``step(ok=...)`` applies the update only where ``ok`` holds, leaving the
+weights and the whole optimizer state (step count included) as they were otherwise, without reading ``ok`` back.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from pyro_cwvae.errors import UserError
 
 
-class KerasAdam(torch.optim.Adam):
-    """``torch.optim.Adam`` whose ``eps`` is Keras' epsilon hat: before each step, every param group's torch ``eps`` is
-    set from the step about to be taken (eps_hat / sqrt(1 - beta2^t)), then Adam's own step (single-tensor, foreach or
-    fused) runs unchanged. The Keras epsilon is kept in each group as ``eps_hat`` and the step count is read from Adam's
-    per-parameter ``step`` state, so both travel with ``state_dict()`` and a resumed optimizer continues bit for bit."""
+class KerasAdam(torch.optim.Optimizer):
+    """Keras' Adam (epsilon hat), capturable. ``state_dict()`` holds what torch's Adam holds (per parameter:
+    ``step``, ``exp_avg``, ``exp_avg_sq``; per group: ``lr``, ``betas``, ``eps`` and the Keras epsilon
+    ``eps_hat``), so checkpoints written with torch's Adam or the earlier KerasAdam load and continue."""
 
-    def __init__(self, params, lr: float = 1e-3, eps: float = 1e-7, **kwargs):
-        """``eps`` is Keras' epsilon hat (Keras' defaults: lr 1e-3, eps 1e-7); other options as ``torch.optim.Adam``."""
-        super().__init__(params, lr=lr, eps=eps, **kwargs)
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-7):
+        """``eps`` is Keras' epsilon hat (Keras' defaults: lr 1e-3, eps 1e-7)."""
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
 
     def __setstate__(self, state):
         """Restore the state (``load_state_dict``); a group saved without ``eps_hat`` keeps its eps as eps_hat."""
@@ -39,35 +44,60 @@ class KerasAdam(torch.optim.Adam):
             group.setdefault("eps_hat", group["eps"])  # saved by torch's Adam, whose eps never changes
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group as torch's Adam does, recording its eps (Keras' epsilon hat) as ``eps_hat``: group['eps']
-        changes every step."""
+        """Add a group, recording its eps (Keras' epsilon hat) as ``eps_hat``."""
         param_group.setdefault("eps_hat", param_group.get("eps", self.defaults["eps"]))
         super().add_param_group(param_group)
 
-    def step(self, closure=None):
-        """Set each group's torch eps for the step about to be taken, then take Adam's step."""
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load as torch does, then move each step count to its parameter's device (torch's Adam keeps it on the
+        CPU), where the capturable step reads it."""
+        super().load_state_dict(state_dict)
+        for param, state in self.state.items():
+            if "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(param.device)
+
+    @torch.no_grad()
+    def step(self, closure=None, ok: torch.Tensor | None = None):
+        """One Adam step of every parameter with a gradient; with ``ok`` (a 0-dim bool tensor) only where it holds."""
         loss = None
-        if closure is not None:  # the gradients must exist before the step count is read
+        if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            step = self._next_step(group)
-            if step is not None:
-                group["eps"] = group["eps_hat"] / math.sqrt(1.0 - group["betas"][1] ** step)
-        super().step()
+            params = [p for p in group["params"] if p.grad is not None]
+            stepped = [bool(self.state.get(p)) for p in params]
+            if any(stepped) and not all(stepped):  # structure only: no value is read from the device
+                raise UserError("KerasAdam needs every parameter of a group stepped together, found parameters with "
+                                "and without steps taken (a network used in only some training steps?)")
+            for param in params:
+                self._update(param, group, ok)
         return loss
 
-    def _next_step(self, group: dict) -> int | None:
-        """The 1-based step Adam is about to take on the group's parameters that have gradients (None if none)."""
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
-            return None
-        steps = [self.state[p]["step"] for p in params if self.state.get(p)]
-        # one read of all counts: fused or capturable Adam keeps them on the device, and each read waits for it
-        taken = set(torch.stack(steps).tolist()) if steps else set()
-        if len(steps) < len(params):
-            taken.add(0.0)  # parameters not stepped yet
-        if len(taken) > 1:
-            raise UserError(f"KerasAdam needs every parameter of a group stepped together, found {sorted(taken)} steps"
-                            " taken (a network used in only some training steps?)")
-        return int(taken.pop()) + 1
+    def _update(self, param: torch.Tensor, group: dict, ok: torch.Tensor | None) -> None:
+        """``_single_tensor_adam``'s update of one parameter with eps = eps_hat / sqrt(1 - beta2^t), in tensors."""
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        beta1, beta2 = group["betas"]
+        grad, step_t = param.grad, state["step"] + 1  # float32, as torch counts
+        step = step_t.double()  # torch's Python float of the count, exactly
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        step_size = torch.full_like(step, group["lr"]).div_(bias_correction1)  # not lr / t: that is lr * (1 / t)
+        bias_correction2_sqrt = torch.pow(bias_correction2, torch.full_like(step, 0.5))  # as Python's ** 0.5
+        eps = torch.full_like(step, group["eps_hat"]).div_(bias_correction2.sqrt())
+        # torch's float scalars meet the parameter's dtype in each operation: so do these (0-dim ones would promote)
+        neg_step_size, bias_correction2_sqrt, eps = (x.to(param.dtype) for x in (step_size.neg(), bias_correction2_sqrt,
+                                                                                   eps))
+        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+        new_param = exp_avg.mul(neg_step_size).div_(denom).add_(param)  # addcdiv's param + value * t1 / t2
+        for old, new in ((state["step"], step_t), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq),
+                         (param, new_param)):
+            if ok is None:
+                old.copy_(new)
+            else:
+                torch.where(ok, new, old, out=old)

@@ -1,40 +1,48 @@
 """Run directories: the config a new run starts from, or the one a resumed run continues with (``run_config``, what
 ``pyro-cwvae fit`` and the experiments call). The ``demo`` preset is generated Moving MNIST sized to learn in minutes
-on a CPU. A resumed run keeps its model and data: only the options that do not change what is learned may differ."""
+on a CPU. A resumed run keeps its model and data: only the options that do not change what is learned may differ.
+Program files that a run or a config file names (not the user's own ``--model``/``--guide``) run only with
+``trust_programs``."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Any
 
-from pyro_cwvae.training.checkpoint import CHECKPOINT, load_checkpoint
+from pyro_cwvae.training.checkpoint import CHECKPOINT, load_trained
 from pyro_cwvae.training.distributed import launched_ranks
 from pyro_cwvae.model.config import CONFIG_FILE, Config, option, preset, read_config_file
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.training.history import HISTORY
+from pyro_cwvae.model.programs import check_trusted
+from pyro_cwvae.training.history import HISTORY, History
 
 RUN_FILES = (CONFIG_FILE, CHECKPOINT, HISTORY)
 CHANGEABLE_ON_RESUME = {"steps", "device", "workers", "checkpoint_every", "data_dir", "run_dir", "precision", "compile",
-                        "deterministic"}
+                        "deterministic", "cuda_graph"}
 
 
 def run_config(options: dict[str, Any], *, resume: bool, overwrite: bool = False,
-               config_file: str | Path | None = None) -> Config:
+               config_file: str | Path | None = None, trust_programs: bool = False) -> Config:
     """The config to train with: the resumed run's in ``options['run_dir']`` (``resume``), or a new run's from
-    ``config_file`` or the dataset's preset; ``options`` holds only the options the user gave."""
+    ``config_file`` or the dataset's preset; ``options`` holds only the options the user gave. The program files
+    that the resumed run or ``config_file`` names are refused unless ``trust_programs``."""
     if resume and config_file is not None:
         raise UserError("--resume continues with the run's own config: leave out --config")
     if "run_dir" not in options and launched_ranks() > 1:  # each process would pick its own time stamp
         raise UserError("--run-dir is required when several processes train together")
-    return resume_config(options) if resume else new_run_config(options, overwrite, config_file)
+    if resume:
+        return resume_config(options, trust_programs)
+    return new_run_config(options, overwrite, config_file, trust_programs)
 
 
-def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file: str | Path | None = None
-                   ) -> Config:
+def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file: str | Path | None = None,
+                   trust_programs: bool = False) -> Config:
     """The config of a fresh run: ``config_file`` if given, else the preset of ``options['dataset']`` (the demo
     when none), then ``options`` (only the options the user gave) on top."""
     if config_file is not None:
         name, cfg = Path(config_file).stem, read_config_file(config_file)
+        check_trusted({kind: getattr(cfg, kind) for kind in ("model", "guide") if kind not in options},
+                      trust_programs, f"--config {config_file}", "fit would run it")
     else:
         name = options.get("dataset") or "demo"
         cfg = preset(name)
@@ -50,12 +58,16 @@ def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file
     return cfg  # the old run's files are replaced only once training starts (train.fit), never on bad input
 
 
-def resume_config(options: dict[str, Any]) -> Config:
-    """The config saved in the checkpoint of ``options['run_dir']``, with the changeable options applied."""
+def resume_config(options: dict[str, Any], trust_programs: bool = False) -> Config:
+    """The config saved in the checkpoint of ``options['run_dir']``, with the changeable options applied. The run's
+    files are checked in full first (the checkpoint with its programs, and the history), so that a resume refused
+    changes nothing: training removes what killed writes left behind only once they pass."""
     if "run_dir" not in options:
         raise UserError("--resume needs --run-dir: the run to continue")
     run_dir = Path(options["run_dir"])
-    saved = Config.from_dict(load_checkpoint(run_dir)["config"])
+    state = load_trained(run_dir, trust_programs=trust_programs)[0]
+    saved = Config.from_dict(state["config"])
+    History.load(run_dir / HISTORY, saved.levels, upto_step=state["step"])
     for key, value in options.items():
         if key not in CHANGEABLE_ON_RESUME and value != getattr(saved, key):
             raise UserError(f"--{option(key)} {value} differs from the resumed run's {getattr(saved, key)}: "

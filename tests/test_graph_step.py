@@ -1,0 +1,209 @@
+"""The training step of --cuda-graph, run eagerly on a CPU: it equals the step before it bit for bit (losses,
+weights, optimizer state), skips a non-finite step inside the step without reading it back, has no host
+synchronisation for the packaged programs, and names the one of a variant that has."""
+import contextlib
+import math
+import textwrap
+
+import pyro
+import pytest
+import torch
+
+from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.model.config import kl_scale
+from pyro_cwvae.model.elbo import ElboTerms
+from pyro_cwvae.model.programs import load_programs
+from pyro_cwvae.training.loop import ElboModule
+from pyro_cwvae.training.optim import KerasAdam
+from pyro_cwvae.training.step import DeviceScalars, TrainStep, find_host_sync, sync_cause, use_cuda_graph
+
+STEPS, POISONED, NAN_BATCH = 7, 3, 5  # a step with an infinite gradient, one with a NaN frame (non-finite loss)
+
+
+def batches(cfg):
+    data = GeneratedMovingMNIST()
+    for step in range(STEPS):
+        batch = torch.as_tensor(data.train_batch(step, cfg.batch_size, cfg.seq_len, cfg.seed)).float().div_(255.0)
+        if step == NAN_BATCH:
+            batch[0, 0, 0, 0, 0] = float("nan")
+        yield batch
+
+
+def built(cfg, programs):
+    """Networks from the seed, with a gradient hook that adds ``poison`` (0 or inf) to one weight's gradient."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(cfg.seed)
+    nets = programs.make_nets(cfg)
+    poison = torch.zeros(())
+    next(nets.parameters()).register_hook(lambda grad: grad + poison)
+    pyro.set_rng_seed(cfg.seed)
+    return nets, poison, ElboModule(nets, programs.model.fn, programs.guide.fn, cfg)
+
+
+def reference_run(cfg, programs):
+    """The step as the loop took it before the step object, from torch's own Adam with the Keras eps set before
+    every update (independent of KerasAdam): a non-finite step is skipped (no update, the count not advanced)."""
+    nets, poison, elbo = built(cfg, programs)
+    beta2, taken, record = 0.999, 0, []
+    optimizer = torch.optim.Adam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps, foreach=False)
+    for step, video in enumerate(batches(cfg)):
+        poison.fill_(math.inf if step == POISONED else 0.0)
+        values = elbo(video, kl_scale(step, cfg))
+        optimizer.zero_grad(set_to_none=True)
+        ElboTerms.unpack(values).objective.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(nets.parameters(), cfg.clip_norm)
+        finite = bool(torch.isfinite(values[0]) & torch.isfinite(grad_norm))
+        if finite:
+            taken += 1
+            optimizer.param_groups[0]["eps"] = cfg.adam_eps / math.sqrt(1.0 - beta2 ** taken)
+            optimizer.step()
+        record.append((torch.cat([values.detach(), grad_norm[None], torch.tensor([float(finite)])]),
+                       snapshot(nets, optimizer)))
+    return record
+
+
+def step_run(cfg, programs):
+    nets, poison, elbo = built(cfg, programs)
+    optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    step_fn, record = TrainStep(elbo, optimizer, cfg.clip_norm, warmup_scale=cfg.kl_warmup > 0), []
+    for step, video in enumerate(batches(cfg)):
+        poison.fill_(math.inf if step == POISONED else 0.0)
+        record.append((step_fn(video, kl_scale(step, cfg)).clone(), snapshot(nets, optimizer)))
+    return record
+
+
+def snapshot(nets, optimizer):
+    weights = [p.detach().clone() for p in nets.parameters()]
+    state = [{key: value.clone() for key, value in optimizer.state[p].items()} for p in nets.parameters()]
+    return weights, state
+
+
+VARIANTS = {"default": {}, "meanfield, shaped KL, warm-up, dropout": dict(
+    elbo="meanfield", kl_balance=0.8, free_nats=0.5, kl_beta=[1.0, 0.5], kl_warmup=4, obs_dropout=0.5,
+    obs_dropout_span=2)}
+
+
+@pytest.mark.parametrize("changes", VARIANTS.values(), ids=VARIANTS.keys())
+def test_eager_step_equals_the_step_before_it_bit_for_bit(tiny_cfg, changes):
+    cfg = tiny_cfg.replace(lr=3e-3, **changes)
+    programs = load_programs(cfg.model, cfg.guide)
+    with pyro.validation_enabled(False):  # as the loop trains
+        expected, got = reference_run(cfg, programs), step_run(cfg, programs)
+    for step, ((values_a, (weights_a, state_a)), (values_b, (weights_b, state_b))) in enumerate(zip(expected, got)):
+        assert torch.equal(values_a, values_b) or (step in (POISONED, NAN_BATCH) and torch.equal(
+            values_a.isfinite(), values_b.isfinite())), step
+        assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b)), step
+        for a, b in zip(state_a, state_b):
+            assert a.keys() == b.keys() and all(torch.equal(a[key], b[key].cpu()) for key in a), step
+    flags = [float(values[-1]) for values, _ in got]
+    assert flags == [0.0 if step in (POISONED, NAN_BATCH) else 1.0 for step in range(STEPS)]
+    assert float(got[-1][1][1][0]["step"]) == STEPS - 2  # two updates skipped
+
+
+def test_the_packaged_step_has_no_host_synchronisation(tiny_cfg):
+    cfg = tiny_cfg.replace(kl_warmup=4, obs_dropout=0.5, elbo="meanfield", kl_balance=0.8, free_nats=0.5)
+    programs = load_programs(cfg.model, cfg.guide)
+    nets, _, elbo = built(cfg, programs)
+    step_fn = TrainStep(elbo, KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps), cfg.clip_norm,
+                        warmup_scale=True)
+    step_fn._load(next(batches(cfg)), 0.5)
+    with pyro.validation_enabled(False):
+        assert find_host_sync(step_fn._step) is None
+        assert find_host_sync(step_fn._step) is None  # and with the optimizer state made
+        watched = step_fn.out, [p.detach().clone() for p in nets.parameters()]
+        nets, _, elbo = built(cfg, programs)  # the same two steps, not watched: the same numbers
+        step_fn = TrainStep(elbo, KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps), cfg.clip_norm,
+                            warmup_scale=True)
+        step_fn._load(next(batches(cfg)), 0.5)
+        step_fn._step()
+        step_fn._step()
+    assert torch.equal(watched[0], step_fn.out)
+    assert all(torch.equal(a, p) for a, p in zip(watched[1], nets.parameters()))
+
+
+def test_a_variant_reading_a_value_on_the_host_is_named_with_its_line(tiny_cfg, tmp_path):
+    source = (tmp_path / "guide.py")
+    packaged = load_programs(None, None).guide.source
+    marker = "    embeddings = observational_dropout("
+    assert marker in packaged
+    source.write_text(packaged.replace(marker, textwrap.indent("if video.mean() > 2.0:\n    video = video / 2\n",
+                                                                   "    ") + marker))
+    cfg = tiny_cfg.replace(guide=str(source))
+    programs = load_programs(cfg.model, cfg.guide)
+    nets, _, elbo = built(cfg, programs)
+    step_fn = TrainStep(elbo, KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps), cfg.clip_norm)
+    step_fn._load(next(batches(cfg)), 1.0)
+    with pyro.validation_enabled(False):
+        cause = find_host_sync(step_fn._step)
+    assert cause is not None and "Python if/while on a tensor" in cause and f"{source}:" in cause
+    assert "if video.mean() > 2.0" in cause
+
+
+def test_cuda_graph_auto_is_off_on_a_cpu_and_on_refuses_what_it_cannot_capture():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_cuda_graph("auto", cpu, "none", 1)
+    assert use_cuda_graph("auto", cuda, "none", 1)
+    assert not use_cuda_graph("auto", cuda, "default", 1) and not use_cuda_graph("auto", cuda, "none", 2)
+    assert not use_cuda_graph("off", cuda, "none", 1)
+    for device, compile_mode, processes, named in [(cpu, "none", 1, "CUDA device"), (cuda, "default", 1, "--compile"),
+                                                   (cuda, "none", 2, "one process")]:
+        with pytest.raises(UserError, match=f"--cuda-graph on needs .*{named}.*--cuda-graph off"):
+            use_cuda_graph("on", device, compile_mode, processes)
+
+
+def test_a_batch_of_another_shape_is_refused(tiny_cfg):
+    programs = load_programs(None, None)
+    nets, _, elbo = built(tiny_cfg, programs)
+    step_fn = TrainStep(elbo, KerasAdam(nets.parameters()), tiny_cfg.clip_norm)
+    video = next(batches(tiny_cfg))
+    with pyro.validation_enabled(False):
+        step_fn(video, 1.0)
+        with pytest.raises(UserError, match="one shape"):
+            step_fn(video[:1], 1.0)
+
+
+def test_cuda_graph_setting_is_checked_and_changeable_on_resume(tiny_cfg):
+    from pyro_cwvae.training.run_config import CHANGEABLE_ON_RESUME
+
+    with pytest.raises(UserError, match="--cuda-graph must be one of auto, on, off, got 'sometimes'"):
+        tiny_cfg.replace(cuda_graph="sometimes").validate()
+    assert tiny_cfg.cuda_graph == "auto" and "cuda_graph" in CHANGEABLE_ON_RESUME
+
+
+def test_cuda_graph_on_is_refused_on_a_cpu_in_one_line(tiny_cfg):
+    from pyro_cwvae.training.loop import fit
+
+    with pytest.raises(UserError, match="^--cuda-graph on needs a CUDA device, not cpu: use --cuda-graph off$"):
+        fit(tiny_cfg.replace(cuda_graph="on"), GeneratedMovingMNIST(), progress=False)
+
+
+def test_what_waits_for_the_device_or_copies_from_the_host_is_named():
+    aten, cpu = torch.ops.aten, torch.zeros(3)
+    assert "host" in sync_cause(aten._to_copy.default, (cpu,), {"device": torch.device("cuda")})
+    assert sync_cause(aten._to_copy.default, (cpu,), {"dtype": torch.float64}) is None
+    assert "boolean mask" in sync_cause(aten.index.Tensor, (cpu, [cpu > 0]), {})
+    assert "data-dependent" in sync_cause(aten.repeat_interleave.self_Tensor, (cpu, cpu.long()), {})
+    assert sync_cause(aten.repeat_interleave.self_int, (cpu, 2), {}) is None
+    assert ".item()" in sync_cause(aten._local_scalar_dense.default, (cpu,), {})
+
+
+def test_device_scalars_make_python_numbers_on_the_device_with_the_same_values(tiny_cfg, monkeypatch):
+    """Under the graph, a distribution given a Python number (the model's Normal(frames, dec_std)) gets it from
+    torch.full on the device, not from a copy: the step is the same bit for bit (here on a CPU, told to do so)."""
+    full, filled = torch.full, []
+    monkeypatch.setattr(torch, "full", lambda *args, **kwargs: filled.append(args[1]) or full(*args, **kwargs))
+    with DeviceScalars(("cpu",)):
+        made = torch.tensor(0.1, dtype=torch.float32, device="cpu"), torch.as_tensor(3, device="cpu")
+        torch.distributions.Normal(torch.zeros(2), 0.5)
+    assert filled == [0.1, 3, 0.5] and made[0].item() == torch.tensor(0.1).item() and made[1].dtype == torch.int64
+    monkeypatch.undo()
+    programs = load_programs(None, None)
+    results = []
+    for mode in (None, DeviceScalars(("cpu",))):
+        nets, _, elbo = built(tiny_cfg, programs)
+        step_fn = TrainStep(elbo, KerasAdam(nets.parameters()), tiny_cfg.clip_norm)
+        with pyro.validation_enabled(False), (mode or contextlib.nullcontext()):
+            results.append((step_fn(next(batches(tiny_cfg)), 1.0), [p.detach().clone() for p in nets.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
