@@ -16,7 +16,7 @@ from pyro_cwvae.files.atomic import atomic_path
 
 from . import DatasetError, batch_rng
 from .archives import MovingMNISTArchive
-from .moving_mnist import TEST_STREAM, moving_mnist_video, split_digits
+from .moving_mnist import TEST_STREAM, check_speed, moving_mnist_video, split_digits
 from .video_io import default_codec, write_video
 
 TRAIN_STREAM = 2  # distinct from the on-the-fly training batches (stream 0) and the test videos (TEST_STREAM)
@@ -31,8 +31,7 @@ def generate_moving_mnist(out: str | os.PathLike, *, num_train: int, num_test: i
     for option, value in counts.items():
         if value < 1:
             raise DatasetError(f"{option} must be at least 1, got {value}")
-    if speed <= 0:
-        raise DatasetError(f"--speed must be positive, got {speed}")
+    check_speed(speed)  # before the progress bar: a refusal is one line
     out = Path(out).expanduser()
     plan = {"train": (num_train, train_length, split_digits("train"), TRAIN_STREAM),
             "test": (num_test, test_length, split_digits("test"), TEST_STREAM)}

@@ -67,7 +67,7 @@ def test_generate_refuses_other_datasets_and_full_folders(tmp_path):
     assert_one_line_error(runner.invoke(app, ["generate", "ucf", "--out", str(tmp_path)]), "unknown dataset 'ucf'")
     assert generate(tmp_path).exit_code == 0
     assert_one_line_error(generate(tmp_path), "already holds videos")
-    assert_one_line_error(generate(tmp_path / "other", "--speed", "0"), "--speed must be positive")
+    assert_one_line_error(generate(tmp_path / "other", "--speed", "0"), "--speed must lie between 0.01 and 100")
 
 
 def test_info_errors_are_one_line_with_exit_code_2(tmp_path):

@@ -425,3 +425,47 @@ def test_codecs_other_than_latin1_are_unreachable(tmp_path):
 def test_array_of_python_objects_is_refused_even_without_code():
     with pytest.raises(UserError, match="array of Python objects"):
         safe_pickle.load(io.BytesIO(pickle.dumps({"w": np.array([1, "a"], dtype=object)})), "w.pkl")
+
+
+# Prediction options and non-finite updates -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--seed", -1, "--seed must not be negative, got -1"),
+    ("--seed", 2**64, "--seed must lie between 0 and 4294967295"),
+    ("--samples", 10**9, "--samples must lie between 1 and 1000"),
+    ("--horizon", 10**9, "--horizon must lie between 1 and 100000"),
+    ("--sequences", 0, "--sequences must be at least 1"),
+])
+def test_rollout_options_are_bounded_before_anything_is_allocated(run, option, value, message):
+    assert message in answer(["rollout", "--run", run, option, value, "--quiet"], run)
+
+
+def test_too_many_predicted_frames_are_refused_in_one_line(run):
+    line = answer(["rollout", "--run", run, "--samples", 1000, "--sequences", 1000, "--horizon", 100, "--quiet"], run)
+    assert "frames, more than the 10,000,000 one rollout holds" in line
+
+
+def test_an_update_that_makes_the_weights_non_finite_is_never_checkpointed(tmp_path, monkeypatch):
+    """A finite loss and gradient whose update overflows the weights (as --lr inf did): the run stops with exit 1
+    and the checkpoint on disk is the last one with finite weights."""
+    from pyro_cwvae.training.optim import KerasAdam
+
+    taken = KerasAdam.step
+
+    def overflowing(self, *args, **kwargs):
+        result = taken(self, *args, **kwargs)
+        if self.state[self.param_groups[0]["params"][0]]["step"] >= 4:  # the last step: its loss was finite
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(KerasAdam, "step", overflowing)
+    run_dir = tmp_path / "run"
+    args = ["fit", "--run-dir", run_dir, "--quiet",
+            *[f"--{key.replace('_', '-')}={value}" for key, value in TINY.items()]]
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output
+    assert "the weights are not finite at step 4" in result.output.strip().splitlines()[-1]
+    state = load_checkpoint(run_dir)
+    assert state["step"] == 2
+    assert all(torch.isfinite(tensor).all() for tensor in state["nets"].values())

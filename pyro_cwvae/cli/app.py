@@ -19,6 +19,7 @@ from pyro_cwvae.cli.options import TRUST_PROGRAMS, config_options, dataclass_opt
 from pyro_cwvae.cli.weights import app as weights_app
 from pyro_cwvae.data import DatasetError
 from pyro_cwvae.errors import UserError
+from pyro_cwvae.files.reading import printable
 from pyro_cwvae.prediction.latents import Intervention
 from pyro_cwvae.prediction.options import EVALUATE_DEFAULTS, PredictionOptions
 
@@ -57,7 +58,7 @@ class OneLineErrors(TyperGroup):
 
 
 def fail(message: str, code: int) -> int:
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    typer.echo(f"error: {printable(' '.join(message.split()))}", err=True)
     return code
 
 
@@ -172,7 +173,7 @@ def plot(
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line on stderr, like the errors: what the user should know, not where it was raised."""
-    typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+    typer.echo(f"warning: {printable(' '.join(str(message).split()))}", err=True)
 
 
 def main() -> None:

@@ -91,6 +91,8 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
     attrs = {"config": cfg.to_json(), "elbo": cfg.elbo}  # which estimator the losses come from
 
     def save(step: int) -> None:
+        if not all(bool(weight.isfinite().all()) for weight in nets.parameters()):  # one read a checkpoint
+            raise NumericalError(f"the weights are not finite at step {step}: an update overflowed (lower --lr?)")
         rng = group.gather(rng_state())  # every process's random state, so a resume continues each stream
         if group.is_main:
             # History first: if a kill lands between the two writes, the history runs ahead of the checkpoint
