@@ -6,8 +6,9 @@
 #   paper   the mmnist preset at the paper's batch (50 x 100 frames) for PAPER_SECONDS (default 240), stopped by
 #           SIGTERM (the run saves its checkpoint), then evaluated on 16 test videos x 3 samples to frame 1000,
 #           with its training curves drawn                                             (PAPER_SECONDS + under 250 s)
-#   graph   --cuda-graph: its GPU tests (graphed against eager over 50 steps, resume, a refused variant, bad steps)
-#           and the graphed rows (eager Pyro, graphed Pyro, reference; mmnist and minerl at 50 x 100 frames)
+#   graph   --cuda-graph: its GPU tests (graphed against eager over 50 steps, resume, a refused variant, bad
+#           steps, watchers between replays) and the graphed rows (eager Pyro, graphed Pyro, reference;
+#           mmnist and minerl at 50 x 100 frames)
 #                                                    python -m benchmarks.graph --device cuda  (under 8 min in all)
 #
 # Run from anywhere:   bash benchmarks/gpu.sh [RESULTS_DIR [PART ...]]    (default: runs/gpu-bench, every part)

@@ -26,7 +26,7 @@ VALUES = {
     "precision": ("bf16", "bf16"), "compile": ("default", "default"), "model": ("m.py", "m.py"),
     "guide": ("g.py", "g.py"), "run_dir": ("RUN", "RUN"), "checkpoint_every": ("2", 2), "context": ("12", 12),
     "obs_dropout": ("0.5", 0.5), "obs_dropout_span": ("6", 6), "deterministic": (None, True),  # a flag: --deterministic
-    "cuda_graph": ("off", "off"),
+    "cuda_graph": ("off", "off"), "tensorboard": ("off", "off"), "preview_every": ("7", 7),
 }
 
 
@@ -41,6 +41,7 @@ def configs(monkeypatch):
 
     monkeypatch.setattr("pyro_cwvae.training.loop.fit", capture)
     monkeypatch.setattr("pyro_cwvae.data.registry.open_dataset", lambda *args, **kwargs: None)
+    monkeypatch.setattr("pyro_cwvae.watch.watchers_for", lambda *args, **kwargs: [])
     return captured
 
 

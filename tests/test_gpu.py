@@ -161,3 +161,22 @@ POISONED_MODEL = textwrap.dedent("""
             video = video * torch.where(poison["count"] == 8, float("nan"), 1.0)
         return default_model(video, nets, cfg, kl_scale, num_frames, batch_size)
 """)
+
+
+def test_watchers_leave_a_graphed_run_bit_identical(tiny_cfg, tmp_path):
+    """Previews and TensorBoard between the replays of a CUDA graph: the random states they use (the CUDA
+    generator's included) are put back, and the graph's static buffers are left alone."""
+    from pyro_cwvae.watch import watchers_for
+
+    cfg = tiny_cfg.replace(device="cuda", steps=12, checkpoint_every=6, deterministic=True, cuda_graph="on",
+                           context=4, preview_every=4, tensorboard="on")
+    data = GeneratedMovingMNIST(test_length=40)
+    plain = cfg.replace(run_dir=str(tmp_path / "plain"), preview_every=0, tensorboard="off")
+    fit(plain, data, progress=False)
+    watched = cfg.replace(run_dir=str(tmp_path / "watched"))
+    result = fit(watched, data, progress=False, watchers=watchers_for(watched, data, say=None))
+    assert [step for step, _ in result.history.previews] == [4, 8, 12]
+    (nets_a, _, history_a), (nets_b, _, history_b) = (weights_and_history(run) for run in (plain, watched))
+    xr.testing.assert_equal(history_a[["loss", "kl"]], history_b[["loss", "kl"]])
+    for name, tensor in nets_a.items():
+        assert torch.equal(tensor, nets_b[name]), name

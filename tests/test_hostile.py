@@ -270,6 +270,11 @@ HISTORY_EDITS = {
     "swapped dims": (lambda ds: ds.assign(kl=ds.kl.transpose()), "variable 'kl' is float32 (level, step)"),
     "no loss": (lambda ds: ds.drop_vars("loss"), "no variable 'loss'"),
     "steps going back": (lambda ds: ds.assign_coords(step=ds.step[::-1].values), "steps are not increasing"),
+    "preview of text": (lambda ds: ds.assign(preview_ssim=("preview_step", np.array(["a", "b"]))),
+                        "'preview_ssim' is not floating point along preview_step"),
+    "preview on the steps": (lambda ds: ds.assign(preview_ssim=ds.loss), "'preview_ssim' is not floating point"),
+    "previews going back": (lambda ds: ds.assign(preview_ssim=("preview_step", np.zeros(2, np.float32)))
+                            .assign_coords(preview_step=[2, 1]), "preview_steps are not increasing"),
 }
 
 

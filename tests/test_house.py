@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = [ROOT / "pyro_cwvae", ROOT / "models", ROOT / "guides", ROOT / "data"]
 SCRIPTS = [ROOT / "experiments", ROOT / "benchmarks"]
 STAGES = ["errors", "files", "data", "configs", "model", "models", "guides", "training", "prediction", "evaluation",
-          "plots", "api", "cli", "__main__"]
+          "plots", "watch", "api", "cli", "__main__"]
 """The stages, lowest first: a module may import its own stage and those before it (``models`` and ``guides``, the
 user-edited programs, sit with ``model``; ``data`` may use ``files``)."""
 RANK = {**{stage: rank for rank, stage in enumerate(STAGES)}, "models": STAGES.index("model"),

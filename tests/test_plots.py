@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import xarray as xr
 from PIL import Image
+from typer.testing import CliRunner
 
 import pyro_cwvae.plots.rollout as plots
+from pyro_cwvae.cli.app import app
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.plots.rollout import write_figures
 from pyro_cwvae.training.history import History, Row
@@ -345,7 +347,8 @@ def test_history_figure_draws_the_running_means_of_the_loss_each_level_and_the_s
     path, loss, kl = saved_history(tmp_path, levels=3, steps=23)
     assert is_history(path) and not is_history(tmp_path / "missing.nc")
     write_history_figure(read_history(path), tmp_path, window=5)
-    terms, kls, share = saved["training"].axes
+    assert "preview_step" not in read_history(path).dims
+    terms, kls, share = saved["training"].axes  # one row: no previews, no second row
     steps = np.arange(1, 24)
     check_curve(lines_by_label(terms)["negative ELBO"], steps, running_mean(loss, 5))
     for level in range(1, 4):
@@ -369,3 +372,54 @@ def test_history_without_steps_or_kl_is_a_user_error(tmp_path):
     ds.isel(step=slice(0, 0)).to_netcdf(tmp_path / "empty.nc", unlimited_dims=["step"])
     with pytest.raises(UserError, match="no step yet"):
         read_history(tmp_path / "empty.nc")
+
+
+PREVIEW_STEPS = np.array([4, 8, 12])
+PREVIEWS = {  # what each preview measured: the model's scores change, the baselines' stay
+    "ssim": [0.31, 0.45, 0.62], "ssim_last_frame": [0.5] * 3, "ssim_random_frame": [0.2] * 3,
+    "psnr": [11.0, np.nan, np.inf], "psnr_last_frame": [14.0] * 3, "psnr_random_frame": [9.0] * 3,
+    "digit_accuracy": [0.1, 0.4, 0.7], "digit_accuracy_last_frame": [0.3] * 3, "digit_accuracy_random_frame": [0.1] * 3,
+}
+
+
+def saved_history_with_previews(tmp_path, accuracy: bool) -> Path:
+    """A 12-step history with previews after steps 4, 8 and 12 (a missing and an exact PSNR among them), with or
+    without the digit accuracy."""
+    path, _, _ = saved_history(tmp_path, levels=2, steps=12)
+    history = History.load(path, levels=2, upto_step=12)
+    names = [name for name in PREVIEWS if accuracy or not name.startswith("digit")]
+    for i, step in enumerate(PREVIEW_STEPS):
+        history.add_preview(int(step), {name: PREVIEWS[name][i] for name in names},
+                            {name: {"long_name": f"mean {name}", "units": "1"} for name in names})
+    history.save(path, {})
+    return path
+
+
+@pytest.mark.parametrize("accuracy", [False, True])
+def test_history_figure_draws_the_previews_against_their_baselines_in_a_second_row(tmp_path, saved, accuracy):
+    write_history_figure(read_history(saved_history_with_previews(tmp_path, accuracy)), tmp_path)
+    axes = saved["training"].axes
+    assert len(axes) == (6 if accuracy else 5)
+    panels = [("ssim", "SSIM"), ("psnr", "PSNR")] + [("digit_accuracy", "digit accuracy")] * accuracy
+    for top, ax, (name, shown) in zip(axes, axes[3:], panels):
+        assert ax.get_title() == f"previews: {shown} of open-loop predictions"
+        assert ax.get_shared_x_axes().joined(ax, top)  # on the steps of the panel above
+        model, last, random = ax.get_lines()
+        assert [line.get_label() for line in (last, random)] == ["last context frame repeated",
+                                                                 "random training frame"]
+        assert model.get_marker() == "o" and (last.get_linestyle(), random.get_linestyle()) == ("--", ":")
+        for line, suffix in ((model, ""), (last, "_last_frame"), (random, "_random_frame")):
+            expected = np.array(PREVIEWS[name + suffix], dtype=np.float32)
+            np.testing.assert_array_equal(line.get_xydata(),
+                                          np.column_stack([PREVIEW_STEPS, np.where(np.isfinite(expected), expected,
+                                                                                   np.nan)]))
+    if accuracy:
+        assert axes[5].get_ylim() == (0, 1)
+
+
+def test_plot_command_draws_a_history_with_previews(tmp_path):
+    path = saved_history_with_previews(tmp_path, accuracy=True)
+    result = CliRunner().invoke(app, ["plot", str(path), "--out", str(tmp_path / "figures")])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "figures" / "training.png") as image:  # two rows of panels: taller than wide / 3
+        assert image.format == "PNG" and image.height > image.width / 3

@@ -57,6 +57,13 @@ class OneLineErrors(TyperGroup):
         return code
 
 
+def echo_above_bar(message: str) -> None:
+    """A line on stderr that leaves a progress bar where it is."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def fail(message: str, code: int) -> int:
     typer.echo(f"error: {printable(' '.join(message.split()))}", err=True)
     return code
@@ -87,12 +94,15 @@ def fit(
     from pyro_cwvae.data.registry import open_run_data
     from pyro_cwvae.training.loop import fit as run_fit
     from pyro_cwvae.training.run_config import run_config
+    from pyro_cwvae.watch import watchers_for
 
     options = {name: value for name, value in settings.items() if value is not None}
     cfg = run_config(options, resume=resume, overwrite=overwrite, config_file=config, trust_programs=trust_programs)
     for warning in cfg.warnings():
         typer.echo(f"warning: {warning}", err=True)
-    result = run_fit(cfg, open_run_data(cfg), resume=resume, max_bad_steps=max_bad_steps, progress=not quiet)
+    data = open_run_data(cfg)
+    watchers = watchers_for(cfg, data, say=None if quiet else echo_above_bar)
+    result = run_fit(cfg, data, resume=resume, max_bad_steps=max_bad_steps, progress=not quiet, watchers=watchers)
     if len(result.history) and result.rank == 0:
         first, last = result.history.rows[0], result.history.last()
         typer.echo(f"step {result.step}: loss {first.loss:.2f} -> {last.loss:.2f} nats/frame; run in {result.run_dir}")

@@ -111,6 +111,11 @@ class Config:
     # OUTPUT -------------------------------------------------------------------------------------------------
     run_dir: str = setting("runs/default", "Where the run is written (fit's default: runs/<preset>-<time>).")
     checkpoint_every: int = setting(100, "Steps between checkpoints (and history writes).", (1, 10**9))
+    tensorboard: str = setting("auto", "auto | on | off: TensorBoard event files in the run directory (auto: when the "
+                                       "tensorboard extra is installed); watch with `tensorboard --logdir runs`.")
+    preview_every: int = setting(2500, "Steps between previews: open-loop predictions of a few fixed test videos, "
+                                       "scored against the baselines into history.nc and shown in TensorBoard "
+                                       "(0: none).", (0, 10**9))
     context: int = setting(36, "Frames the guide filters before an open-loop rollout (rollout's default).",
                            (1, 100_000))
 
@@ -134,7 +139,7 @@ class Config:
         if self.channels not in (1, 3):
             raise UserError(f"--channels must be 1 or 3, got {self.channels}")
         for name, allowed in (("precision", PRECISIONS), ("compile", COMPILE_MODES), ("elbo", ELBOS),
-                              ("cuda_graph", CUDA_GRAPH_MODES)):
+                              ("cuda_graph", CUDA_GRAPH_MODES), ("tensorboard", TENSORBOARD_MODES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{option(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         low, high = FIELD_RANGES["kl_beta"]
@@ -186,6 +191,7 @@ ELBOS = ("trace", "meanfield")
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("none", "default", "max-autotune")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
+TENSORBOARD_MODES = ("auto", "on", "off")
 FIELDS = {f.name for f in dataclasses.fields(Config)}
 FIELD_RANGES = {f.name: f.metadata["within"] for f in dataclasses.fields(Config) if f.metadata.get("within")}
 MEMORY_CAP = 256 << 30

@@ -51,11 +51,11 @@ def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
     Frames without ground truth are left blank."""
     times = _strip_times(ds, max_frames)
     sub = ds.isel(time=times)
-    truth = _to_hwc(sub.truth.values)  # (sequence, time, H, W, C)
+    truth = to_hwc(sub.truth.values)  # (sequence, time, H, W, C)
     has_truth = sub.has_truth.values
     truth = np.where(has_truth[:, :, None, None, None], truth, 255).astype(np.uint8)
-    pred = _to_hwc(sub.prediction.values)  # (sample, sequence, time, H, W, C)
-    std = _to_hwc(_std_image(sub.prediction_std.values)) if "prediction_std" in sub else None
+    pred = to_hwc(sub.prediction.values)  # (sample, sequence, time, H, W, C)
+    std = to_hwc(_std_image(sub.prediction_std.values)) if "prediction_std" in sub else None
     rows, labels = [], []
     for seq in range(sub.sizes["sequence"]):
         rows.append(truth[seq])
@@ -67,11 +67,11 @@ def plot_strip(ds: xr.Dataset, max_frames: int) -> plt.Figure:
             rows.append(std[seq])
             labels.append(f"std x{_STD_GAIN}")
     group = 1 + sub.sizes["sample"] + (std is not None)
-    mosaic, row_centres, col_centres = _mosaic(rows, group)
+    mosaic, row_centres, col_centres = tile_frames(rows, group)
 
     height, width = mosaic.shape[:2]
     fig, ax = plt.subplots(figsize=(1.5 + width / 64, 0.8 + height / 64))
-    ax.imshow(_display(mosaic), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(display_frames(mosaic), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     time_labels = [f"{'ctx ' if c else ''}{int(t)}" for t, c in zip(sub.time.values, sub.is_context.values)]
     ax.set_xticks(col_centres, time_labels)
     ax.xaxis.tick_top()
@@ -205,15 +205,15 @@ def write_gif(ds: xr.Dataset, path: Path) -> Path:
     """Animate to ``path`` the ground truth, then every sample, in one row per sequence of ``ds``, upscaled
     ``GIF_SCALE`` times, under a header that says the time and whether the frame is context (the model's
     reconstruction) or an open-loop prediction; at most ``GIF_MAX_FRAMES`` frames, evenly spaced in time."""
-    sub = ds.isel(time=_evenly_spaced(ds.sizes["time"], GIF_MAX_FRAMES))
-    truth = _to_hwc(sub.truth.values)  # (sequence, time, H, W, C)
-    pred = _to_hwc(sub.prediction.values)  # (sample, sequence, time, H, W, C)
+    sub = ds.isel(time=evenly_spaced(ds.sizes["time"], GIF_MAX_FRAMES))
+    truth = to_hwc(sub.truth.values)  # (sequence, time, H, W, C)
+    pred = to_hwc(sub.prediction.values)  # (sample, sequence, time, H, W, C)
     images = []
     for i, (time, context) in enumerate(zip(sub.time.values, sub.is_context.values)):
         columns = [truth[:, i]] + [pred[s, :, i] for s in range(sub.sizes["sample"])]
         rows = [np.stack([col[seq] for col in columns]) for seq in range(sub.sizes["sequence"])]
-        mosaic, _, _ = _mosaic(rows, group=1)
-        frame = Image.fromarray(_display(mosaic.repeat(GIF_SCALE, 0).repeat(GIF_SCALE, 1)))
+        mosaic, _, _ = tile_frames(rows, group=1)
+        frame = Image.fromarray(display_frames(mosaic.repeat(GIF_SCALE, 0).repeat(GIF_SCALE, 1)))
         kind = "context" if context else "prediction"
         images.append(_with_header(frame, f"t={int(time)} {kind}: truth, then samples"))
     with atomic_path(path) as tmp:
@@ -227,11 +227,11 @@ def _strip_times(ds: xr.Dataset, max_frames: int) -> np.ndarray:
     evenly spaced predictions."""
     context = np.flatnonzero(ds.is_context.values)
     future = np.flatnonzero(~ds.is_context.values)
-    return np.concatenate([context[_evenly_spaced(len(context), _STRIP_CONTEXT)],
-                           future[_evenly_spaced(len(future), max_frames)]])
+    return np.concatenate([context[evenly_spaced(len(context), _STRIP_CONTEXT)],
+                           future[evenly_spaced(len(future), max_frames)]])
 
 
-def _evenly_spaced(length: int, count: int) -> np.ndarray:
+def evenly_spaced(length: int, count: int) -> np.ndarray:
     """At most ``count`` distinct indices into ``length`` items, evenly spaced, first and last included."""
     return np.unique(np.linspace(0, length - 1, min(length, count)).round().astype(int))
 
@@ -240,17 +240,17 @@ def _finite(scores: xr.DataArray) -> xr.DataArray:
     return scores.where(np.isfinite(scores))
 
 
-def _to_hwc(frames: np.ndarray) -> np.ndarray:
+def to_hwc(frames: np.ndarray) -> np.ndarray:
     """Move the channel axis of ``(..., C, H, W)`` frames last: ``(..., H, W, C)``."""
     return np.moveaxis(frames, -3, -1)
 
 
-def _display(mosaic: np.ndarray) -> np.ndarray:
+def display_frames(mosaic: np.ndarray) -> np.ndarray:
     """Drop the channel axis of a grayscale mosaic so it shows and saves as gray."""
     return mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic
 
 
-def _mosaic(rows: list[np.ndarray], group: int) -> tuple[np.ndarray, list[float], list[float]]:
+def tile_frames(rows: list[np.ndarray], group: int) -> tuple[np.ndarray, list[float], list[float]]:
     """Tile rows of frames ``(cols, H, W, C)`` into one white-separated uint8 image.
     Every ``group`` rows form a block set apart by a wider gap. Returns the image and the pixel centres
     of its rows and columns (for labels)."""

@@ -10,10 +10,10 @@ would have been.
 from __future__ import annotations
 
 import signal
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyro
@@ -35,8 +35,10 @@ from pyro_cwvae.training.distributed import Group, join, leave
 from pyro_cwvae.training.history import HISTORY, History, Row
 from pyro_cwvae.training.optim import KerasAdam
 from pyro_cwvae.training.step import TrainStep, use_cuda_graph
+from pyro_cwvae.training.watching import Watcher, Watching
 
 LOG_EVERY = 10  # steps between reading the logged values back from the device
+EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's files, which a watcher may write into the run directory
 
 
 class NumericalError(RuntimeError):
@@ -54,12 +56,13 @@ class FitResult:
 
 
 def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_steps: int = 0,
-        progress: bool = True) -> FitResult:
-    """Train ``cfg`` on ``dataset`` into ``cfg.run_dir`` (a new one, or the one to resume). Under ``torchrun`` every
-    process calls this; each trains on its rows of every batch (see distributed.py)."""
+        progress: bool = True, watchers: Sequence[Watcher] = ()) -> FitResult:
+    """Train ``cfg`` on ``dataset`` into ``cfg.run_dir`` (a new one, or the one to resume), with ``watchers``
+    looking on (watching.py). Under ``torchrun`` every process calls this; each trains on its rows of every batch
+    (see distributed.py)."""
     group, device_name = join(cfg.device)
     try:
-        result = train(cfg, dataset, group, resolve_device(device_name), resume, max_bad_steps, progress)
+        result = train(cfg, dataset, group, resolve_device(device_name), resume, max_bad_steps, progress, watchers)
     except BaseException:
         leave(group)  # without waiting: the other processes may never get this far
         raise
@@ -71,7 +74,7 @@ def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_ste
 
 
 def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device, resume: bool,
-          max_bad_steps: int, progress: bool) -> FitResult:
+          max_bad_steps: int, progress: bool, watchers: Sequence[Watcher] = ()) -> FitResult:
     run_dir = Path(cfg.run_dir)
     set_matmul_precision(cfg.precision, device)
     set_deterministic(cfg.deterministic)
@@ -82,47 +85,67 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
 
     graph = use_cuda_graph(cfg.cuda_graph, device, cfg.compile, group.world)
     nets, optimizer, start, history = set_up(cfg, programs, device, resume, group)
-    compile_nets(nets, cfg.compile)
-    elbo = ElboModule(nets, programs.model.fn, programs.guide.fn, cfg, autocast_cache=not graph)
-    if group.active:
-        elbo = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
-    step = TrainStep(elbo, optimizer, cfg.clip_norm, graph=graph, warmup_scale=cfg.kl_warmup > 0,
-                     reduce_ok=group.all if group.active else None)
-    attrs = {"config": cfg.to_json(), "elbo": cfg.elbo}  # which estimator the losses come from
-
-    def save(step: int) -> None:
-        if not all(bool(weight.isfinite().all()) for weight in nets.parameters()):  # one read a checkpoint
-            raise NumericalError(f"the weights are not finite at step {step}: an update overflowed (lower --lr?)")
-        rng = group.gather(rng_state())  # every process's random state, so a resume continues each stream
-        if group.is_main:
-            # History first: if a kill lands between the two writes, the history runs ahead of the checkpoint
-            # and a resume drops the extra rows; the other order would leave a gap.
-            history.save(run_dir / HISTORY, attrs)
-            save_checkpoint(run_dir, step=step, cfg=cfg, nets=nets, optimizer=optimizer, programs=programs, rng=rng)
-
+    step = train_step(cfg, nets, programs, optimizer, graph, group, device)
+    save = Saver(cfg, nets, optimizer, programs, history, group)
     log = StepLog(history, group, BadSteps(max_bad_steps))
+    watching = Watching(watchers if group.is_main else (), history, optimizer, start, programs)
     batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed, workers=cfg.workers,
                             pin_memory=device.type == "cuda", rows=group.rows(cfg.batch_size))
     bar = progress_bar(cfg, dataset.name, start, resume, progress, group)
     stop = StopRequest()
     # Pyro's per-site checks cost time in the hot loop; the tests run the programs with them on.
-    with bar, stop.installed(), pyro.validation_enabled(False):
+    with bar, stop.installed(), pyro.validation_enabled(False), closing(watching):
         for done in range(start + 1, cfg.steps + 1):  # ``done``: the steps taken once this one is
             scale = kl_scale(done - 1, cfg)
             log.add(done, scale, step(next(batches), scale))  # a non-finite step is skipped inside (step.py)
+            watching.after_step(done, nets)
             (stopping,) = group.any(stop.requested, device=device)
             bar.update(1)
             if done % LOG_EVERY == 0 or done == cfg.steps:
-                log.flush(bar.write)
-                bar.set_postfix_str(postfix(history.last()), refresh=False)
+                watching.logged(log.flush(bar.write))
+                bar.set_postfix_str(postfix(history.last(), watching.last_cost), refresh=False)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
-                log.flush(bar.write)
+                watching.logged(log.flush(bar.write))
                 save(done)
+                watching.saved(done)
             if stopping:
                 if group.is_main:
                     bar.write(f"stopped at step {done}: checkpoint saved in {run_dir}")
                 return FitResult(run_dir, done, history, nets, group.rank, interrupted=True)
     return FitResult(run_dir, cfg.steps, history, nets, group.rank)
+
+
+def train_step(cfg: Config, nets: torch.nn.Module, programs: Programs, optimizer: torch.optim.Optimizer,
+               graph: bool, group: Group, device: torch.device) -> TrainStep:
+    """The training step of ``nets`` under the run's options: compiled, averaged over processes, graphed."""
+    compile_nets(nets, cfg.compile)
+    elbo = ElboModule(nets, programs.model.fn, programs.guide.fn, cfg, autocast_cache=not graph)
+    if group.active:
+        elbo = DistributedDataParallel(elbo, device_ids=[device] if device.type == "cuda" else None)
+    return TrainStep(elbo, optimizer, cfg.clip_norm, graph=graph, warmup_scale=cfg.kl_warmup > 0,
+                     reduce_ok=group.all if group.active else None)
+
+
+class Saver:
+    """Writes the run's history and checkpoint; refuses weights that are not finite."""
+
+    def __init__(self, cfg: Config, nets: torch.nn.Module, optimizer: torch.optim.Optimizer, programs: Programs,
+                 history: History, group: Group):
+        self.cfg, self.nets, self.optimizer, self.programs, self.history, self.group = (
+            cfg, nets, optimizer, programs, history, group)
+        self.attrs = {"config": cfg.to_json(), "elbo": cfg.elbo}  # which estimator the losses come from
+
+    def __call__(self, step: int) -> None:
+        if not all(bool(weight.isfinite().all()) for weight in self.nets.parameters()):  # one read a checkpoint
+            raise NumericalError(f"the weights are not finite at step {step}: an update overflowed (lower --lr?)")
+        rng = self.group.gather(rng_state())  # every process's random state, so a resume continues each stream
+        if self.group.is_main:
+            # History first: if a kill lands between the two writes, the history runs ahead of the checkpoint
+            # and a resume drops the extra rows; the other order would leave a gap.
+            run_dir = Path(self.cfg.run_dir)
+            self.history.save(run_dir / HISTORY, self.attrs)
+            save_checkpoint(run_dir, step=step, cfg=self.cfg, nets=self.nets, optimizer=self.optimizer,
+                            programs=self.programs, rng=rng)
 
 
 def set_up(cfg: Config, programs: Programs, device: torch.device, resume: bool,
@@ -175,7 +198,8 @@ def restore(run_dir: Path, cfg: Config, nets: torch.nn.Module, optimizer: torch.
 def start_run_dir(run_dir: Path, cfg: Config) -> None:
     """A run directory holding only the new run's config."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (CHECKPOINT, HISTORY):  # an overwritten run's files must not outlive its config
+    # An overwritten run's files must not outlive its config (nor its TensorBoard curves mix with the new run's).
+    for stale in (CHECKPOINT, HISTORY, *(path.name for path in run_dir.glob(EVENT_FILES))):
         (run_dir / stale).unlink(missing_ok=True)
     write_text(run_dir / CONFIG_FILE, cfg.to_json())
 
@@ -231,11 +255,11 @@ class StepLog:
     def add(self, step: int, scale: float, values: torch.Tensor) -> None:
         self.pending.append((step, scale, values))
 
-    def flush(self, report=print) -> None:
-        """The pending steps' values, averaged over the processes, into the history (one synchronisation); each
-        skipped step ``report``ed, or NumericalError past the limit."""
+    def flush(self, report=print) -> list[Row]:
+        """The pending steps' values, averaged over the processes, into the history (one synchronisation), and
+        returned; each skipped step ``report``ed, or NumericalError past the limit."""
         if not self.pending:
-            return
+            return []
         values = self.group.mean(torch.stack([values for _, _, values in self.pending])).cpu().numpy()
         rows = [to_row(step, scale, row) for (step, scale, _), row in zip(self.pending, values)]
         skipped = [row for row, finite in zip(rows, values[:, -1]) if finite < 1]
@@ -245,6 +269,7 @@ class StepLog:
             if self.group.is_main:
                 report(message)
         self.history.extend(rows)
+        return rows
 
 
 def to_row(step: int, scale: float, values: np.ndarray) -> Row:
@@ -277,6 +302,7 @@ def describe_failure(row: Row) -> str:
     return f"non-finite {', '.join(bad)} at step {row.step}"
 
 
-def postfix(row: Row) -> str:
+def postfix(row: Row, watching: str = "") -> str:
+    """The progress bar's summary of the last step, and what the last preview cost."""
     kls = " ".join(f"kl{level}={value:.3g}" for level, value in enumerate(row.kl, start=1))
-    return f"loss={row.loss:.4g} rec={row.reconstruction:.4g} {kls}"
+    return f"loss={row.loss:.4g} rec={row.reconstruction:.4g} {kls}" + (f" {watching}" if watching else "")

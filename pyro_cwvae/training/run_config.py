@@ -18,7 +18,7 @@ from pyro_cwvae.training.history import HISTORY, History
 
 RUN_FILES = (CONFIG_FILE, CHECKPOINT, HISTORY)
 CHANGEABLE_ON_RESUME = {"steps", "device", "workers", "checkpoint_every", "data_dir", "run_dir", "precision", "compile",
-                        "deterministic", "cuda_graph"}
+                        "deterministic", "cuda_graph", "tensorboard", "preview_every"}
 
 
 def run_config(options: dict[str, Any], *, resume: bool, overwrite: bool = False,
