@@ -59,16 +59,27 @@ def trajectories(rng: np.random.Generator, num_frames: int, speed: float = 1.0,
     digit moves in a straight line until its box would leave the frame; then the position is mirrored back inside and
     that velocity component flips sign (an elastic bounce). DatasetError unless ``speed`` lies in ``SPEEDUPS``."""
     check_speed(speed)
-    limit = float(IMAGE_SIZE - DIGIT_SIZE)
-    position = rng.uniform(0.0, limit, size=(count, 2))
+    position, velocity = _motion(rng, speed, count)
+    return bounce(position, velocity, num_frames), velocity
+
+
+def _motion(rng: np.random.Generator, speed: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Initial corners ``(count, 2)``, uniform over the frame, and velocities ``(count, 2)`` of ``count`` digits."""
+    position = rng.uniform(0.0, float(IMAGE_SIZE - DIGIT_SIZE), size=(count, 2))
     angle = rng.uniform(0.0, 2.0 * np.pi, size=count)
     magnitude = rng.uniform(MIN_SPEED, MAX_SPEED, size=count) * speed
-    velocity = np.stack([np.sin(angle), np.cos(angle)], axis=-1) * magnitude[:, None]
-    initial_velocity = velocity.copy()
-    corners = np.empty((num_frames, count, 2))
+    return position, np.stack([np.sin(angle), np.cos(angle)], axis=-1) * magnitude[:, None]
+
+
+def bounce(position: np.ndarray, velocity: np.ndarray, num_frames: int) -> np.ndarray:
+    """Corners ``(num_frames, *position.shape)`` of digits starting at ``position (..., 2)`` with ``velocity``. Every
+    coordinate moves on its own, so many videos bounce in one array exactly as each would alone: a pass that reflects
+    nothing leaves a coordinate as it is."""
+    limit = float(IMAGE_SIZE - DIGIT_SIZE)
+    corners = np.empty((num_frames, *position.shape))
     # A fast digit may bounce more than once per frame. Two reflections bring a coordinate 2 * limit closer, so a step
     # of |velocity| needs at most 2 * (|velocity| // (2 * limit)) + 2 of them, and one more pass finds it inside.
-    passes = 2 * int(np.abs(velocity).max() // (2.0 * limit)) + 3
+    passes = 2 * int(np.abs(velocity).max(initial=0.0) // (2.0 * limit)) + 3
     for t in range(num_frames):
         corners[t] = position
         position = position + velocity
@@ -78,7 +89,7 @@ def trajectories(rng: np.random.Generator, num_frames: int, speed: float = 1.0,
                 break
             position = np.where(low, -position, np.where(high, 2.0 * limit - position, position))
             velocity = np.where(low | high, -velocity, velocity)
-    return corners, initial_velocity
+    return corners
 
 
 def check_speed(speed: float) -> None:
@@ -90,13 +101,29 @@ def check_speed(speed: float) -> None:
 
 def render(digits: np.ndarray, corners: np.ndarray) -> np.ndarray:
     """Draw ``digits (count, 28, 28)`` at integer-rounded ``corners (T, count, 2)``: uint8 ``(T, 1, 64, 64)``."""
-    frames = np.zeros((len(corners), 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    top_left = np.rint(corners).astype(np.int64)
-    for t, frame_corners in enumerate(top_left):
-        for digit, (y, x) in zip(digits, frame_corners):
-            window = frames[t, 0, y : y + DIGIT_SIZE, x : x + DIGIT_SIZE]
-            np.maximum(window, digit, out=window)
-    return frames
+    return render_videos(digits[None], corners[None])[0]
+
+
+def render_videos(digits: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """:func:`render` for many videos at once: ``digits (B, count, 28, 28)`` at ``corners (B, T, count, 2)``, uint8
+    ``(B, T, 1, 64, 64)``. Each digit sits in a zero canvas padded so that every placement is a 64x64 window of it; a
+    frame is the pixel-wise maximum of its digits' windows, gathered for all frames in one indexing step."""
+    limit = IMAGE_SIZE - DIGIT_SIZE
+    batch, count = digits.shape[:2]
+    shift = limit - np.rint(corners).astype(np.int64)  # the window's top-left in the canvas
+    if shift.size and (shift.min() < 0 or shift.max() > limit):
+        raise ValueError(f"digit corners must lie in [0, {limit}]")
+    canvas = np.zeros((batch, count, IMAGE_SIZE + limit, IMAGE_SIZE + limit), dtype=np.uint8)
+    canvas[:, :, limit:IMAGE_SIZE, limit:IMAGE_SIZE] = digits
+    windows = np.lib.stride_tricks.sliding_window_view(canvas, (IMAGE_SIZE, IMAGE_SIZE), axis=(2, 3))
+    video = np.arange(batch)[:, None]
+    placed = (windows[video, digit, shift[..., digit, 0], shift[..., digit, 1]] for digit in range(count))
+    frames = next(placed, None)
+    if frames is None:  # no digits: empty frames
+        frames = np.zeros((batch, corners.shape[1], IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for window in placed:
+        np.maximum(frames, window, out=frames)
+    return frames[:, :, None]
 
 
 def moving_mnist_video(rng: np.random.Generator, digit_pool: np.ndarray, num_frames: int,
@@ -109,9 +136,25 @@ def labelled_video(rng: np.random.Generator, digit_pool: np.ndarray, digit_label
                    num_frames: int, speed: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`moving_mnist_video` from the same rng state (the same frames), and the two digits' classes ``(2,)``
     (None without ``digit_labels``)."""
-    chosen = rng.integers(0, len(digit_pool), size=NUM_DIGITS)
-    corners, _ = trajectories(rng, num_frames, speed)
-    return render(digit_pool[chosen], corners), None if digit_labels is None else digit_labels[chosen]
+    frames, labels = labelled_videos(rng, digit_pool, digit_labels, 1, num_frames, speed)
+    return frames[0], None if labels is None else labels[0]
+
+
+def labelled_videos(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray | None, count: int,
+                    num_frames: int, speed: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """``count`` videos ``(count, num_frames, 1, 64, 64)`` and their classes ``(count, 2)``, the same, bit for bit, as
+    ``count`` calls of :func:`labelled_video` in turn: each video's random draws come from ``rng`` in the same order
+    (its digits, then its motion), and then all videos bounce and are drawn together."""
+    check_speed(speed)
+    chosen, positions, velocities = [], [], []
+    for _ in range(count):
+        chosen.append(rng.integers(0, len(digit_pool), size=NUM_DIGITS))
+        position, velocity = _motion(rng, speed, NUM_DIGITS)
+        positions.append(position)
+        velocities.append(velocity)
+    chosen = np.stack(chosen)
+    corners = bounce(np.stack(positions), np.stack(velocities), num_frames).swapaxes(0, 1)
+    return render_videos(digit_pool[chosen], corners), None if digit_labels is None else digit_labels[chosen]
 
 
 def labelled_frames(rng: np.random.Generator, digit_pool: np.ndarray, digit_labels: np.ndarray,
@@ -119,8 +162,8 @@ def labelled_frames(rng: np.random.Generator, digit_pool: np.ndarray, digit_labe
     """``count`` independent frames of two random digits, uint8 ``(count, 1, 64, 64)``, and labels ``(count, 2)``. Each
     frame is the first frame of a fresh video (positions uniform over the frame, overlaps as they fall), which is also
     how frames later in a video are placed: bouncing keeps the positions uniform."""
-    videos = [labelled_video(rng, digit_pool, digit_labels, num_frames=1) for _ in range(count)]
-    return np.concatenate([frames for frames, _ in videos]), np.stack([labels for _, labels in videos])
+    frames, labels = labelled_videos(rng, digit_pool, digit_labels, count, num_frames=1)
+    return frames[:, 0], labels
 
 
 class GeneratedMovingMNIST(VideoDataset):
@@ -139,8 +182,7 @@ class GeneratedMovingMNIST(VideoDataset):
         self._test_digits = split_digits("test")
 
     def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
-        rng = batch_rng(seed, step)
-        return np.stack([moving_mnist_video(rng, self._train_digits, seq_len, self.speed) for _ in range(batch_size)])
+        return labelled_videos(batch_rng(seed, step), self._train_digits, None, batch_size, seq_len, self.speed)[0]
 
     @property
     def num_test(self) -> int:

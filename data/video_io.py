@@ -152,8 +152,12 @@ def square_resize(video: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     if side == size:
         return np.ascontiguousarray(video)
     weights = area_weights(side, size)
-    resized = weights @ video.astype(np.float32) @ weights.T
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    # weights @ frame @ weights.T for every frame, as two 2-D products over all frames at once: a batched matmul is
+    # one small BLAS call per frame, which a multithreaded BLAS on a busy machine made 30x slower (6 s a KTH video).
+    lead = video.shape[:-2]
+    columns = np.swapaxes(video.astype(np.float32), -1, -2).reshape(-1, side) @ weights.T  # (weights @ frame).T
+    resized = np.swapaxes(columns.reshape(*lead, side, size), -1, -2).reshape(-1, side) @ weights.T
+    return np.clip(np.rint(resized.reshape(*lead, size, size)), 0, 255).astype(np.uint8)
 
 
 def area_weights(n_in: int, n_out: int) -> np.ndarray:

@@ -105,16 +105,16 @@ def test_the_packaged_step_has_no_host_synchronisation(tiny_cfg):
     cfg = tiny_cfg.replace(kl_warmup=4, obs_dropout=0.5, elbo="meanfield", kl_balance=0.8, free_nats=0.5)
     programs = load_programs(cfg.model, cfg.guide)
     nets, _, elbo = built(cfg, programs)
-    step_fn = TrainStep(elbo, KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps), cfg.clip_norm,
-                        warmup_scale=True)
+    masked = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps, masked=True)  # as on a CUDA device
+    step_fn = TrainStep(elbo, masked, cfg.clip_norm, warmup_scale=True)
     step_fn._load(next(batches(cfg)), 0.5)
     with pyro.validation_enabled(False):
         assert find_host_sync(step_fn._step) is None
         assert find_host_sync(step_fn._step) is None  # and with the optimizer state made
         watched = step_fn.out, [p.detach().clone() for p in nets.parameters()]
         nets, _, elbo = built(cfg, programs)  # the same two steps, not watched: the same numbers
-        step_fn = TrainStep(elbo, KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps), cfg.clip_norm,
-                            warmup_scale=True)
+        step_fn = TrainStep(elbo, KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps, masked=True),
+                            cfg.clip_norm, warmup_scale=True)
         step_fn._load(next(batches(cfg)), 0.5)
         step_fn._step()
         step_fn._step()

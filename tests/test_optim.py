@@ -114,9 +114,10 @@ def test_keras_adam_refuses_a_group_whose_parameters_have_taken_different_step_c
         take_steps(optimizer, params, GRADS[1:])
 
 
-def test_a_step_with_ok_false_leaves_weights_and_state_as_they_were():
+@pytest.mark.parametrize("masked", [True, False], ids=["masked on the device", "skipped on the host"])
+def test_a_step_with_ok_false_leaves_weights_and_state_as_they_were(masked):
     params = rows_as_params(W0)
-    optimizer = KerasAdam(params, lr=LR, eps=EPS_HAT)
+    optimizer = KerasAdam(params, lr=LR, eps=EPS_HAT, masked=masked)
     take_steps(optimizer, params, GRADS[:1])
     before = stacked(params), {key: value.clone() for key, value in optimizer.state[params[0]].items()}
     for p, row in zip(params, GRADS[1]):
@@ -126,3 +127,18 @@ def test_a_step_with_ok_false_leaves_weights_and_state_as_they_were():
     assert all(torch.equal(value, before[1][key]) for key, value in optimizer.state[params[0]].items())
     take_steps(optimizer, params, GRADS[1:])  # and the next good step is Keras' step 2
     np.testing.assert_allclose(stacked(params), keras_adam(W0, GRADS), rtol=1e-12, atol=1e-15)
+
+
+def test_the_masked_step_takes_the_in_place_steps_bit_for_bit():
+    """The capturable update (new tensors kept where ``ok`` holds) and the in-place one are the same arithmetic."""
+    runs = []
+    for masked in (True, False):
+        params = rows_as_params(W0)
+        optimizer = KerasAdam(params, lr=LR, eps=EPS_HAT, masked=masked)
+        for i, row in enumerate(GRADS + GRADS):  # four steps
+            for p, g in zip(params, row):
+                p.grad = torch.as_tensor(g, dtype=p.dtype)
+            optimizer.step(ok=torch.tensor(i != 1))  # the second step skipped
+        runs.append((stacked(params), [state["exp_avg_sq"].clone() for state in optimizer.state.values()]))
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))

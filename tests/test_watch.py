@@ -185,7 +185,11 @@ def test_tensorboard_modes(cfg, data, monkeypatch):
         cfg.replace(tensorboard="yes").validate()
 
 
-def test_previews_that_cannot_work_are_refused_before_training(cfg, data):
+def test_previews_the_data_cannot_give_are_left_out_with_a_warning(cfg, data):
     with pytest.raises(UserError, match=r"previews: .*context.*--preview-every 0 turns them off"):
         Previews(cfg.replace(context=41), data)
+    said = []
+    assert watchers_for(cfg.replace(context=41, tensorboard="off"), data, say=said.append) == []
+    assert len(said) == 1 and said[0].startswith("warning: training without previews: --context 41 is longer")
     assert watchers_for(cfg.replace(preview_every=0, tensorboard="off"), data) == []
+    assert watchers_for(cfg.replace(preview_every=7, tensorboard="off"), data) == []  # no step reaches a preview

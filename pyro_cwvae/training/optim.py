@@ -19,7 +19,8 @@ step never waits for the device and can be captured in a CUDA graph (``training/
 those of torch's single-tensor Adam (``_single_tensor_adam``, not capturable), with its Python float scalars as
 float64 tensors, so on a CPU it takes the same steps as ``torch.optim.Adam`` with eps reset each step, bit for bit
 in float32 (tests/test_graph_step.py). ``step(ok=...)`` applies the update only where ``ok`` holds, leaving the
-weights and the whole optimizer state (step count included) as they were otherwise, without reading ``ok`` back.
+weights and the whole optimizer state (step count included) as they were otherwise, without reading ``ok`` back
+(on a CUDA device; on a CPU ``ok`` is read and a step either skipped or taken in place: ``masked``).
 """
 from __future__ import annotations
 
@@ -33,9 +34,14 @@ class KerasAdam(torch.optim.Optimizer):
     ``step``, ``exp_avg``, ``exp_avg_sq``; per group: ``lr``, ``betas``, ``eps`` and the Keras epsilon
     ``eps_hat``), so checkpoints written with torch's Adam or the earlier KerasAdam load and continue."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-7):
-        """``eps`` is Keras' epsilon hat (Keras' defaults: lr 1e-3, eps 1e-7)."""
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-7,
+                 masked: bool | None = None):
+        """``eps`` is Keras' epsilon hat (Keras' defaults: lr 1e-3, eps 1e-7). ``masked``: how ``step(ok=...)``
+        skips. Masked, the update is computed and kept only where ``ok`` holds, never read on the host (capturable;
+        the default for an ``ok`` on a CUDA device); else ``ok`` is read and the update taken in place, with half the
+        memory traffic (the default on a CPU, where reading a value costs no wait)."""
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+        self.masked = masked
 
     def __setstate__(self, state):
         """Restore the state (``load_state_dict``); a group saved without ``eps_hat`` keeps its eps as eps_hat."""
@@ -63,6 +69,10 @@ class KerasAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if ok is not None and not (ok.is_cuda if self.masked is None else self.masked):
+            if not bool(ok):
+                return loss
+            ok = None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             stepped = [bool(self.state.get(p)) for p in params]
@@ -91,13 +101,17 @@ class KerasAdam(torch.optim.Optimizer):
         # torch's float scalars meet the parameter's dtype in each operation: so do these (0-dim ones would promote)
         neg_step_size, bias_correction2_sqrt, eps = (x.to(param.dtype) for x in (step_size.neg(), bias_correction2_sqrt,
                                                                                    eps))
-        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        if ok is not None:  # new tensors, kept below only where ok holds
+            exp_avg, exp_avg_sq = exp_avg.clone(), exp_avg_sq.clone()
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
-        new_param = exp_avg.mul(neg_step_size).div_(denom).add_(param)  # addcdiv's param + value * t1 / t2
+        update = exp_avg.mul(neg_step_size).div_(denom)  # addcdiv's param + value * t1 / t2, the sum last
+        if ok is None:
+            param.add_(update)
+            state["step"].copy_(step_t)
+            return
         for old, new in ((state["step"], step_t), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq),
-                         (param, new_param)):
-            if ok is None:
-                old.copy_(new)
-            else:
-                torch.where(ok, new, old, out=old)
+                         (param, update.add_(param))):
+            torch.where(ok, new, old, out=old)

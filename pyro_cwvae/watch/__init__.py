@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from pyro_cwvae.data import VideoDataset
+from pyro_cwvae.errors import UserError
 from pyro_cwvae.model.config import Config
 from pyro_cwvae.training.watching import Watcher
 from pyro_cwvae.watch.preview import Previews
@@ -15,9 +16,14 @@ __all__ = ["Previews", "TensorBoardLog", "watchers_for"]
 
 def watchers_for(cfg: Config, dataset: VideoDataset, say: Callable[[str], None] | None = print) -> list[Watcher]:
     """The watchers of a run of ``cfg``: its TensorBoard log (``--tensorboard``) and previews (``--preview-every``),
-    each set up now so that bad options fail before training starts."""
+    set up before training starts. Previews that the data cannot give (test videos shorter than the context) are
+    left out with a warning: the preset asks for them whether or not the user did."""
     board = tensorboard_for(cfg, say)
     watchers: list[Watcher] = [] if board is None else [board]
-    if cfg.preview_every:
-        watchers.append(Previews(cfg, dataset, board=board, say=say))
+    if cfg.preview_every and cfg.steps >= cfg.preview_every:
+        try:
+            watchers.append(Previews(cfg, dataset, board=board, say=say))
+        except UserError as error:
+            if say is not None:
+                say(f"warning: training without {error}")
     return watchers

@@ -29,7 +29,7 @@ from pyro_cwvae.prediction.scores import PROTOCOLS
 from pyro_cwvae.training.watching import Watcher
 from pyro_cwvae.watch.images import preview_strip, preview_video
 
-SEQUENCES = 4  # test videos predicted at each preview: the first ones, the same every time
+SEQUENCES = 4  # test videos predicted at each preview (or all, if fewer): the first ones, the same every time
 TOP_STEPS = 3  # the horizon, in steps of the top level
 SEED = 0  # the noise of the predictions and the random-frame baseline: the same at every preview
 PROTOCOL = PROTOCOLS[PredictionOptions().protocol]  # rollout's default: the paper's
@@ -44,7 +44,8 @@ class Previews(Watcher):
         self.cfg, self.every, self.board, self.say = cfg, cfg.preview_every, board, say
         self.context, horizon = cfg.context, TOP_STEPS * cfg.clock.top_period
         try:
-            self.truth, has_truth, _ = read_test_frames(dataset, SEQUENCES, self.context + horizon, self.context)
+            sequences = min(SEQUENCES, dataset.num_test)  # a small archive may hold fewer test videos
+            self.truth, has_truth, _ = read_test_frames(dataset, sequences, self.context + horizon, self.context)
         except (UserError, DatasetError) as error:
             raise UserError(f"previews: {error} (--preview-every 0 turns them off)") from None
         self.predicted = has_truth & (np.arange(self.truth.shape[1]) >= self.context)
@@ -92,8 +93,8 @@ class Previews(Watcher):
     def attrs(self) -> dict[str, dict]:
         """The attributes of each preview variable in history.nc."""
         horizon = self.truth.shape[1] - self.context
-        what = (f"over open-loop frames 1-{horizon} after {self.context} context frames of the first {SEQUENCES} "
-                f"test videos, one sample each ({PROTOCOL.name} protocol)")
+        what = (f"over open-loop frames 1-{horizon} after {self.context} context frames of the first "
+                f"{len(self.truth)} test videos, one sample each ({PROTOCOL.name} protocol)")
         about = {"psnr": ("PSNR of the predictions", "dB"), "ssim": ("SSIM of the predictions", "1")}
         for name in BASELINES:
             shown = name.replace("_", " ")
