@@ -1,7 +1,7 @@
-"""The optimizer step alone: the capturable Keras Adam of ``pyro-cwvae fit`` (pyro_cwvae/training/optim.py, one
-parameter at a time in tensor operations, the step count on the device) against torch's Adam on the same weights
-and gradients, single-tensor (the operations KerasAdam mirrors) and foreach (torch's default on a GPU), at the
-mmnist and minerl sizes.
+"""The optimizer step alone: the Keras Adam of ``pyro-cwvae fit`` (pyro_cwvae/training/optim.py, one parameter at a
+time in tensor operations, the step count on the device), taking its step in place (its default on a CPU) and masked
+(capturable, its default on CUDA), against torch's Adam on the same weights and gradients, single-tensor (the
+operations KerasAdam mirrors) and foreach (torch's default on a GPU), at the mmnist and minerl sizes.
 
     python -m benchmarks.optimizer                       # CPU, mmnist and minerl
     python -m benchmarks.optimizer --device cuda         # eager on a GPU (under --cuda-graph the step is replayed)
@@ -20,8 +20,9 @@ from benchmarks.workloads import machine, make_nets, median, paired_ratio, size_
 from pyro_cwvae.training.devices import resolve_device
 from pyro_cwvae.training.optim import KerasAdam
 
-OPTIMIZERS = {
-    "KerasAdam (capturable)": lambda params: KerasAdam(params, lr=3e-4, eps=1e-4),
+OPTIMIZERS = {  # what ``pyro-cwvae fit`` runs: a step with the finite flag ``ok``, in place on a CPU, masked on CUDA
+    "KerasAdam": lambda params: KerasAdam(params, lr=3e-4, eps=1e-4),
+    "KerasAdam, masked": lambda params: KerasAdam(params, lr=3e-4, eps=1e-4, masked=True),
     "torch Adam, single-tensor": lambda params: torch.optim.Adam(params, lr=3e-4, eps=1e-4, foreach=False),
     "torch Adam, foreach": lambda params: torch.optim.Adam(params, lr=3e-4, eps=1e-4, foreach=True),
 }
@@ -38,10 +39,12 @@ def optimizer_times(size: str, device: torch.device, repeats: int) -> dict[str, 
             param.grad = torch.randn(param.shape, generator=generator, device=device) * 1e-3
         optimizers[name] = make(params)
         optimizers[name].step()  # the first step allocates the moments
+    ok = torch.tensor(True, device=device)
     times = {name: [] for name in OPTIMIZERS}
     for _ in range(repeats):
         for name, optimizer in optimizers.items():
-            times[name].append(timed(optimizer.step, device))
+            step = (lambda: optimizer.step(ok=ok)) if isinstance(optimizer, KerasAdam) else optimizer.step
+            times[name].append(timed(step, device))
     return times
 
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes.split(","):
         times = optimizer_times(size, device, args.repeats)
         count = sum(p.numel() for p in make_nets(size_config(size, 36), device).parameters())
-        keras = times["KerasAdam (capturable)"]
+        keras = times["KerasAdam"]
         for name, values in times.items():
             print(f"| {size} | {name} | {count:,} | {median(values):.4f} | {paired_ratio(values, keras):.2f} |")
 

@@ -159,6 +159,7 @@ def test_a_preview_shows_a_strip_and_a_video_in_tensorboard(cfg, data, tmp_path)
     frames = CONTEXT + 3 * cfg.clock.top_period
     with Image.open(io.BytesIO(strip.encoded_image_string)) as image:
         assert image.height == 2 * SEQUENCES * 64 + (2 * SEQUENCES - 1) * 2 + (SEQUENCES - 1) * 6  # truth, model
+        assert image.width == (4 * 64 + 3 * 2) + 12 + (6 * 64 + 5 * 2)  # the 4 context frames, a gap, 6 predicted
     with Image.open(io.BytesIO(video.encoded_image_string)) as gif:
         assert gif.format == "GIF" and gif.n_frames == frames and (gif.width, gif.height) == (video.width,
                                                                                              video.height)

@@ -115,7 +115,7 @@ def plot_previews(fig: plt.Figure, axes: np.ndarray, ds: xr.Dataset) -> None:
         fig.delaxes(row[2])
     else:
         plot_preview(row[2], ds, accuracy, accuracy.replace("_", " "), "share correct")
-        row[2].set_ylim(0, 1)
+        row[2].set_ylim(-0.02, 1.02)  # a share: 0 to 1, with room for a line at either end
 
 
 def plot_preview(ax: plt.Axes, ds: xr.Dataset, name: str, shown: str, ylabel: str) -> None:

@@ -1,5 +1,5 @@
 """The images of a preview: a strip (for each video, the truth above the model's frames: reconstructions of the
-context, then open-loop predictions) and an animated GIF of the same, as TensorBoard shows them."""
+context, a gap, then open-loop predictions) and an animated GIF of the same, as TensorBoard shows them."""
 from __future__ import annotations
 
 import io
@@ -11,18 +11,21 @@ from pyro_cwvae.plots.rollout import GIF_FRAME_MS, display_frames, evenly_spaced
 
 STRIP_CONTEXT = 6  # context frames in the strip, evenly spaced, the last one included
 STRIP_PREDICTED = 18  # predicted frames in the strip, evenly spaced
+CONTEXT_GAP = 12  # pixels of white between the context's columns and the predictions'
 
 
 def preview_strip(truth: np.ndarray, frames: np.ndarray, context: int) -> np.ndarray:
     """uint8 (H, W, C): per video (N, T, C, 64, 64), a row of true frames above a row of the model's, at a few
-    context times and more predicted ones; a wider gap sets each video apart."""
-    times = np.concatenate([evenly_spaced(context, STRIP_CONTEXT),
-                            context + evenly_spaced(truth.shape[1] - context, STRIP_PREDICTED)])
-    rows = []
-    for true, model in zip(to_hwc(truth[:, times]), to_hwc(frames[:, times])):
-        rows += [true, model]
-    strip, _, _ = tile_frames(rows, group=2)
-    return strip
+    context times, then (past a wider gap) more predicted ones; a wider gap also sets each video apart."""
+    parts = []
+    for times in (evenly_spaced(context, STRIP_CONTEXT), context + evenly_spaced(truth.shape[1] - context,
+                                                                                   STRIP_PREDICTED)):
+        rows = []
+        for true, model in zip(to_hwc(truth[:, times]), to_hwc(frames[:, times])):
+            rows += [true, model]
+        parts.append(tile_frames(rows, group=2)[0])
+    gap = np.full((parts[0].shape[0], CONTEXT_GAP, parts[0].shape[2]), 255, dtype=np.uint8)
+    return np.concatenate([parts[0], gap, parts[1]], axis=1)
 
 
 def preview_video(truth: np.ndarray, frames: np.ndarray, context: int) -> bytes:
