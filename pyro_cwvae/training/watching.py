@@ -29,9 +29,13 @@ class Watcher:
         """The history rows just read back from the device, the training speed since the last call (steps per
         second of wall time, the watchers' own time left out) and the learning rate."""
 
+    def wants(self, step: int) -> bool:
+        """Whether ``after_step`` should run after ``step``: asked every step, so it must cost nothing."""
+        return False
+
     def after_step(self, step: int, nets: torch.nn.Module) -> tuple[dict[str, float], dict[str, dict]] | None:
-        """Called after every step; may measure the networks (a preview) and return the values for the history,
-        with their attributes (``History.add_preview``), or None."""
+        """Called after the steps it ``wants``; may measure the networks (a preview) and return the values for the
+        history, with their attributes (``History.add_preview``), or None."""
         return None
 
     def saved(self, step: int) -> None:
@@ -66,6 +70,8 @@ class Watching:
 
     def after_step(self, step: int, nets: torch.nn.Module) -> None:
         for watcher in self.watchers:
+            if not watcher.wants(step):  # the common case: no random state saved, no mode switched
+                continue
             started = time.perf_counter()
             with untouched(nets):
                 measured = watcher.after_step(step, nets)

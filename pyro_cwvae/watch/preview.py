@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from pyro_cwvae.data import DatasetError, VideoDataset
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.evaluation.accuracy import ACCURACIES, Accuracy, DigitAccuracy
+from pyro_cwvae.evaluation.accuracy import ACCURACIES, Accuracy, DigitAccuracy, accuracy_for
 from pyro_cwvae.evaluation.digits import classifier_path, load, read_record
 from pyro_cwvae.evaluation.scoring import finite_mean
 from pyro_cwvae.model.config import Config
@@ -57,9 +57,10 @@ class Previews(Watcher):
     def started(self, step: int, programs: Programs) -> None:
         self.programs = programs
 
-    def after_step(self, step: int, nets: torch.nn.Module) -> tuple[dict[str, float], dict[str, dict]] | None:
-        if not self.every or step % self.every:
-            return None
+    def wants(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def after_step(self, step: int, nets: torch.nn.Module) -> tuple[dict[str, float], dict[str, dict]]:
         started = time.perf_counter()
         run = Run(self.cfg, nets, self.programs.model.fn, self.programs.guide.fn, step)
         trace = sampled_trace(run, self.truth, self.context, 1, Intervention(), SEED)
@@ -122,15 +123,12 @@ class Previews(Watcher):
 
 def preview_accuracy(cfg: Config, classifier: torch.nn.Module | None, say: Callable[[str], None] | None
                      ) -> Accuracy | None:
-    """The dataset's accuracy for previews, read on the CPU; the digit accuracy only with a classifier given or
-    cached, since previews never train one (that takes minutes)."""
-    kind = ACCURACIES.get(cfg.dataset)
-    if kind is None or kind.channels != cfg.channels:
-        return None
-    if kind is DigitAccuracy and classifier is None:
+    """The dataset's accuracy for previews (``accuracy_for``), read on the CPU; the digit accuracy only with a
+    classifier given or cached, since previews never train one (that takes minutes)."""
+    if ACCURACIES.get(cfg.dataset) is DigitAccuracy and classifier is None:
         if read_record(classifier_path()) is None:
             if say is not None:
                 say("previews without digit accuracy: no digit classifier is cached (pyro-cwvae classifier train)")
             return None
         classifier = load(classifier_path(), "cpu")
-    return kind.load(classifier, torch.device("cpu"), None)
+    return accuracy_for(cfg.dataset, cfg.channels, classifier, torch.device("cpu"), None)
