@@ -109,6 +109,24 @@ def rollouts_table(rows: list[dict], memory: dict) -> str:
     return "\n".join(lines)
 
 
+def steps_section(args, device: torch.device, threads: int, started: float) -> str:
+    """The training-step table of ``args.sizes``, with its heading."""
+    rows, memory = [], {}
+    for name in args.sizes:
+        row = measure_steps(name, args, device)
+        rows.append(row)
+        if not args.no_memory:
+            memory[name] = {kind: measure_memory(dict(what=kind, size=name, batch=row["batch"],
+                                                      frames=row["frames"], device=str(device),
+                                                      threads=threads)) for kind in STEPS}
+        print(f"(measured {name} training steps, {time.perf_counter() - started:.0f} s)", file=sys.stderr,
+              flush=True)
+    reduced = device.type == "cpu" and any(SIZES[row["size"]].big and row["batch"] != 50 for row in rows)
+    return (f"Training step (loss, backward, clip, Adam) in seconds, median of {args.repeats} interleaved rounds "
+            f"after one warm-up step each; reference-size rows use the batch shown"
+            f"{' (reduced from 50 on the CPU)' if reduced else ''}.\n\n" + steps_table(rows, memory))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rollout-sizes", default=None, help="sizes to roll out (default: --sizes)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-rollout", action="store_true", help="skip the rollout table")
+    parser.add_argument("--no-steps", action="store_true", help="skip the training-step table")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a small batch (CPU): minutes")
     parser.add_argument("--profile", action="store_true", help="break a training step down at each of --sizes")
     parser.add_argument("--accel", action="store_true",
@@ -163,21 +182,8 @@ def main(argv=None) -> None:
                 table = profile(name, args, device) if args.profile else measure_accelerations(name, args, device)
                 print(table + "\n", flush=True)
             return
-        rows, memory = [], {}
-        for name in args.sizes:
-            row = measure_steps(name, args, device)
-            rows.append(row)
-            if not args.no_memory:
-                memory[name] = {kind: measure_memory(dict(what=kind, size=name, batch=row["batch"],
-                                                          frames=row["frames"], device=str(device),
-                                                          threads=threads)) for kind in STEPS}
-            print(f"(measured {name} training steps, {time.perf_counter() - started:.0f} s)", file=sys.stderr,
-                  flush=True)
-        print(f"Training step (loss, backward, clip, Adam) in seconds, median of {args.repeats} interleaved "
-              f"rounds after one warm-up step each; reference-size rows use the batch shown"
-              + (" (reduced from 50 on the CPU)" if device.type == "cpu" and any(
-                  SIZES[r['size']].big and r['batch'] != 50 for r in rows) else "") + ".\n")
-        print(steps_table(rows, memory) + "\n", flush=True)
+        if not args.no_steps:
+            print(steps_section(args, device, threads, started) + "\n", flush=True)
         if args.no_rollout:
             return
         rollout_rows, rollout_memory = [], {}

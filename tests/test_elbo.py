@@ -5,6 +5,7 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
 from pyro_cwvae.model.elbo import elbo_terms, level_of
@@ -99,3 +100,60 @@ def test_sharing_the_gru_steps_changes_no_prior(tiny_cfg, video, program):
     assert shared.keys() == recomputed.keys() and len(shared) == 4 + 8  # T = 8, k = 2
     for name in shared:
         torch.testing.assert_close(shared[name], recomputed[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO),
+                                            ("meanfield", pyro.infer.TraceMeanField_ELBO)])
+def test_each_level_is_summed_in_one_computation_equal_to_pyros(tiny_cfg, video, name, estimator, monkeypatch):
+    """The packaged programs' sites are stacked per level (one KL or one pair of log-densities per level, not one
+    per site), under a warm-up's KL scale as a number and as a device tensor, and the terms still sum to Pyro's."""
+    from pyro_cwvae.model import elbo as elbo_module
+    cfg = tiny_cfg.replace(elbo=name)
+    nets = CWVAENets(cfg)
+    pyro.set_rng_seed(1)
+    expected = estimator().differentiable_loss(model, guide, video, nets, cfg, 0.3) / video.shape[:2].numel()
+    calls = []
+    kl_divergence_ = elbo_module.kl_divergence
+    monkeypatch.setattr(elbo_module, "kl_divergence", lambda q, p: calls.append(q.batch_shape) or kl_divergence_(q, p))
+    packed = []
+    for scale in (0.3, torch.tensor(0.3)):
+        pyro.set_rng_seed(1)
+        packed.append(elbo_terms(model, guide, video, nets, cfg, scale).pack())
+    assert torch.equal(packed[0], packed[1])
+    assert torch.allclose(packed[0][0], expected, rtol=1e-6)
+    if name == "meanfield":  # one call per level and scale, each over all the level's steps
+        steps = [cfg.clock.num_steps(level, video.shape[1]) for level in range(1, cfg.levels + 1)]
+        assert sorted(shape[0] for shape in calls) == sorted(2 * steps)
+
+
+class HalveFirstSite(Messenger):
+    """Scales the site s_1_0 by 1/2, as a subsampled or annealed site would be."""
+
+    def _process_message(self, msg):
+        if msg["name"] == "s_1_0":
+            msg["scale"] = 0.5 * msg["scale"]
+
+
+def first_site_halved(program):
+    def halved(*args, **kwargs):
+        with HalveFirstSite():
+            return program(*args, **kwargs)
+    return halved
+
+
+def test_sites_that_cannot_be_stacked_are_summed_one_by_one(tiny_cfg, video, monkeypatch):
+    """A level whose sites differ (level 1's first site scaled apart from the others) is summed site by site, and
+    the terms still equal Pyro's."""
+    from pyro_cwvae.model import elbo as elbo_module
+    cfg = tiny_cfg.replace(elbo="meanfield")
+    nets = CWVAENets(cfg)
+    halved_model, halved_guide = first_site_halved(model), first_site_halved(guide)
+    pyro.set_rng_seed(1)
+    expected = pyro.infer.TraceMeanField_ELBO().differentiable_loss(halved_model, halved_guide, video, nets, cfg)
+    calls = []
+    kl_divergence_ = elbo_module.kl_divergence
+    monkeypatch.setattr(elbo_module, "kl_divergence", lambda q, p: calls.append(q.batch_shape) or kl_divergence_(q, p))
+    pyro.set_rng_seed(1)
+    terms = elbo_terms(halved_model, halved_guide, video, nets, cfg)
+    assert torch.allclose(terms.loss * video.shape[:2].numel(), expected, rtol=1e-6)
+    assert len(calls) == cfg.clock.num_steps(1, video.shape[1]) + 1  # level 1 site by site, level 2 stacked

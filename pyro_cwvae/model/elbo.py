@@ -1,7 +1,8 @@
 """The ELBO of eq. 5, split into the terms a user wants to watch: reconstruction and the KL of each level.
 
-The estimators are Pyro's own: the model and guide are traced exactly as ``pyro.infer.Trace_ELBO`` and
-``TraceMeanField_ELBO`` trace them (``get_importance_trace``), and the terms are summed from those traces:
+The estimators are Pyro's own: the model and guide are traced as ``pyro.infer.Trace_ELBO`` and
+``TraceMeanField_ELBO`` trace them (``traces``, after ``get_importance_trace``), and the terms are summed from those
+traces:
 
 - ``trace``: KL_l = sum over level-l sites of log q(z) - log p(z) at the guide's sample (Monte Carlo);
 - ``meanfield``: KL_l = sum over level-l sites of KL(q || p), analytic via ``torch.distributions`` where it knows
@@ -9,6 +10,12 @@ The estimators are Pyro's own: the model and guide are traced exactly as ``pyro.
 
 Their sum is the loss of the corresponding Pyro ELBO (tests check it against Pyro's), returned as tensors so
 that a training step never waits for the device. All terms are divided by batch x frames: nats per frame.
+
+A level's sites are summed in one computation where they allow it (``stacked_sites``: Normal pairs of one shape,
+unmasked, as the packaged programs make them): their parameters stacked, one KL or one pair of log-densities for the
+level instead of one per site. That is the same sum, in another order of additions; on a GPU, where the step waits
+on launching kernels, it is thousands of kernels fewer a step (``benchmarks/graph.py --profile``; docs/benchmarks.md).
+For the same reason the latent sites' log-densities are computed only where a term reads them.
 
 The official code can shape the KL part of the training objective in three ways (all off in its configs); each is
 an option here, computed from the same traces, and changes only ``objective`` (what is differentiated), never the
@@ -25,9 +32,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pyro.infer.enum import get_importance_trace
+import pyro.distributions as dist
+from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from torch.distributions import Independent, kl_divergence
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, check_site_shape
+from torch.distributions import Independent, Normal, kl_divergence
 
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.model.clock import Clock
@@ -61,7 +72,7 @@ def elbo_terms(model, guide, video, nets, cfg, kl_scale: float = 1.0) -> ElboTer
     """Negative ELBO of ``video`` (B, T, C, 64, 64) and its terms, differentiable."""
     args = (video, nets, cfg, kl_scale)
     with sharing_steps(nets):  # the model reuses the guide's GRU steps
-        model_trace, guide_trace = get_importance_trace("flat", float("inf"), model, guide, args, {})
+        model_trace, guide_trace = traces(model, guide, args)
     batch, frames = video.shape[0], video.shape[0] * video.shape[1]
     reconstruction = video.new_zeros(())
     per_level = [[] for _ in range(cfg.levels + 1)]  # index 0: latent sites of a variant that fit no level
@@ -73,12 +84,97 @@ def elbo_terms(model, guide, video, nets, cfg, kl_scale: float = 1.0) -> ElboTer
             continue
         level = level_of(name)
         per_level[level if level is not None and level <= cfg.levels else 0].append((guide_trace.nodes[name], site))
-    kl = torch.stack([sum((kl_term(q, p, cfg.elbo) for q, p in sites), video.new_zeros(())) for sites in per_level])
+    kl = torch.stack([summed_kl(sites, cfg.elbo, video.new_zeros(())) for sites in per_level])
     loss = reconstruction + kl.sum()
     shaping = cfg.kl_balance is not None or cfg.free_nats is not None or cfg.kl_beta is not None
     objective = loss if not shaping else reconstruction + kl[0] + sum(
         shaped_kl(sites, cfg, level, batch, video.new_zeros(())) for level, sites in enumerate(per_level) if level)
     return ElboTerms(loss / frames, reconstruction / frames, kl[1:] / frames, objective / frames)
+
+
+def traces(model, guide, args: tuple) -> tuple:
+    """The model's and the guide's traces as ``get_importance_trace`` makes them for the ELBOs (the guide's, the
+    model replayed on it, subsample sites pruned, shapes checked under Pyro's validation), with the log-density of
+    the observed sites only: the latent sites' are computed by the KL terms that read them. Only callables: a
+    ``GuideMessenger`` guide is refused (the packaged programs, as the official code, are functions)."""
+    if isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):
+        raise UserError("the guide is a Pyro GuideMessenger: write it as a function guide(video, nets, cfg, ...)")
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    if is_validation_enabled():
+        check_model_guide_match(model_trace, guide_trace, float("inf"))
+    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+    if not is_validation_enabled():
+        model_trace.compute_log_prob(site_filter=lambda name, site: site["is_observed"])
+        return model_trace, guide_trace
+    for trace in (model_trace, guide_trace):  # every log-density, for Pyro's checks of their shapes
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                check_site_shape(site, float("inf"))
+    return model_trace, guide_trace
+
+
+def summed_kl(sites: list, elbo: str, zero: torch.Tensor, stop_q: bool = False, stop_p: bool = False
+              ) -> torch.Tensor:
+    """The sum of ``kl_term`` over the (guide site, model site) pairs ``sites``: in one computation over their
+    stacked parameters where ``stacked_sites`` can stack them, else site by site."""
+    stacked = stacked_sites(sites)
+    if stacked is None:
+        return sum((kl_term(q, p, elbo, stop_q, stop_p) for q, p in sites), zero)
+    return kl_term(*stacked, elbo, stop_q, stop_p)
+
+
+def stacked_sites(sites: list) -> tuple[dict, dict] | None:
+    """The pairs ``sites`` as one pair of sites whose distributions hold all their parameters and values, stacked
+    along a new first dimension, when every site is a Normal (or an ``Independent`` Normal, all alike) of one shape,
+    unmasked, and the scales of each side are all one number or all 0-dim tensors (``--kl-warmup``'s scale on the
+    device); None otherwise (then the sites are summed one by one)."""
+    if len(sites) < 2:
+        return None
+    first = sites[0][0]["fn"]
+    for pair in sites:
+        for site in pair:
+            fn = site["fn"]
+            if not (same_normal_kind(fn, first) and fn.batch_shape == first.batch_shape
+                    and fn.event_shape == first.event_shape and site["value"].shape == pair[0]["value"].shape
+                    and site["mask"] is None):
+                return None
+    ndims = first.reinterpreted_batch_ndims if isinstance(first, Independent) else 0
+    scales = [stacked_scale([pair[side]["scale"] for pair in sites], len(first.batch_shape)) for side in (0, 1)]
+    if any(scale is None for scale in scales):
+        return None
+    value = torch.stack([q["value"] for q, _ in sites])
+    return tuple({"fn": stacked_normal([pair[side]["fn"] for pair in sites], ndims), "value": value,
+                  "scale": scales[side], "mask": None} for side in (0, 1))
+
+
+def stacked_scale(scales: list, batch_dims: int):
+    """The sites' ``scales`` for their stacked terms: the number they share, or the 0-dim tensors stacked into a
+    shape that broadcasts over the batch dimensions; None for any other mix."""
+    if all(isinstance(scale, (int, float)) for scale in scales):
+        return float(scales[0]) if all(scale == scales[0] for scale in scales) else None
+    if all(isinstance(scale, torch.Tensor) and scale.dim() == 0 for scale in scales):
+        return torch.stack(scales).view(-1, *[1] * batch_dims)
+    return None
+
+
+NORMALS = (Normal, dist.Normal)  # torch's and Pyro's wrapper of it, not subclasses that may compute otherwise
+
+
+def same_normal_kind(fn, first) -> bool:
+    if isinstance(first, Independent):
+        return (isinstance(fn, Independent) and type(fn.base_dist) in NORMALS
+                and fn.reinterpreted_batch_ndims == first.reinterpreted_batch_ndims)
+    return type(fn) in NORMALS and type(first) in NORMALS
+
+
+def stacked_normal(fns: list, ndims: int):
+    """One Normal (wrapped as ``fns`` are, ``ndims`` dimensions reinterpreted) of the stacked parameters of ``fns``."""
+    normals = [fn.base_dist if ndims else fn for fn in fns]
+    normal = Normal(torch.stack([n.loc for n in normals]), torch.stack([n.scale for n in normals]),
+                    validate_args=False)  # each was validated where it was made
+    return Independent(normal, ndims) if ndims else normal
 
 
 def kl_term(q_site, p_site, elbo: str, stop_q: bool = False, stop_p: bool = False) -> torch.Tensor:
@@ -92,8 +188,6 @@ def kl_term(q_site, p_site, elbo: str, stop_q: bool = False, stop_p: bool = Fals
             return scale_and_mask(kl_divergence(q, p), q_site["scale"], q_site["mask"]).sum()
         except NotImplementedError:  # no analytic KL for this pair
             pass
-    if not (stop_q or stop_p):
-        return q_site["log_prob_sum"] - p_site["log_prob_sum"]
     z = q_site["value"].detach() if stop_q else q_site["value"]
     return (scale_and_mask(q.log_prob(z), q_site["scale"], q_site["mask"]).sum()
             - scale_and_mask(p.log_prob(z), p_site["scale"], p_site["mask"]).sum())
@@ -115,10 +209,10 @@ def shaped_kl(sites: list, cfg, level: int, batch: int, zero: torch.Tensor) -> t
     """Level ``level``'s KL in the training objective (summed over the batch), shaped as the official loss does:
     balanced, then free nats, then weighted; the free nats and the posterior's floor count per sequence."""
     if cfg.kl_balance is None:
-        per_sequence = sum((kl_term(q, p, cfg.elbo) for q, p in sites), zero) / batch
+        per_sequence = summed_kl(sites, cfg.elbo, zero) / batch
     else:
-        prior_part = sum((kl_term(q, p, cfg.elbo, stop_q=True) for q, p in sites), zero) / batch
-        posterior_part = sum((kl_term(q, p, cfg.elbo, stop_p=True) for q, p in sites), zero) / batch
+        prior_part = summed_kl(sites, cfg.elbo, zero, stop_q=True) / batch
+        posterior_part = summed_kl(sites, cfg.elbo, zero, stop_p=True) / batch
         per_sequence = (1 - cfg.kl_balance) * prior_part + torch.clamp(cfg.kl_balance * posterior_part, min=1.0)
     if cfg.free_nats is not None:
         per_sequence = torch.clamp(per_sequence - cfg.free_nats, min=0.0)
