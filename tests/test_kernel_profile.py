@@ -8,6 +8,7 @@ import torch
 
 from benchmarks.graph import main as graph_main
 from benchmarks.kernels import covered_us, family_of, profile_steps, profile_table
+from benchmarks.launches import main as launches_main
 
 
 @pytest.mark.parametrize("name, family", [
@@ -73,3 +74,13 @@ def test_the_graph_benchmark_profiles_each_implementation_on_a_cpu(capsys):
     assert "Size tiny, **Pyro eager**" in out and "Size tiny, **reference**" in out
     assert "Pyro graphed**" not in out  # no graph on a CPU
     assert out.count("\n| convolution |") == 2 and out.count("\n| matrix product |") == 2
+
+
+def test_the_launch_count_table_adds_up(capsys):
+    launches_main(["--sizes", "tiny"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[1].strip() for row in rows] == ["Pyro meanfield", "Pyro trace", "reference"]
+    for row in rows:
+        total, families = int(row[2].replace(",", "")), [int(cell.replace(",", "")) for cell in row[4:]]
+        assert total == sum(families) > 0
+    assert float(rows[2][3]) == 1.0

@@ -1,12 +1,14 @@
 """KerasAdam against a NumPy transcription of Keras' Adam update ("epsilon hat"), and its resume; the skip of a
 step with ``ok`` false."""
 import io
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from pyro_cwvae.errors import UserError
+from pyro_cwvae.model.nets import CWVAENets
 from pyro_cwvae.training.optim import KerasAdam
 
 LR, BETA1, BETA2, EPS_HAT = 0.01, 0.9, 0.999, 1e-4
@@ -142,3 +144,32 @@ def test_the_masked_step_takes_the_in_place_steps_bit_for_bit():
         runs.append((stacked(params), [state["exp_avg_sq"].clone() for state in optimizer.state.values()]))
     assert np.array_equal(runs[0][0], runs[1][0])
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "in place"])
+def test_all_parameters_together_take_the_one_by_one_steps_bit_for_bit(tiny_cfg, masked):
+    """The foreach update of a whole group at once (a GPU's default) and one parameter at a time (a CPU's), on the
+    parameters of the networks (many shapes), with a skipped step among them."""
+    runs = []
+    for together in (True, False):
+        torch.manual_seed(0)
+        params = list(CWVAENets(tiny_cfg).parameters())
+        optimizer = KerasAdam(params, lr=1e-2, eps=1e-4, masked=masked, together=together)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(4):
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator) * (math.nan if step == 2 else 1.0)
+            optimizer.step(ok=torch.tensor(step != 2))
+        runs.append([p.detach().clone() for p in params] + [value for p in params
+                                                           for value in optimizer.state[p].values()])
+    assert len(runs[0]) == 4 * len(params) and all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_a_state_whose_parameters_have_different_step_counts_is_refused_on_load():
+    params = rows_as_params(W0)
+    torch_adam = torch.optim.Adam(params, lr=LR)
+    take_steps(torch_adam, params, GRADS)
+    saved = through_bytes(torch_adam.state_dict())
+    saved["state"][1]["step"] = torch.tensor(5.0)  # torch's Adam counts each parameter's steps apart
+    with pytest.raises(UserError, match="different step counts \\(2, 5\\)"):
+        KerasAdam(rows_as_params(W0), lr=LR).load_state_dict(saved)
