@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.sizes = [name for name in args.sizes.split(",") if name]
     device = resolve_device(args.device)
+    if args.profile and device.type == "cuda":  # start the profiler's CUDA tracing before any graph is captured
+        profile_steps(lambda: torch.ones(1, device=device).add_(1), device, 1)
     with pyro.validation_enabled(False):  # as in training
         print(table(args, device))
 

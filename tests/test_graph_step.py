@@ -105,7 +105,8 @@ def test_the_packaged_step_has_no_host_synchronisation(tiny_cfg):
     cfg = tiny_cfg.replace(kl_warmup=4, obs_dropout=0.5, elbo="meanfield", kl_balance=0.8, free_nats=0.5)
     programs = load_programs(cfg.model, cfg.guide)
     nets, _, elbo = built(cfg, programs)
-    masked = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps, masked=True)  # as on a CUDA device
+    masked = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps, masked=True,
+                       together=True)  # as on a CUDA device
     step_fn = TrainStep(elbo, masked, cfg.clip_norm, warmup_scale=True)
     step_fn._load(next(batches(cfg)), 0.5)
     with pyro.validation_enabled(False):
