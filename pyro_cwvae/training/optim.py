@@ -20,8 +20,9 @@ that of torch's single-tensor Adam (``_single_tensor_adam``, not capturable), wi
 float64 tensors, so on a CPU it takes the same steps as ``torch.optim.Adam`` with eps reset each step, bit for bit
 in float32 (tests/test_graph_step.py). It is written as foreach operations over a group's parameters, which share one
 step count: on a GPU each is a kernel or two for all the parameters, where one parameter at a time took about 30
-kernels each (2,880 for the 90 tensors of the mmnist networks, masked; 300 now, most of them the mask's
-``torch.where``). ``step(ok=...)`` applies the update only where ``ok`` holds, leaving the
+kernels each (2,880 for the 90 tensors of the mmnist networks, masked; now 300 operators, most of them the mask's
+``torch.where``, and on a GPU about 90 kernels more: the addition of eps, one tensor to a list, runs tensor by
+tensor). ``step(ok=...)`` applies the update only where ``ok`` holds, leaving the
 weights and the whole optimizer state (step count included) as they were otherwise, without reading ``ok`` back
 (on a CUDA device; on a CPU ``ok`` is read and a step either skipped or taken in place: ``masked``).
 """
