@@ -42,9 +42,10 @@ KINDS = ("Pyro eager", "Pyro graphed", "reference")
 WARMUP = 2  # untimed steps of each implementation (the graph's warm-up and capture come on top)
 
 
-def pyro_step(nets, cfg, graph: bool) -> TrainStep:
+def pyro_step(nets, cfg, graph: bool, **adam) -> TrainStep:
+    """``pyro-cwvae fit``'s step on a copy of ``nets``; ``adam``: options of its Keras Adam (``masked``, ``together``)."""
     nets = copy.deepcopy(nets)
-    optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps, **adam)
     return TrainStep(ElboModule(nets, model, guide, cfg, autocast_cache=not graph), optimizer, cfg.clip_norm,
                      graph=graph)
 

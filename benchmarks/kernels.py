@@ -91,21 +91,19 @@ def does_work(event) -> bool:
 def inside_kernel(event) -> bool:
     """Whether ``event`` is called by an operator that is itself counted as a kernel (as ``aten::addmm`` on a CPU
     calls ``aten::copy_`` for its bias), not by one that only combines others (``COMPOSITE``)."""
-    parent = event.cpu_parent
-    while parent is not None:
-        if does_work(parent) and not re.match(COMPOSITE, parent.name):
-            return True
-        parent = parent.cpu_parent
-    return False
+    return any(does_work(parent) and not re.match(COMPOSITE, parent.name) for parent in callers(event))
 
 
 def within_operator(event) -> bool:
+    return any(parent.name.startswith("aten::") for parent in callers(event))
+
+
+def callers(event):
+    """The profiled events ``event`` runs inside, innermost first."""
     parent = event.cpu_parent
     while parent is not None:
-        if parent.name.startswith("aten::"):
-            return True
+        yield parent
         parent = parent.cpu_parent
-    return False
 
 
 def covered_us(intervals: list[tuple[float, float]]) -> float:

@@ -33,8 +33,7 @@ def step_of(kind: str, nets, cfg, video):
         step = TrainingStep("reference", nets, cfg, video)
         step.optimizer = KerasAdam(step.nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps, masked=True, together=True)
         return step
-    train_step = pyro_step(nets, cfg.replace(elbo=kind.split()[-1]), graph=False)
-    train_step.optimizer = KerasAdam(train_step.params, lr=cfg.lr, eps=cfg.adam_eps, masked=True, together=True)
+    train_step = pyro_step(nets, cfg.replace(elbo=kind.split()[-1]), graph=False, masked=True, together=True)
     return lambda: train_step(video, 1.0)
 
 
