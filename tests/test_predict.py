@@ -18,8 +18,8 @@ from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.model.nets import CWVAENets
 from pyro_cwvae.prediction.kl import kl_per_sequence, level_kls
-from pyro_cwvae.prediction.latents import Intervention, context_latents, filtered_steps, rollout_trace
-from pyro_cwvae.prediction.options import PredictionOptions
+from pyro_cwvae.prediction.latents import context_latents, filtered_steps, rollout_trace
+from pyro_cwvae.prediction.options import Intervention, PredictionOptions
 from pyro_cwvae.prediction.rollout import rollout, summary, write_rollout
 from pyro_cwvae.prediction.run import Run, load_run
 from pyro_cwvae.training.loop import fit

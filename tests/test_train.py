@@ -7,12 +7,14 @@ import pytest
 import torch
 import xarray as xr
 
-from pyro_cwvae.training.checkpoint import load_checkpoint
+from pyro_cwvae.training import checkpoint
+from pyro_cwvae.training.checkpoint import _read as read, load_checkpoint
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.training.history import HISTORY
 from pyro_cwvae.model.nets import CWVAENets
-from pyro_cwvae.training.loop import NumericalError, fit
+from pyro_cwvae.errors import NumericalError
+from pyro_cwvae.training.loop import fit
 
 
 class FixedBatch(VideoDataset):
@@ -38,13 +40,17 @@ def test_svi_steps_lower_the_loss(tiny_cfg):
     assert losses[-5:].mean() < losses[0] - 0.3 * abs(losses[0])
 
 
-def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path):
+def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch):
     data = GeneratedMovingMNIST()
     straight = tiny_cfg.replace(steps=6, checkpoint_every=3, run_dir=str(tmp_path / "straight"))
     fit(straight, data, progress=False)
     split = straight.replace(steps=3, run_dir=str(tmp_path / "split"))
     fit(split, data, progress=False)
+    reads = []
+    monkeypatch.setattr(checkpoint, "_read", lambda *args, **kw: reads.append(args[0]) or read(*args, **kw))
     fit(split.replace(steps=6), data, resume=True, progress=False)
+    assert len(reads) == 1  # the checkpoint is read once, checked, then restored from
+    monkeypatch.undo()
 
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 6

@@ -18,10 +18,9 @@ from pyro_cwvae.cli.data import app as data_app
 from pyro_cwvae.cli.options import TRUST_PROGRAMS, config_options, dataclass_options
 from pyro_cwvae.cli.weights import app as weights_app
 from pyro_cwvae.data import DatasetError
-from pyro_cwvae.errors import UserError
+from pyro_cwvae.errors import NumericalError, UserError
 from pyro_cwvae.files.reading import printable
-from pyro_cwvae.prediction.latents import Intervention
-from pyro_cwvae.prediction.options import EVALUATE_DEFAULTS, PredictionOptions
+from pyro_cwvae.prediction.options import EVALUATE_DEFAULTS, Intervention, PredictionOptions
 
 
 # typer raises click's exceptions (or those of the click it vendors, in newer releases): find their classes.
@@ -33,8 +32,6 @@ class OneLineErrors(TyperGroup):
     """Every user error, from click's option parsing or from our code, becomes one line and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        from pyro_cwvae.training.loop import NumericalError
-
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except (UserError, DatasetError) as error:

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import typer
 
-from pyro_cwvae.training.checkpoint import CHECKPOINT, FORMAT, upgrade_checkpoint
-
 app = typer.Typer(help="Look after run checkpoints.", no_args_is_help=True, add_completion=False)
 
 
@@ -17,6 +15,8 @@ def upgrade(
                                                       "the file holds: only for a file from a source you trust."),
 ) -> None:
     """Rewrite a run's checkpoint in the current format, which loads without running code."""
+    from pyro_cwvae.training.checkpoint import CHECKPOINT, FORMAT, upgrade_checkpoint
+
     found = upgrade_checkpoint(run, trust=trust)
     if found == FORMAT:
         typer.echo(f"{run / CHECKPOINT} is already format {FORMAT}: left as it is")

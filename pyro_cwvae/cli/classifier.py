@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import typer
 
-from pyro_cwvae.evaluation.digits import (BATCH_SIZE, SEED, STEPS, TEST_VIDEOS, Record, classifier_path, load,
-                                         read_record, train_and_save)
-from pyro_cwvae.evaluation.weights import ENV_VAR
+from pyro_cwvae.evaluation.digit_record import (BATCH_SIZE, SEED, STEPS, TEST_VIDEOS, Record, classifier_path,
+                                                read_record)
+from pyro_cwvae.evaluation.sources import ENV_VAR
 
 app = typer.Typer(help="The digit classifier that scores digit identities in Moving MNIST predictions.",
                   no_args_is_help=True, add_completion=False)
@@ -21,6 +21,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the classifier on generated frames of the training digits and cache it (minutes on a CPU)."""
+    from pyro_cwvae.evaluation.digits import train_and_save
+
     record = read_record()
     if record is not None and not force:
         typer.echo(f"a classifier is cached (--force trains a new one): {describe(record)}")
@@ -32,6 +34,8 @@ def train(
 @app.command()
 def info() -> None:
     """Check the cached classifier; say where it is, how it was trained, and its accuracy on ground-truth frames."""
+    from pyro_cwvae.evaluation.digits import load
+
     record = read_record()
     if record is None:
         typer.echo(f"no classifier cached in {classifier_path().parent} (set {ENV_VAR} to use another folder); "

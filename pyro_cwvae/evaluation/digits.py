@@ -8,8 +8,8 @@ half of them blurred as predictions are, and measured on frames of the test vide
 saw. Counting per class learns faster than one softmax over the 55 pairs: 0.49 against 0.17 pair accuracy after
 300 steps, 0.87 against 0.84 after 1500 (sharp frames, same network).
 
-The weights cache (``weights.cache_dir``) holds the trained state dict ``digit-classifier.pt`` beside its
-``Record``, ``digit-classifier.json``; ``pyro-cwvae classifier train`` writes them, or the first use.
+The weights cache (``sources.cache_dir``) holds the trained state dict ``digit-classifier.pt`` beside its
+``Record``, ``digit-classifier.json`` (digit_record.py); ``pyro-cwvae classifier train`` writes them, or the first use.
 
 For the public archive (moving_mnist_2digit.zip, which ships no labels) the label of a test video is the
 classifier's reading of its true frame at the same time: the accuracy then says how often a prediction reads as
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -33,23 +33,23 @@ from tqdm import tqdm
 from pyro_cwvae.data import batch_rng
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST, labelled_frames, split_digits, split_labels
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.evaluation.weights import cache_dir, sha256
+from pyro_cwvae.evaluation.digit_record import (BATCH_SIZE, SEED, STEPS, TEST_VIDEOS, Record, classifier_path,
+                                                read_record)
+from pyro_cwvae.evaluation.weights import sha256
 from pyro_cwvae.files.atomic import atomic_path, write_text
-from pyro_cwvae.files.reading import first_line, read_bytes, regular_file
+from pyro_cwvae.files.reading import first_line, regular_file
 
 NUM_CLASSES = 10
 MAX_COUNT = 2  # a frame holds a class 0, 1 or 2 times
 PAIRS = torch.tensor([(a, b) for a in range(NUM_CLASSES) for b in range(a, NUM_CLASSES)])
 """The 55 unordered pairs ``(a, b)``, ``a <= b``."""
-FILE = "digit-classifier.pt"
-FORMAT = 2  # bumped when the network or its training changes: cached weights of another format are trained again
-STEPS, BATCH_SIZE, LR, SEED = 2000, 64, 2e-3, 0
+LR = 2e-3
 BLUR_SHARE, MIN_BLUR, MAX_BLUR, BLUR_RADIUS = 0.5, 0.5, 2.0, 4
 """Half the training frames are blurred (Gaussian std 0.5-2 pixels), as predicted frames are. Measured on the
 ground-truth test frames blurred by 1.5 pixels: 0.28 pair accuracy when trained on sharp frames only, 0.79 with
 this (0.87 and 0.84 on sharp frames)."""
-TEST_VIDEOS, TEST_FRAMES_EVERY, TEST_LENGTH = 100, 10, 100
-MAX_CLASSIFIER_BYTES, MAX_RECORD_BYTES = 64 << 20, 1 << 20  # the weights are 2.4 MB, the record 1 KB
+TEST_FRAMES_EVERY, TEST_LENGTH = 10, 100
+MAX_CLASSIFIER_BYTES = 64 << 20  # the weights are 2.4 MB
 TRAIN_STREAM = 7  # the random stream of the classifier's training frames, apart from the video streams of the same seed
 
 
@@ -169,22 +169,6 @@ def same_pairs(read: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (read.sort(-1).values == labels.sort(-1).values).all(-1)
 
 
-@dataclass
-class Record:
-    """What ``digit-classifier.json`` says about the cached weights."""
-
-    sha256: str
-    steps: int
-    batch_size: int
-    seed: int
-    pair_accuracy: float  # on ground-truth test frames: the ceiling of the digit accuracy of predictions
-    digit_accuracy: dict[str, float] = field(default_factory=dict)  # per true class: how often it is read
-    test_frames: int = 0
-    train_seconds: float = 0.0
-    format: int = FORMAT
-    torch: str = torch.__version__
-
-
 def evaluate(net: DigitClassifier, frames: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
     """Pair accuracy on ``frames``, and per class the share of its occurrences that the read pair contains."""
     read = read_pairs(net, frames).cpu()
@@ -194,10 +178,6 @@ def evaluate(net: DigitClassifier, frames: np.ndarray, labels: np.ndarray) -> tu
     present = count_targets(labels).sum(0)
     per_digit = {str(c): round(found[c].item() / present[c].item(), 4) for c in range(NUM_CLASSES) if present[c]}
     return pair_accuracy, per_digit
-
-
-def classifier_path() -> Path:
-    return cache_dir() / FILE
 
 
 def train_and_save(steps: int = STEPS, batch_size: int = BATCH_SIZE, seed: int = SEED, progress: bool = False,
@@ -213,24 +193,10 @@ def train_and_save(steps: int = STEPS, batch_size: int = BATCH_SIZE, seed: int =
     with atomic_path(path) as tmp:
         torch.save(net.state_dict(), tmp)
     record = Record(sha256(path), steps, batch_size, seed, round(pair_accuracy, 4), per_digit, len(frames),
-                    round(seconds, 1))
+                    round(seconds, 1), torch=torch.__version__)
     write_text(path.with_suffix(".json"), json.dumps(asdict(record), indent=1) + "\n")  # last: the validity mark
     load.cache_clear()
     return record
-
-
-def read_record(path: Path | None = None) -> Record | None:
-    """The record of the cached weights, or None when there is none of the current format."""
-    path = path or classifier_path()
-    record_path = path.with_suffix(".json")
-    if not record_path.exists():
-        return None
-    text = read_bytes(record_path, MAX_RECORD_BYTES, "classifier record")  # UserError: not a regular file
-    try:
-        record = Record(**json.loads(text))
-    except (ValueError, TypeError):  # damaged: trained again
-        return None
-    return record if record.format == FORMAT and path.exists() else None
 
 
 @lru_cache(maxsize=4)

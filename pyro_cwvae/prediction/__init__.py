@@ -1,14 +1,29 @@
 """Open-loop prediction of a trained run: ``load_run``, then ``rollout.rollout`` with ``PredictionOptions``
-(not re-exported here: the name would hide its module)."""
-from pyro_cwvae.prediction.frames import (baseline_frames, decode, read_test_frames, score_frames, scored_chunks,
-                                          unit_frames)
-from pyro_cwvae.prediction.kl import kl_table_variable, truth_kls
-from pyro_cwvae.prediction.latents import Intervention, rollout_trace, sampled_trace
-from pyro_cwvae.prediction.options import PredictionOptions
-from pyro_cwvae.prediction.rollout import TIME_ATTRS, check_options, frames_ahead, is_context, summary, write_rollout
-from pyro_cwvae.prediction.run import Run, load_run
+(not re-exported here: the name would hide its module).
 
-__all__ = ["Intervention", "PredictionOptions", "Run", "TIME_ATTRS", "baseline_frames", "check_options", "decode",
-           "frames_ahead", "is_context", "kl_table_variable", "load_run", "read_test_frames",
-           "rollout_trace", "sampled_trace", "score_frames", "scored_chunks", "summary", "truth_kls", "unit_frames",
-           "write_rollout"]
+The names below are imported from their modules when first used (PEP 562), so that reading the options
+(options.py, which the command line does for its help) does not import torch, Pyro and xarray."""
+from importlib import import_module
+
+HOMES = {
+    "frames": ("baseline_frames", "decode", "read_test_frames", "score_frames", "scored_chunks", "unit_frames"),
+    "kl": ("kl_table_variable", "truth_kls"),
+    "latents": ("rollout_trace", "sampled_trace"),
+    "options": ("Intervention", "PredictionOptions"),
+    "rollout": ("TIME_ATTRS", "check_options", "frames_ahead", "is_context", "summary", "write_rollout"),
+    "run": ("Run", "load_run"),
+}
+MODULE_OF = {name: module for module, names in HOMES.items() for name in names}
+__all__ = sorted(MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{MODULE_OF[name]}"), name)
+    globals()[name] = value  # found at once from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,5 @@
-"""The latents of a rollout (paper Section 3, "Evaluation"), and interventions on its levels.
+"""The latents of a rollout (paper Section 3, "Evaluation"), and interventions on its levels (``Intervention``,
+options.py).
 
 The guide filters the first ``context`` frames (each level the steps whose window of frames lies wholly inside
 the context, as the official code does; the others are drawn from the prior); the model then runs over all the
@@ -17,8 +18,6 @@ as written:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -31,55 +30,8 @@ from pyro_cwvae.model.config import Config
 from pyro_cwvae.model.elbo import level_of
 from pyro_cwvae.model.step_sharing import sharing_steps
 from pyro_cwvae.prediction.frames import unit_frames
-from pyro_cwvae.prediction.options import setting
+from pyro_cwvae.prediction.options import Intervention
 from pyro_cwvae.prediction.run import Run
-
-
-@dataclass(frozen=True)
-class Intervention:
-    """What a rollout does to its levels beyond filtering the context; the default does nothing."""
-
-    prior_levels: int = setting(0, "Top levels that ignore the context and start from their prior.")
-    swap_levels: int | None = setting(
-        None, "Levels >= L take their latents, context and predicted, from sequence --from-sequence J's plain "
-        "rollout (same seed and sample); the levels below filter their own context given them.")
-    from_sequence: int | None = setting(None, "The sequence J that --swap-levels takes levels from.")
-    fix_level: int | None = setting(None, "Hold level L's latent at its last context value for the whole "
-                                    "prediction.")
-
-    def check(self, levels: int, sequences: int) -> None:
-        """``UserError`` unless the intervention fits a run of ``levels`` levels rolled out on ``sequences``."""
-        if not 0 <= self.prior_levels <= levels:
-            raise UserError(f"--prior-levels {self.prior_levels} must lie between 0 and the run's {levels} levels")
-        if (self.swap_levels is None) != (self.from_sequence is None):
-            raise UserError("--swap-levels L and --from-sequence J go together")
-        if self.swap_levels is not None and not 1 <= self.swap_levels <= levels:
-            raise UserError(f"--swap-levels {self.swap_levels} must lie between 1 and the run's {levels} levels")
-        if self.from_sequence is not None and not 0 <= self.from_sequence < sequences:
-            raise UserError(f"--from-sequence {self.from_sequence} must be one of the {sequences} sequences, "
-                            f"0 to {sequences - 1}")
-        if self.fix_level is not None and not 1 <= self.fix_level <= levels:
-            raise UserError(f"--fix-level {self.fix_level} must lie between 1 and the run's {levels} levels")
-        if self.fix_level is not None and self.swap_levels is not None and self.fix_level >= self.swap_levels:
-            raise UserError(f"--fix-level {self.fix_level} must lie below --swap-levels {self.swap_levels}: "
-                            "the swapped levels are another sequence's")
-
-    def describe(self) -> str:
-        """One line for the rollout file: what was done to which levels."""
-        parts = []
-        if self.prior_levels:
-            parts.append(f"the top {self.prior_levels} level(s) ignore the context (prior)")
-        if self.swap_levels is not None:
-            parts.append(f"levels >= {self.swap_levels} replayed from sequence {self.from_sequence}'s rollout, "
-                         "lower levels filter their own context")
-        if self.fix_level is not None:
-            parts.append(f"level {self.fix_level} held at its last context value during the prediction")
-        return "; ".join(parts) or "none"
-
-    def attrs(self) -> dict:
-        """The rollout file's attributes of the intervention (NetCDF has no None: unused options are left out)."""
-        used = {"swap_levels": self.swap_levels, "from_sequence": self.from_sequence, "fix_level": self.fix_level}
-        return {"interventions": self.describe(), **{k: v for k, v in used.items() if v is not None}}
 
 
 def sampled_trace(run: Run, truth: np.ndarray, context: int, samples: int, intervention: Intervention,

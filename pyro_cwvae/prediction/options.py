@@ -1,6 +1,8 @@
 """The options of every open-loop prediction (``rollout``, ``evaluate``, the API, the experiments), defined once as
 ``Config`` is for training: the commands generate their options and help from these fields; a command may choose
-other defaults (``evaluate`` scores 100 sequences, as the paper), never another meaning."""
+other defaults (``evaluate`` scores 100 sequences, as the paper), never another meaning. ``Intervention`` holds
+``rollout``'s options that act on the levels (latents.py carries them out). Nothing here imports torch, so that the
+command line answers ``--help`` and refuses a bad option at once."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +11,6 @@ from typing import Any, Optional
 
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.model.config import Config, check_range, setting
-from pyro_cwvae.prediction.scores import PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class PredictionOptions:
         if frames > MAX_PREDICTED_FRAMES:
             raise UserError(f"--samples {self.samples} x --sequences {self.sequences} x (--context + --horizon) "
                             f"is {frames:,} frames, more than the {MAX_PREDICTED_FRAMES:,} one rollout holds")
+        from pyro_cwvae.prediction.scores import PROTOCOLS  # here: the command line reads these options, not torch
+
         if self.protocol not in PROTOCOLS:
             raise UserError(f"--protocol {self.protocol!r} is none of {', '.join(PROTOCOLS)}")
         return self
@@ -58,3 +61,50 @@ MAX_PREDICTED_FRAMES = 10_000_000  # uint8 64x64 RGB frames: 120 GiB, past any m
 FIELDS = tuple(field.name for field in dataclasses.fields(PredictionOptions))
 EVALUATE_DEFAULTS = {"sequences": 100, "samples": 1}
 """``evaluate``'s own defaults: the paper's 100 test sequences, one prediction each."""
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """What a rollout does to its levels beyond filtering the context; the default does nothing."""
+
+    prior_levels: int = setting(0, "Top levels that ignore the context and start from their prior.")
+    swap_levels: int | None = setting(
+        None, "Levels >= L take their latents, context and predicted, from sequence --from-sequence J's plain "
+        "rollout (same seed and sample); the levels below filter their own context given them.")
+    from_sequence: int | None = setting(None, "The sequence J that --swap-levels takes levels from.")
+    fix_level: int | None = setting(None, "Hold level L's latent at its last context value for the whole "
+                                    "prediction.")
+
+    def check(self, levels: int, sequences: int) -> None:
+        """``UserError`` unless the intervention fits a run of ``levels`` levels rolled out on ``sequences``."""
+        if not 0 <= self.prior_levels <= levels:
+            raise UserError(f"--prior-levels {self.prior_levels} must lie between 0 and the run's {levels} levels")
+        if (self.swap_levels is None) != (self.from_sequence is None):
+            raise UserError("--swap-levels L and --from-sequence J go together")
+        if self.swap_levels is not None and not 1 <= self.swap_levels <= levels:
+            raise UserError(f"--swap-levels {self.swap_levels} must lie between 1 and the run's {levels} levels")
+        if self.from_sequence is not None and not 0 <= self.from_sequence < sequences:
+            raise UserError(f"--from-sequence {self.from_sequence} must be one of the {sequences} sequences, "
+                            f"0 to {sequences - 1}")
+        if self.fix_level is not None and not 1 <= self.fix_level <= levels:
+            raise UserError(f"--fix-level {self.fix_level} must lie between 1 and the run's {levels} levels")
+        if self.fix_level is not None and self.swap_levels is not None and self.fix_level >= self.swap_levels:
+            raise UserError(f"--fix-level {self.fix_level} must lie below --swap-levels {self.swap_levels}: "
+                            "the swapped levels are another sequence's")
+
+    def describe(self) -> str:
+        """One line for the rollout file: what was done to which levels."""
+        parts = []
+        if self.prior_levels:
+            parts.append(f"the top {self.prior_levels} level(s) ignore the context (prior)")
+        if self.swap_levels is not None:
+            parts.append(f"levels >= {self.swap_levels} replayed from sequence {self.from_sequence}'s rollout, "
+                         "lower levels filter their own context")
+        if self.fix_level is not None:
+            parts.append(f"level {self.fix_level} held at its last context value during the prediction")
+        return "; ".join(parts) or "none"
+
+    def attrs(self) -> dict:
+        """The rollout file's attributes of the intervention (NetCDF has no None: unused options are left out)."""
+        used = {"swap_levels": self.swap_levels, "from_sequence": self.from_sequence, "fix_level": self.fix_level}
+        return {"interventions": self.describe(), **{k: v for k, v in used.items() if v is not None}}

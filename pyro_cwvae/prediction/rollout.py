@@ -15,8 +15,8 @@ from pyro_cwvae.files.netcdf import provenance, write_netcdf
 from pyro_cwvae.model.config import Config
 from pyro_cwvae.prediction.frames import baseline_frames, decode_and_score, read_test_frames, score_frames
 from pyro_cwvae.prediction.kl import kl_table_variable, truth_kls
-from pyro_cwvae.prediction.latents import Intervention, sampled_trace
-from pyro_cwvae.prediction.options import PredictionOptions
+from pyro_cwvae.prediction.latents import sampled_trace
+from pyro_cwvae.prediction.options import Intervention, PredictionOptions
 from pyro_cwvae.prediction.run import Run
 from pyro_cwvae.prediction.scores import PROTOCOLS, Protocol, best_of_samples
 from pyro_cwvae.prediction.spread import PixelSpread, spread_variables

@@ -88,4 +88,7 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: this torch build sees no CUDA device")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise UserError(f"--device {name}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device

@@ -23,13 +23,13 @@ from tqdm.auto import tqdm
 
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.loader import train_batches
-from pyro_cwvae.errors import UserError
+from pyro_cwvae.errors import NumericalError, UserError
 from pyro_cwvae.files.atomic import remove_leftovers, write_text
 from pyro_cwvae.model.config import CONFIG_FILE, Config, kl_scale
 from pyro_cwvae.model.elbo import ElboTerms, elbo_terms
 from pyro_cwvae.model.programs import Programs, load_programs
-from pyro_cwvae.training.checkpoint import (CHECKPOINT, load_checkpoint, load_trained, restore_nets, rng_state,
-                                            save_checkpoint, set_rng_state)
+from pyro_cwvae.training.checkpoint import (CHECKPOINT, load_trained, restore_nets, rng_state, save_checkpoint,
+                                            set_rng_state)
 from pyro_cwvae.training.devices import autocast, compile_nets, resolve_device, set_deterministic, set_matmul_precision
 from pyro_cwvae.training.distributed import Group, join, leave
 from pyro_cwvae.training.history import HISTORY, History, Row
@@ -39,10 +39,6 @@ from pyro_cwvae.training.watching import Watcher, Watching
 
 LOG_EVERY = 10  # steps between reading the logged values back from the device
 EVENT_FILES = "events.out.tfevents.*"  # TensorBoard's files, which a watcher may write into the run directory
-
-
-class NumericalError(RuntimeError):
-    """The loss or the gradients stopped being finite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -76,15 +72,21 @@ def fit(cfg: Config, dataset: VideoDataset, *, resume: bool = False, max_bad_ste
 def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device, resume: bool,
           max_bad_steps: int, progress: bool, watchers: Sequence[Watcher] = ()) -> FitResult:
     run_dir = Path(cfg.run_dir)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # streams, and so a CUDA graph's capture, are the current device's
     set_matmul_precision(cfg.precision, device)
     set_deterministic(cfg.deterministic)
-    # A resumed run runs the programs recorded in its checkpoint (run_config refused them unless the user trusts them).
-    programs = load_trained(run_dir, trust_programs=True)[1] if resume else load_programs(cfg.model, cfg.guide)
+    # A resumed run runs the programs recorded in its checkpoint (run_config refused them unless the user trusts them);
+    # the checkpoint, read once, is checked against the networks they build before anything is restored from it.
+    if resume:
+        saved, programs = load_trained(run_dir, trust_programs=True)
+    else:
+        saved, programs = None, load_programs(cfg.model, cfg.guide)
     if dataset.channels != cfg.channels:
         raise UserError(f"the {dataset.name} data has {dataset.channels} channel(s) but the config says {cfg.channels}")
 
     graph = use_cuda_graph(cfg.cuda_graph, device, cfg.compile, group.world)
-    nets, optimizer, start, history = set_up(cfg, programs, device, resume, group)
+    nets, optimizer, start, history = set_up(cfg, programs, device, saved, group)
     step = train_step(cfg, nets, programs, optimizer, graph, group, device)
     save = Saver(cfg, nets, optimizer, programs, history, group)
     log = StepLog(history, group, BadSteps(max_bad_steps))
@@ -148,16 +150,17 @@ class Saver:
                             programs=self.programs, rng=rng)
 
 
-def set_up(cfg: Config, programs: Programs, device: torch.device, resume: bool,
+def set_up(cfg: Config, programs: Programs, device: torch.device, saved: dict | None,
            group: Group) -> tuple[torch.nn.Module, torch.optim.Optimizer, int, History]:
-    """The networks (``programs.make_nets``) and optimizer, new or restored; the step and history to go on from."""
+    """The networks (``programs.make_nets``) and optimizer, new or restored from the ``saved`` checkpoint; the step
+    and history to go on from."""
     pyro.clear_param_store()
-    if not resume:
+    if saved is None:
         pyro.set_rng_seed(cfg.seed)  # before building the networks: the seed fixes the initial weights too
     nets = programs.make_nets(cfg).to(device)
     optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps)  # the reference's Keras Adam
-    if resume:
-        start, history = restore(Path(cfg.run_dir), cfg, nets, optimizer, group)
+    if saved is not None:
+        start, history = restore(Path(cfg.run_dir), saved, cfg, nets, optimizer, group)
     else:
         start, history = 0, History(cfg.levels)
         pyro.set_rng_seed(cfg.seed + group.rank)  # the sampling noise: one stream per process
@@ -177,11 +180,10 @@ def progress_bar(cfg: Config, data: str, start: int, resume: bool, progress: boo
     return bar
 
 
-def restore(run_dir: Path, cfg: Config, nets: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def restore(run_dir: Path, state: dict, cfg: Config, nets: torch.nn.Module, optimizer: torch.optim.Optimizer,
             group: Group) -> tuple[int, History]:
-    """The checkpoint's weights, optimizer state and this process's random state, restored; returns its step and
-    the history up to that step."""
-    state = load_checkpoint(run_dir)
+    """The weights, optimizer state and this process's random state of ``run_dir``'s checkpoint ``state``,
+    restored; returns its step and the history up to that step."""
     if len(state["rng"]) != group.world:
         raise UserError(f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as many, "
                         f"not {group.world}")

@@ -124,7 +124,7 @@ class KerasAdam(torch.optim.Optimizer):
         neg_step_size, bias_correction2_sqrt, eps = (x.to(dtype) for x in (step_size.neg(), bias_correction2_sqrt, eps))
         exp_avgs, exp_avg_sqs = [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states]
         if ok is not None:  # new tensors, kept below only where ok holds
-            exp_avgs, exp_avg_sqs = torch._foreach_clone(exp_avgs), torch._foreach_clone(exp_avg_sqs)
+            exp_avgs, exp_avg_sqs = copies(exp_avgs), copies(exp_avg_sqs)
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
@@ -144,3 +144,11 @@ class KerasAdam(torch.optim.Optimizer):
                            ([state["exp_avg_sq"] for state in states], exp_avg_sqs), (params, updates)):
             for old, new in zip(olds, news):
                 torch.where(ok, new, old, out=old)
+
+
+def copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """New tensors equal to ``tensors``, filled by one foreach operation (``torch._foreach_clone`` came in torch 2.12;
+    ``_foreach_copy_`` is in every torch this project supports)."""
+    new = [torch.empty_like(tensor) for tensor in tensors]
+    torch._foreach_copy_(new, tensors)
+    return new
