@@ -16,7 +16,8 @@
 #   e.g.   bash benchmarks/gpu.sh runs/gpu-bench tests bench accel
 #          PAPER_SECONDS=300 bash benchmarks/gpu.sh runs/gpu-paper paper
 #
-# Nothing is downloaded. Packages the machine lacks (pyro-ppl, pyro-api, ...) come as wheels in a .whl/ folder
+# Nothing is downloaded. Packages the machine lacks (pyro-ppl, pyro-api, netCDF4, cftime, mlxtend and av, which the
+# data readers import, are missing from a plain CUDA image with torch) come as wheels in a .whl/ folder
 # in the repository root, if there is one; they are installed into .site/ and put on PYTHONPATH. The project
 # itself is installed in editable mode (no build isolation, no index). The logs, tables and the paper run's small
 # files (history.nc, config.json, paper-eval.nc, figures; not its checkpoint) are written to RESULTS_DIR as well
@@ -24,6 +25,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1  # a part stopped by its time limit keeps what it printed until then
 RESULTS="${1:-runs/gpu-bench}"
 shift $(( $# > 0 ? 1 : 0 ))
 PARTS="${*:-tests bench accel paper}"
@@ -49,8 +51,14 @@ fi
 "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
   || { echo "the editable install of the project failed"; exit 1; }
 "$PYTHON" - <<'EOF' || exit 1
-import sys
-import torch, pyro, pyro_cwvae  # noqa: F401  (fails here, early, if a package is missing)
+import importlib.util, sys
+# Everything a part imports, checked here, early: pyro_cwvae itself imports its dependencies only where used.
+needed = ["torch", "pyro", "pyroapi", "numpy", "xarray", "netCDF4", "cftime", "mlxtend", "av", "matplotlib", "typer",
+          "tqdm", "PIL", "pyro_cwvae"]
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+if missing:
+    sys.exit(f"missing packages: {', '.join(missing)} (put their wheels in .whl/)")
+import torch, pyro
 print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, pyro-ppl {pyro.__version__}, "
       f"CUDA available: {torch.cuda.is_available()}")
 sys.exit(0 if torch.cuda.is_available() else "torch sees no CUDA device")
