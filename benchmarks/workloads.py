@@ -25,7 +25,9 @@ from pyro_cwvae.model.config import Config, preset
 from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.model.nets import CWVAENets
 from pyro_cwvae.models.cwvae import model
-from pyro_cwvae.prediction import Run, decode, rollout_trace
+from pyro_cwvae.prediction.frames import decode
+from pyro_cwvae.prediction.latents import rollout_trace
+from pyro_cwvae.prediction.run import Run
 from pyro_cwvae.training.optim import KerasAdam
 
 TINY = dict(levels=2, factor=2, z_size=4, h_size=8, embed_size=8, enc_dense_size=16, enc_dense_layers=2)

@@ -21,9 +21,9 @@ from pathlib import Path
 import xarray as xr
 
 from pyro_cwvae.data import VideoDataset
-from pyro_cwvae.prediction import Intervention, PredictionOptions, Run, load_run, summary, write_rollout
-from pyro_cwvae.prediction.options import EVALUATE_DEFAULTS, FIELDS
-from pyro_cwvae.prediction.rollout import rollout as rollout_run
+from pyro_cwvae.prediction.options import EVALUATE_DEFAULTS, FIELDS, Intervention, PredictionOptions
+from pyro_cwvae.prediction.rollout import rollout as rollout_run, summary, write_rollout
+from pyro_cwvae.prediction.run import Run, load_run
 
 __all__ = ["Run", "load_run", "rollout", "evaluate", "open_rollout", "save", "summary"]
 

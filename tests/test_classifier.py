@@ -7,8 +7,9 @@ import torch
 from typer.testing import CliRunner
 
 from pyro_cwvae.evaluation import digits as classifier
+from pyro_cwvae.evaluation.digit_record import read_record
 from pyro_cwvae.evaluation.digits import (PAIRS, DigitClassifier, decode_pairs, digit_pair_accuracy, evaluate,
-                                   gaussian_blur, load, read_record, train, train_and_save)
+                                         gaussian_blur, load, train, train_and_save)
 from pyro_cwvae.cli.app import app
 from pyro_cwvae.data import batch_rng
 from pyro_cwvae.data.moving_mnist import (TEST_STREAM, GeneratedMovingMNIST, labelled_frames, labelled_video,

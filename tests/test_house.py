@@ -116,3 +116,19 @@ def test_the_rules_catch_what_they_forbid(tmp_path):
     tree = ast.parse(crafted.read_text())
     function = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef))
     assert function.end_lineno - function.lineno + 1 > MAX_FUNCTION_LINES
+
+
+def test_the_prediction_package_hands_on_each_name_from_its_module():
+    """``pyro_cwvae.prediction`` imports its names on first use (so that the command line's help needs no torch):
+    each is its module's own object, and the package lists them."""
+    import importlib
+
+    import pyro_cwvae.prediction as prediction
+
+    for module, names in prediction.HOMES.items():
+        home = importlib.import_module(f"pyro_cwvae.prediction.{module}")
+        for name in names:
+            assert getattr(prediction, name) is getattr(home, name), name
+    assert set(prediction.__all__) <= set(dir(prediction))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        prediction.nothing

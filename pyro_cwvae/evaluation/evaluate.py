@@ -21,7 +21,9 @@ from pyro_cwvae.evaluation.fvd import CLIP_FRAMES
 from pyro_cwvae.evaluation.scoring import HIGHER_IS_BETTER, RunScores, Scores, ceiling, score_baselines, score_run
 from pyro_cwvae.evaluation.truth import GroundTruth, Scorers, ground_truth
 from pyro_cwvae.files.netcdf import EVALUATION_TITLE, provenance, write_netcdf
-from pyro_cwvae.prediction import TIME_ATTRS, PredictionOptions, Run, check_options, is_context, load_run
+from pyro_cwvae.prediction.options import PredictionOptions
+from pyro_cwvae.prediction.rollout import TIME_ATTRS, check_options, is_context
+from pyro_cwvae.prediction.run import Run, load_run
 from pyro_cwvae.prediction.scores import PROTOCOLS, Protocol
 from pyro_cwvae.training.devices import resolve_device
 

@@ -14,8 +14,11 @@ from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.evaluation.bounds import FRAMES_PER_CALL, importance_weighted_bound
 from pyro_cwvae.evaluation.fvd import WindowClips, still_clip_features, windowed_fvd
 from pyro_cwvae.evaluation.truth import LPIPS_PAIRS_PER_CALL, GroundTruth
-from pyro_cwvae.prediction import (Intervention, Run, baseline_frames, kl_table_variable, sampled_trace,
-                                   score_frames, scored_chunks, truth_kls, unit_frames)
+from pyro_cwvae.prediction.frames import baseline_frames, score_frames, scored_chunks, unit_frames
+from pyro_cwvae.prediction.kl import kl_table_variable, truth_kls
+from pyro_cwvae.prediction.latents import sampled_trace
+from pyro_cwvae.prediction.options import Intervention
+from pyro_cwvae.prediction.run import Run
 from pyro_cwvae.prediction.scores import best_of_samples, quantize
 
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}

@@ -14,7 +14,7 @@ from pyro_cwvae.evaluation.fvd import Embedding, WindowClips, clip_embedding, fv
 from pyro_cwvae.evaluation.i3d import pretrained_i3d
 from pyro_cwvae.evaluation.lpips import lpips_distance, pretrained_lpips
 from pyro_cwvae.model.config import Config
-from pyro_cwvae.prediction import read_test_frames
+from pyro_cwvae.prediction.frames import read_test_frames
 from pyro_cwvae.prediction.scores import Protocol
 
 LPIPS_PAIRS_PER_CALL = 256

@@ -19,12 +19,15 @@ from tqdm.auto import tqdm
 from pyro_cwvae.data import DatasetError, VideoDataset
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation.accuracy import ACCURACIES, Accuracy, DigitAccuracy, accuracy_for
-from pyro_cwvae.evaluation.digits import classifier_path, load, read_record
+from pyro_cwvae.evaluation.digit_record import classifier_path, read_record
+from pyro_cwvae.evaluation.digits import load
 from pyro_cwvae.evaluation.scoring import finite_mean
 from pyro_cwvae.model.config import Config
 from pyro_cwvae.model.programs import Programs
-from pyro_cwvae.prediction import Intervention, PredictionOptions, Run, read_test_frames, sampled_trace
-from pyro_cwvae.prediction.frames import baseline_frames, decode_and_score, score_frames
+from pyro_cwvae.prediction.frames import baseline_frames, decode_and_score, read_test_frames, score_frames
+from pyro_cwvae.prediction.latents import sampled_trace
+from pyro_cwvae.prediction.options import Intervention, PredictionOptions
+from pyro_cwvae.prediction.run import Run
 from pyro_cwvae.prediction.scores import PROTOCOLS
 from pyro_cwvae.training.watching import Watcher
 from pyro_cwvae.watch.images import preview_strip, preview_video
