@@ -87,6 +87,7 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
 
     graph = use_cuda_graph(cfg.cuda_graph, device, cfg.compile, group.world)
     nets, optimizer, start, history = set_up(cfg, programs, device, saved, group)
+    del saved  # restored: the run need not hold a second copy of the weights
     step = train_step(cfg, nets, programs, optimizer, graph, group, device)
     save = Saver(cfg, nets, optimizer, programs, history, group)
     log = StepLog(history, group, BadSteps(max_bad_steps))
