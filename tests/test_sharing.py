@@ -1,6 +1,7 @@
 """The GRU-step sharing of ``sharing_steps(nets)``: the model reuses the guide's steps, counted, and a step is never
 reused where its result could differ (an input edited in place, another grad mode or autocast state, changed
-weights, a stochastic layer, a copy of the networks); the ELBO and its gradients are unchanged."""
+weights, a stochastic layer, a copy of the networks); the ELBO and its gradients are unchanged. The prior heads of
+the steps taken are computed in one batch a level, and alone where a row of that batch could differ."""
 import contextlib
 import copy
 import pickle
@@ -212,3 +213,93 @@ def test_networks_without_transitions_share_nothing(tiny_cfg, video):
     with sharing_steps(nets):
         assert not torch.equal(nets.gru(x), nets.gru(x, nets.gru(x)))
     assert type(nets) is Recurrent and step_counts(nets) == {"hits": 0, "misses": 0}
+
+
+def count_prior_heads(nets: CWVAENets) -> list[int]:
+    """Calls of the prior heads' hidden layers, and rows seen, of every level (forward hooks)."""
+    calls = [0, 0]
+
+    def hook(module, inputs, output):
+        calls[0] += 1
+        calls[1] += inputs[0].shape[0]
+
+    for level in range(1, len(nets.levels) + 1):
+        nets.level(level).transition.hidden.register_forward_hook(hook)
+    return calls
+
+
+def stepped_hs(nets: CWVAENets, cfg, steps: int = 4) -> list[torch.Tensor]:
+    """h_1..h_steps of level 1 taken in a block, each from the last (the guide's order)."""
+    transition = nets.level(1).transition
+    (z, h), above = step_inputs(cfg)
+    hs = []
+    for _ in range(steps):
+        h = transition.deterministic((z, h), above)
+        hs.append(h)
+    return hs
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_elbo_terms_computes_the_prior_heads_of_a_level_in_one_batch(tiny_cfg, video, levels):
+    """The model asks for the prior of every site, step by step; each level's heads run once, on all its rows."""
+    cfg = tiny_cfg.replace(levels=levels)
+    nets = CWVAENets(cfg)
+    heads = count_prior_heads(nets)
+    elbo_terms(model, guide, video, nets, cfg)
+    sites = sum(cfg.clock.num_steps(level, video.shape[1]) for level in range(1, levels + 1))
+    assert heads == [levels, sites * video.shape[0]]
+
+
+def test_a_prior_head_from_the_batch_equals_one_computed_alone(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    with sharing_steps(nets):
+        hs = stepped_hs(nets, tiny_cfg)
+        batched = [transition(h) for h in hs]
+    for h, (loc, scale) in zip(hs, batched):
+        alone = Transition.forward(transition, h)  # the plain class's head, outside any batch
+        torch.testing.assert_close(loc, alone[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(scale, alone[1], rtol=0, atol=1e-6)
+    loc_sum = sum(loc.sum() for loc, _ in batched)
+    loc_sum.backward()  # gradients reach the weights through the rows of the batch
+    assert nets.level(1).transition.hidden.weight.grad.abs().sum() > 0
+
+
+def test_a_prior_head_is_computed_alone_for_an_h_not_in_the_batch(tiny_cfg):
+    """An h taken after the batch was made, one edited in place since, and one from outside the block's steps."""
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    heads = count_prior_heads(nets)
+    with sharing_steps(nets):
+        hs = stepped_hs(nets, tiny_cfg, steps=3)
+        transition(hs[0])  # the batch of the 3 h's
+        assert heads == [1, 3 * hs[0].shape[0]]
+        later = transition.deterministic((torch.zeros(3, tiny_cfg.z_size), hs[-1]), step_inputs(tiny_cfg)[1])
+        with torch.no_grad():
+            hs[1].add_(1.0)
+        outside = torch.randn_like(hs[0])
+        for h in (later, hs[1], outside):
+            loc, _ = transition(h)
+            torch.testing.assert_close(loc, Transition.forward(transition, h)[0], rtol=0, atol=0)
+        assert heads[0] == 1 + 3 + 3  # three alone, each checked against one more alone
+        transition(hs[2])  # still in the batch
+        assert heads[0] == 7
+
+
+@pytest.mark.parametrize("layer", [nn.BatchNorm1d, lambda size: nn.Dropout(0.5)])
+def test_a_prior_head_whose_rows_meet_or_draw_noise_is_computed_step_by_step_in_training(tiny_cfg, layer):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    transition.hidden = nn.Sequential(transition.hidden, layer(tiny_cfg.embed_size))
+    heads = count_prior_heads(nets)  # counts the Sequential's calls
+    with sharing_steps(nets):
+        hs = stepped_hs(nets, tiny_cfg, steps=3)
+        for h in hs:
+            transition(h)
+    assert heads[0] == 3
+    nets.eval()  # batch norm with its running statistics, dropout off: rows are independent again
+    with sharing_steps(nets):
+        hs = stepped_hs(nets, tiny_cfg, steps=3)
+        for h in hs:
+            transition(h)
+    assert heads[0] == 4

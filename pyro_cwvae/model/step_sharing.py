@@ -6,6 +6,14 @@ of ``nets`` returns the first result of a step taken again, with its autograd gr
 as a hand-written CW-VAE would: the ELBO and its gradients are unchanged. ``nets.initial_state`` hands out the same
 tensors within a block, so that first steps are shared too. Networks without ``Transition`` modules share nothing.
 
+The prior head p(z_t^l | h_t^l) (the ``Transition``'s forward) is then asked for, step by step, by the model, of
+h's that all exist already: the first time it is asked for one of the h's a transition has taken in the block, it
+is computed for all of them at once, in one batch of rows, and each later step gets its row (``Block.prior``), as
+a hand-written CW-VAE computes the priors of a level: a few large kernels instead of a dozen small ones a step,
+the same values up to the order of additions. The head must treat the rows of its input independently, as every
+layer does except batch norm in training mode (a head holding one, or a stochastic layer, in training mode is
+computed step by step). An h taken after that batch, or edited in place since, gets its head computed alone.
+
 A step is reused only if all of these are unchanged (``step_key``): the transition, the identity and version
 (``tensor._version``, bumped by every in-place edit) of each input tensor, the grad mode (an h computed under
 ``torch.no_grad()`` has no graph to hand on), the autocast state, and the versions of the transition's parameters
@@ -31,6 +39,7 @@ from pyro_cwvae.model.nets import State, Transition
 
 STOCHASTIC_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
                      nn.RReLU)  # layers that draw random numbers in training mode
+BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)  # layers whose rows meet in training mode
 
 COUNTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nets -> {"hits", "misses"} since built
 OPEN: dict[int, "Block"] = {}  # id of the networks of an open block -> the block
@@ -52,6 +61,8 @@ def sharing_steps(nets: nn.Module) -> Iterator[None]:
         yield
     finally:
         block.entries.clear()
+        block.taken.clear()
+        block.priors.clear()
         block.depth -= 1
         if not block.depth:
             block.leave()
@@ -63,11 +74,15 @@ class Block:
 
     def __init__(self, nets: nn.Module):
         self.nets, self.entries, self.depth = nets, {}, 0
+        self.taken: dict[int, list[torch.Tensor]] = {}  # id of a transition -> the h's it took in the block, in order
+        self.priors: dict[int, Batch] = {}  # id of a transition -> its prior heads of those h's, made at once
         self.counts = COUNTS.setdefault(nets, {"hits": 0, "misses": 0})
         self.transitions = [module for module in nets.modules() if isinstance(module, Transition)]
         self.weights = {id(t): tuple(t.parameters()) for t in self.transitions}
         self.stochastic = {id(t): tuple(m for m in t.modules() if isinstance(m, STOCHASTIC_LAYERS))
                            for t in self.transitions}
+        self.unbatched = {id(t): tuple(m for m in t.modules() if isinstance(m, STOCHASTIC_LAYERS + BATCH_NORMS))
+                          for t in self.transitions}  # in training mode, the prior heads are computed step by step
         joining = [(nets, SharedStart)] if hasattr(nets, "initial_state") else []
         self.joined = [(module, mixin) for module, mixin in joining + [(t, SharedSteps) for t in self.transitions]
                        if id(module) not in BLOCKS]  # not twice, in a block on a part of these networks
@@ -98,7 +113,22 @@ class Block:
         self.counts["misses"] += 1
         h = take(previous, above)
         self.entries[key] = ((transition, inputs), h)
+        self.taken.setdefault(id(transition), []).append(h)
         return h
+
+    def prior(self, transition: Transition, h: torch.Tensor, head: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior head of ``h``: its row of the batch of all the h's ``transition`` has taken, made at the first
+        such call; ``head(h)`` alone for any other h."""
+        taken = self.taken.get(id(transition), ())
+        if any(layer.training for layer in self.unbatched[id(transition)]) or not taken:
+            return head(h)
+        key = (torch.is_grad_enabled(), autocast_state(h.device.type), versions(self.weights[id(transition)]))
+        batch = self.priors.get(id(transition))
+        if batch is None or batch.key != key:
+            if not any(h is made for made in taken):
+                return head(h)
+            batch = self.priors[id(transition)] = Batch.of(taken, head, key)
+        return batch.row(h) or head(h)
 
     def initial(self, batch_size: int, make: Callable) -> State:
         """The state stored for ``batch_size`` unless it was edited in place since, else ``make``'s, stored."""
@@ -112,16 +142,41 @@ class Block:
         return state
 
 
+class Batch:
+    """The prior heads of a transition's h's, computed at once; each h's row, while it and the weights are as then."""
+
+    def __init__(self, hs: list[torch.Tensor], locs: tuple, scales: tuple, key: tuple):
+        self.rows = {id(h): (index, h._version) for index, h in enumerate(hs)}
+        self.hs, self.locs, self.scales, self.key = hs, locs, scales, key  # hs: no id is reused while this lives
+
+    @classmethod
+    def of(cls, hs: list[torch.Tensor], head: Callable, key: tuple) -> "Batch":
+        hs = list(hs)
+        stacked = torch.stack(hs)  # (steps, batch, h), given to the head as rows (steps * batch, h)
+        loc, scale = head(stacked.flatten(0, -2))
+        # unbind: one kernel back, however many steps read their rows
+        return cls(hs, loc.view(*stacked.shape[:-1], -1).unbind(0), scale.view(*stacked.shape[:-1], -1).unbind(0),
+                   key)
+
+    def row(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        index, version = self.rows.get(id(h), (None, None))
+        if index is None or self.hs[index] is not h or h._version != version:
+            return None
+        return self.locs[index], self.scales[index]
+
+
 def versions(tensors) -> tuple[int, ...]:
     return tuple(tensor._version for tensor in tensors)
 
 
 def step_key(transition: Transition, weights: tuple, inputs: tuple[torch.Tensor, ...]) -> tuple:
     """What a GRU step's result depends on besides the weights' values."""
-    device = inputs[-1].device.type
-    autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-    return (id(transition), torch.is_grad_enabled(), autocast, versions(weights), *map(id, inputs),
-            *versions(inputs))
+    return (id(transition), torch.is_grad_enabled(), autocast_state(inputs[-1].device.type), versions(weights),
+            *map(id, inputs), *versions(inputs))
+
+
+def autocast_state(device: str) -> torch.dtype | None:
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
 class Plain:
@@ -139,6 +194,9 @@ def new_plain(cls: type):
 class SharedSteps(Plain):
     def deterministic(self, previous: State, above: State) -> torch.Tensor:
         return BLOCKS[id(self)].step(self, previous, above, super().deterministic)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return BLOCKS[id(self)].prior(self, h, super().forward)
 
 
 class SharedStart(Plain):

@@ -72,8 +72,10 @@ def compile_nets(nets: CWVAENets, mode: str) -> None:
     options = inductor_options(mode)
     modules = [nets.encoder.conv, *nets.encoder.stacks, nets.decoder]
     for level in nets.levels:
-        # the transition's forward is the prior head; its GRU step (inp, gru) is shared as it is (step_sharing.py)
-        modules += [level.transition, level.transition.inp, level.transition.gru, level.posterior]
+        # the transition's own methods stay plain, so that step_sharing.py shares its GRU steps (inp, gru) and
+        # batches its prior heads (hidden, head)
+        transition = level.transition
+        modules += [transition.inp, transition.gru, transition.hidden, transition.head, level.posterior]
     for module in modules:
         module.forward = torch.compile(module.forward, options=options, dynamic=False)
 
