@@ -303,3 +303,94 @@ def test_a_prior_head_whose_rows_meet_or_draw_noise_is_computed_step_by_step_in_
         for h in hs:
             transition(h)
     assert heads[0] == 4
+
+
+def traced_loss(nets, cfg, video) -> torch.Tensor:
+    """The guide, then the model replayed on its samples, in the block already open: - log p + log q."""
+    guide_trace = poutine.trace(guide).get_trace(video, nets, cfg)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(video, nets, cfg)
+    return guide_trace.log_prob_sum() - model_trace.log_prob_sum()
+
+
+def test_an_optimizer_step_or_another_batch_size_in_one_block_batches_only_the_h_s_taken_alike(tiny_cfg, video):
+    """Passes with an optimizer step between them, and on a smaller batch, all in one block: each pass's priors
+    come from its own h's (a batch of the first pass's would back-propagate into a freed graph, and h's of two
+    batch sizes cannot be rows of one batch)."""
+    nets = CWVAENets(tiny_cfg)
+    optimizer = torch.optim.SGD(nets.parameters(), lr=1e-3)
+    heads = count_prior_heads(nets)
+    with sharing_steps(nets):
+        for batch in (video, video, video[:1]):
+            optimizer.zero_grad()
+            traced_loss(nets, tiny_cfg, batch).backward()
+            optimizer.step()
+        with torch.no_grad():
+            poutine.trace(guide).get_trace(video, nets, tiny_cfg)  # h's of two batch sizes, then the model on one
+            traced_loss(nets, tiny_cfg, video[:1])
+    assert heads[0] == 4 * tiny_cfg.levels  # one batch a level a pass
+
+
+class SharedScale(nn.Module):
+    """A prior head whose scale is one learned number for all rows (not a row each)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head, self.std = head, nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, hidden):
+        return self.head(hidden)[0], self.std
+
+
+class WithAbove(Transition):
+    """A variant prior head that reads the state above as well."""
+
+    def forward(self, h, above=None):
+        loc, scale = super().forward(h)
+        return loc if above is None else loc + above[0].mean(), scale
+
+
+@pytest.mark.parametrize("variant", ["running statistics off", "shared scale", "own forward"])
+def test_a_variant_head_that_is_not_rows_of_the_packaged_one_is_computed_alone(tiny_cfg, variant):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    if variant == "running statistics off":  # batch norm of the batch at hand, in eval mode too
+        transition.hidden = nn.Sequential(transition.hidden,
+                                          nn.BatchNorm1d(tiny_cfg.embed_size, track_running_stats=False))
+        nets.eval()
+    elif variant == "shared scale":
+        transition.head = SharedScale(transition.head)
+    else:
+        transition.__class__ = WithAbove
+    with sharing_steps(nets):
+        hs = stepped_hs(nets, tiny_cfg, steps=3)
+        above = step_inputs(tiny_cfg)[1]
+        got = [transition(h, above) if variant == "own forward" else transition(h) for h in hs]
+    for h, (loc, scale) in zip(hs, got):
+        alone = type(transition).forward(transition, h, above) if variant == "own forward" else transition(h)
+        torch.testing.assert_close(loc, alone[0], rtol=0, atol=0)
+        torch.testing.assert_close(scale, alone[1], rtol=0, atol=0)
+
+
+def test_a_row_edited_in_place_without_grad_is_not_handed_out_again(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    with torch.no_grad(), sharing_steps(nets):
+        hs = stepped_hs(nets, tiny_cfg, steps=2)
+        loc, _ = transition(hs[0])
+        loc.add_(1.0)
+        for h in hs:
+            torch.testing.assert_close(transition(h)[0], Transition.forward(transition, h)[0], rtol=0, atol=1e-6)
+
+
+def test_a_step_taken_in_inference_mode_gets_its_prior_head_alone(tiny_cfg):
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    (z, h), above = step_inputs(tiny_cfg)
+    with sharing_steps(nets), torch.no_grad():  # with grad, torch refuses inference tensors itself
+        with torch.inference_mode():
+            inferred = transition.deterministic((z, h), above)
+            inside = transition(inferred)
+        outside = transition(inferred)
+        alone = Transition.forward(transition, inferred)
+    for loc, _ in (inside, outside):
+        torch.testing.assert_close(loc, alone[0], rtol=0, atol=0)

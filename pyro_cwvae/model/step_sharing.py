@@ -6,13 +6,15 @@ of ``nets`` returns the first result of a step taken again, with its autograd gr
 as a hand-written CW-VAE would: the ELBO and its gradients are unchanged. ``nets.initial_state`` hands out the same
 tensors within a block, so that first steps are shared too. Networks without ``Transition`` modules share nothing.
 
-The prior head p(z_t^l | h_t^l) (the ``Transition``'s forward) is then asked for, step by step, by the model, of
-h's that all exist already: the first time it is asked for one of the h's a transition has taken in the block, it
-is computed for all of them at once, in one batch of rows, and each later step gets its row (``Block.prior``), as
-a hand-written CW-VAE computes the priors of a level: a few large kernels instead of a dozen small ones a step,
-the same values up to the order of additions. The head must treat the rows of its input independently, as every
-layer does except batch norm in training mode (a head holding one, or a stochastic layer, in training mode is
-computed step by step). An h taken after that batch, or edited in place since, gets its head computed alone.
+The prior head p(z_t^l | h_t^l) (``Transition.forward``) is then asked for, step by step, by the model, of h's
+that all exist already: the first time it is asked for one of the h's a transition took in the block, it is
+computed for all the h's taken alike (the same grad mode, autocast state, weights and shape: ``Block.head_key``) in
+one batch of rows, and each step gets its row (``Block.prior``), as a hand-written CW-VAE computes the priors of a
+level: a few large kernels instead of a dozen small ones a step, the same values up to the order of additions. A
+head is computed alone for an h not in such a batch or edited in place since, for a ``Transition`` subclass with
+its own ``forward``, for a head whose rows would meet (batch norm in training mode or without running statistics)
+or that draws noise in training mode, and where the head's outputs are not rows (a scale shared by all rows).
+The rows handed out are views of one batch: a program edits them out of place.
 
 A step is reused only if all of these are unchanged (``step_key``): the transition, the identity and version
 (``tensor._version``, bumped by every in-place edit) of each input tensor, the grad mode (an h computed under
@@ -39,7 +41,7 @@ from pyro_cwvae.model.nets import State, Transition
 
 STOCHASTIC_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
                      nn.RReLU)  # layers that draw random numbers in training mode
-BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)  # layers whose rows meet in training mode
+BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)  # layers whose rows meet in training mode (or without running stats)
 
 COUNTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nets -> {"hits", "misses"} since built
 OPEN: dict[int, "Block"] = {}  # id of the networks of an open block -> the block
@@ -74,8 +76,8 @@ class Block:
 
     def __init__(self, nets: nn.Module):
         self.nets, self.entries, self.depth = nets, {}, 0
-        self.taken: dict[int, list[torch.Tensor]] = {}  # id of a transition -> the h's it took in the block, in order
-        self.priors: dict[int, Batch] = {}  # id of a transition -> its prior heads of those h's, made at once
+        self.taken: dict[tuple, list[torch.Tensor]] = {}  # head_key -> the h's taken alike in the block, in order
+        self.priors: dict[tuple, Batch] = {}  # head_key -> the prior heads of those h's, made at once
         self.counts = COUNTS.setdefault(nets, {"hits": 0, "misses": 0})
         self.transitions = [module for module in nets.modules() if isinstance(module, Transition)]
         self.weights = {id(t): tuple(t.parameters()) for t in self.transitions}
@@ -113,21 +115,34 @@ class Block:
         self.counts["misses"] += 1
         h = take(previous, above)
         self.entries[key] = ((transition, inputs), h)
-        self.taken.setdefault(id(transition), []).append(h)
+        if not h.is_inference():
+            self.taken.setdefault(self.head_key(transition, h), []).append(h)
         return h
 
-    def prior(self, transition: Transition, h: torch.Tensor, head: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prior head of ``h``: its row of the batch of all the h's ``transition`` has taken, made at the first
-        such call; ``head(h)`` alone for any other h."""
-        taken = self.taken.get(id(transition), ())
-        if any(layer.training for layer in self.unbatched[id(transition)]) or not taken:
-            return head(h)
-        key = (torch.is_grad_enabled(), autocast_state(h.device.type), versions(self.weights[id(transition)]))
-        batch = self.priors.get(id(transition))
-        if batch is None or batch.key != key:
+    def head_key(self, transition: Transition, h: torch.Tensor) -> tuple:
+        """What the h's whose prior heads are batched together share, when taken and when asked for."""
+        return (id(transition), torch.is_grad_enabled(), autocast_state(h.device.type),
+                versions(self.weights[id(transition)]), h.shape, h.dtype, h.device)
+
+    def batchable(self, transition: Transition) -> bool:
+        """Whether the prior head is ``Transition``'s (a variant's own forward may do anything) and its rows never
+        meet: no stochastic layer or batch norm in training mode, no batch norm without running statistics."""
+        return type(transition).__bases__[1].forward is Transition.forward and not any(
+            layer.training or getattr(layer, "running_mean", 0) is None for layer in self.unbatched[id(transition)])
+
+    def prior(self, transition: Transition, args: tuple, kwargs: dict, head: Callable):
+        """The prior head ``head(*args, **kwargs)``: for one h that ``transition`` took, its row of the batch of all
+        the h's it took alike (``head_key``), made at the first such call; computed alone otherwise."""
+        h = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) else None
+        if h is None or h.is_inference() or not self.batchable(transition):
+            return head(*args, **kwargs)
+        key = self.head_key(transition, h)
+        batch = self.priors.get(key)
+        if batch is None:
+            taken = self.taken.get(key, ())
             if not any(h is made for made in taken):
                 return head(h)
-            batch = self.priors[id(transition)] = Batch.of(taken, head, key)
+            batch = self.priors[key] = Batch.of(taken, head)
         return batch.row(h) or head(h)
 
     def initial(self, batch_size: int, make: Callable) -> State:
@@ -143,26 +158,30 @@ class Block:
 
 
 class Batch:
-    """The prior heads of a transition's h's, computed at once; each h's row, while it and the weights are as then."""
+    """The prior heads of h's, computed as rows of one batch; each h's row while the h and the rows are as then.
+    The rows are views of the batch: a program may edit them out of place only (in place, torch refuses with grad;
+    without grad the next request sees the edit and computes its head alone)."""
 
-    def __init__(self, hs: list[torch.Tensor], locs: tuple, scales: tuple, key: tuple):
-        self.rows = {id(h): (index, h._version) for index, h in enumerate(hs)}
-        self.hs, self.locs, self.scales, self.key = hs, locs, scales, key  # hs: no id is reused while this lives
+    def __init__(self, hs: list[torch.Tensor], outputs: tuple[torch.Tensor, ...] = (), steps: int = 0):
+        self.hs, self.outputs = hs, outputs  # hs: no id is reused while this lives
+        self.index = {id(h): (index, h._version) for index, h in enumerate(hs)}
+        self.versions = versions(outputs)
+        self.rows = [output.unflatten(0, (steps, -1)).unbind(0) for output in outputs]  # unbind: one kernel back
 
     @classmethod
-    def of(cls, hs: list[torch.Tensor], head: Callable, key: tuple) -> "Batch":
+    def of(cls, hs: list[torch.Tensor], head: Callable) -> "Batch":
         hs = list(hs)
-        stacked = torch.stack(hs)  # (steps, batch, h), given to the head as rows (steps * batch, h)
-        loc, scale = head(stacked.flatten(0, -2))
-        # unbind: one kernel back, however many steps read their rows
-        return cls(hs, loc.view(*stacked.shape[:-1], -1).unbind(0), scale.view(*stacked.shape[:-1], -1).unbind(0),
-                   key)
+        outputs = head(torch.cat(hs))  # the steps' rows one after another: (steps * batch, ...)
+        if not (isinstance(outputs, tuple) and all(isinstance(output, torch.Tensor) and output.dim() > 0 and
+                                                   output.shape[0] == len(hs) * hs[0].shape[0] for output in outputs)):
+            return cls(hs)  # not a tuple of rows (a scale shared by all rows, say): every head is computed alone
+        return cls(hs, outputs, len(hs))
 
-    def row(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        index, version = self.rows.get(id(h), (None, None))
-        if index is None or self.hs[index] is not h or h._version != version:
+    def row(self, h: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        index, version = self.index.get(id(h), (None, None))
+        if index is None or not self.outputs or h._version != version or versions(self.outputs) != self.versions:
             return None
-        return self.locs[index], self.scales[index]
+        return tuple(rows[index] for rows in self.rows)
 
 
 def versions(tensors) -> tuple[int, ...]:
@@ -195,8 +214,8 @@ class SharedSteps(Plain):
     def deterministic(self, previous: State, above: State) -> torch.Tensor:
         return BLOCKS[id(self)].step(self, previous, above, super().deterministic)
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return BLOCKS[id(self)].prior(self, h, super().forward)
+    def forward(self, *args, **kwargs):
+        return BLOCKS[id(self)].prior(self, args, kwargs, super().forward)
 
 
 class SharedStart(Plain):

@@ -72,10 +72,9 @@ def compile_nets(nets: CWVAENets, mode: str) -> None:
     options = inductor_options(mode)
     modules = [nets.encoder.conv, *nets.encoder.stacks, nets.decoder]
     for level in nets.levels:
-        # the transition's own methods stay plain, so that step_sharing.py shares its GRU steps (inp, gru) and
-        # batches its prior heads (hidden, head)
-        transition = level.transition
-        modules += [transition.inp, transition.gru, transition.hidden, transition.head, level.posterior]
+        # the transition's forward is the prior head, compiled for one step's rows (so not batched by step_sharing.py,
+        # whose batches of several shapes would recompile it); its GRU step (inp, gru) is shared as it is
+        modules += [level.transition, level.transition.inp, level.transition.gru, level.posterior]
     for module in modules:
         module.forward = torch.compile(module.forward, options=options, dynamic=False)
 
