@@ -84,7 +84,7 @@ class Block:
         self.stochastic = {id(t): tuple(m for m in t.modules() if isinstance(m, STOCHASTIC_LAYERS))
                            for t in self.transitions}
         self.unbatched = {id(t): tuple(m for m in t.modules() if isinstance(m, STOCHASTIC_LAYERS + BATCH_NORMS))
-                          for t in self.transitions}  # in training mode, the prior heads are computed step by step
+                          for t in self.transitions}  # what may make the prior heads' rows meet (batchable)
         joining = [(nets, SharedStart)] if hasattr(nets, "initial_state") else []
         self.joined = [(module, mixin) for module, mixin in joining + [(t, SharedSteps) for t in self.transitions]
                        if id(module) not in BLOCKS]  # not twice, in a block on a part of these networks
