@@ -16,7 +16,8 @@ from pyro_cwvae.model.elbo import ElboTerms
 from pyro_cwvae.model.programs import load_programs
 from pyro_cwvae.training.loop import ElboModule
 from pyro_cwvae.training.optim import KerasAdam
-from pyro_cwvae.training.step import DeviceScalars, TrainStep, find_host_sync, sync_cause, use_cuda_graph
+from pyro_cwvae.training.step import (WARMUP_STEPS, DeviceScalars, TrainStep, find_host_sync, step_mode, sync_cause,
+                                      use_cuda_graph)
 
 STEPS, POISONED, NAN_BATCH = 7, 3, 5  # a step with an infinite gradient, one with a NaN frame (non-finite loss)
 
@@ -151,6 +152,16 @@ def test_cuda_graph_auto_is_off_on_a_cpu_and_on_refuses_what_it_cannot_capture()
                                                    (cuda, "none", 2, "one process")]:
         with pytest.raises(UserError, match=f"--cuda-graph on needs .*{named}.*--cuda-graph off"):
             use_cuda_graph("on", device, compile_mode, processes)
+
+
+def test_a_run_on_a_cuda_device_says_how_it_takes_its_steps_and_why_auto_is_eager():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert step_mode("auto", cpu, "none", 1) == "" and step_mode("off", cpu, "none", 1) == ""
+    assert step_mode("auto", cuda, "none", 1) == f"steps replayed as a CUDA graph after {WARMUP_STEPS} eager ones"
+    assert step_mode("off", cuda, "none", 1) == "eager steps (--cuda-graph off)"
+    assert step_mode("auto", cuda, "none", 4) == ("eager steps: a CUDA graph needs one process, not 4 "
+                                                  "(DistributedDataParallel's hooks are not captured)")
+    assert step_mode("auto", cuda, "default", 1).startswith("eager steps: a CUDA graph needs --compile none")
 
 
 def test_a_batch_of_another_shape_is_refused(tiny_cfg):

@@ -34,7 +34,7 @@ from pyro_cwvae.training.devices import autocast, compile_nets, resolve_device, 
 from pyro_cwvae.training.distributed import Group, join, leave
 from pyro_cwvae.training.history import HISTORY, History, Row
 from pyro_cwvae.training.optim import KerasAdam
-from pyro_cwvae.training.step import TrainStep, use_cuda_graph
+from pyro_cwvae.training.step import TrainStep, step_mode, use_cuda_graph
 from pyro_cwvae.training.watching import Watcher, Watching
 
 LOG_EVERY = 10  # steps between reading the logged values back from the device
@@ -94,7 +94,8 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
     watching = Watching(watchers if group.is_main else (), history, optimizer, start, programs)
     batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed, workers=cfg.workers,
                             pin_memory=device.type == "cuda", rows=group.rows(cfg.batch_size))
-    bar = progress_bar(cfg, dataset.name, start, resume, progress, group)
+    bar = progress_bar(cfg, dataset.name, start, resume, progress, group,
+                       step_mode(cfg.cuda_graph, device, cfg.compile, group.world))
     stop = StopRequest()
     # Pyro's per-site checks cost time in the hot loop; the tests run the programs with them on.
     with bar, stop.installed(), pyro.validation_enabled(False), closing(watching):
@@ -171,13 +172,14 @@ def set_up(cfg: Config, programs: Programs, device: torch.device, saved: dict | 
     return nets, optimizer, start, history
 
 
-def progress_bar(cfg: Config, data: str, start: int, resume: bool, progress: bool, group: Group) -> tqdm:
+def progress_bar(cfg: Config, data: str, start: int, resume: bool, progress: bool, group: Group,
+                 mode: str) -> tqdm:
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and group.is_main), desc="fit", unit="step",
                dynamic_ncols=True)
     if not bar.disable:
         bar.write(f"{'resuming' if resume else 'training'} a {cfg.levels}-level CW-VAE (k={cfg.factor}) on "
                   f"{data} from step {start} to {cfg.steps} into {cfg.run_dir}"
-                  + (f" with {group.world} processes" if group.active else ""))
+                  + (f" with {group.world} processes" if group.active else "") + (f"; {mode}" if mode else ""))
     return bar
 
 

@@ -45,15 +45,30 @@ def use_cuda_graph(mode: str, device: torch.device, compile_mode: str, processes
     process); ``on`` refuses the settings it cannot work with, each in one line."""
     if mode == "off":
         return False
+    needs = graph_needs(device, compile_mode, processes)
+    if needs and mode == "on":
+        raise UserError(f"--cuda-graph on needs {needs}: use --cuda-graph off")
+    return needs is None
+
+
+def graph_needs(device: torch.device, compile_mode: str, processes: int) -> str | None:
+    """What the settings lack for a captured step, or None."""
     blockers = [(device.type != "cuda", f"a CUDA device, not {device.type}"),
                 (compile_mode != "none", f"--compile none, not {compile_mode} (compiled networks are not captured)"),
                 (processes > 1, f"one process, not {processes} (DistributedDataParallel's hooks are not captured)")]
-    for blocked, needs in blockers:
-        if blocked:
-            if mode == "on":
-                raise UserError(f"--cuda-graph on needs {needs}: use --cuda-graph off")
-            return False
-    return True
+    return next((needs for blocked, needs in blockers if blocked), None)
+
+
+def step_mode(mode: str, device: torch.device, compile_mode: str, processes: int) -> str:
+    """How a CUDA device takes the training steps, for the line a run starts with ("" on other devices): so that
+    ``auto`` falling back to eager steps says why."""
+    if device.type != "cuda":
+        return ""
+    if use_cuda_graph(mode, device, compile_mode, processes):
+        return f"steps replayed as a CUDA graph after {WARMUP_STEPS} eager ones"
+    if mode == "off":
+        return "eager steps (--cuda-graph off)"
+    return f"eager steps: a CUDA graph needs {graph_needs(device, compile_mode, processes)}"
 
 
 class TrainStep:
