@@ -88,7 +88,7 @@ def elbo_terms(model, guide, video, nets, cfg, kl_scale: float = 1.0) -> ElboTer
     loss = reconstruction + kl.sum()
     shaping = cfg.kl_balance is not None or cfg.free_nats is not None or cfg.kl_beta is not None
     objective = loss if not shaping else reconstruction + kl[0] + sum(
-        shaped_kl(sites, cfg, level, batch, video.new_zeros(())) for level, sites in enumerate(per_level) if level)
+        shaped_kl(sites, kl[level], cfg, level, batch) for level, sites in enumerate(per_level) if level)
     return ElboTerms(loss / frames, reconstruction / frames, kl[1:] / frames, objective / frames)
 
 
@@ -205,14 +205,15 @@ def site_kl(q_site, p_site) -> torch.Tensor:
         return q.log_prob(z) - p.log_prob(z)
 
 
-def shaped_kl(sites: list, cfg, level: int, batch: int, zero: torch.Tensor) -> torch.Tensor:
+def shaped_kl(sites: list, kl: torch.Tensor, cfg, level: int, batch: int) -> torch.Tensor:
     """Level ``level``'s KL in the training objective (summed over the batch), shaped as the official loss does:
-    balanced, then free nats, then weighted; the free nats and the posterior's floor count per sequence."""
+    balanced, then free nats, then weighted; the free nats and the posterior's floor count per sequence. ``kl``: the
+    level's KL as the loss sums it (``summed_kl`` of ``sites``), reused where no balancing splits it."""
     if cfg.kl_balance is None:
-        per_sequence = summed_kl(sites, cfg.elbo, zero) / batch
+        per_sequence = kl / batch
     else:
-        prior_part = summed_kl(sites, cfg.elbo, zero, stop_q=True) / batch
-        posterior_part = summed_kl(sites, cfg.elbo, zero, stop_p=True) / batch
+        prior_part = summed_kl(sites, cfg.elbo, kl.new_zeros(()), stop_q=True) / batch
+        posterior_part = summed_kl(sites, cfg.elbo, kl.new_zeros(()), stop_p=True) / batch
         per_sequence = (1 - cfg.kl_balance) * prior_part + torch.clamp(cfg.kl_balance * posterior_part, min=1.0)
     if cfg.free_nats is not None:
         per_sequence = torch.clamp(per_sequence - cfg.free_nats, min=0.0)
