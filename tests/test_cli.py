@@ -1,6 +1,7 @@
 """The command line through typer's test runner: a run end to end, and one-line errors for bad input."""
 import hashlib
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,11 @@ BAD_INPUTS = [
     (["fit", "--resume", "--run-dir", "{tmp}/fresh"], "no checkpoint in"),
     (["fit", "--resume"], "--resume needs --run-dir"),
     (["fit", "--run-dir", "{run}"], "already holds a run"),
+    (["fit", "--resume", "--run-dir", "{run}", "--overwrite"], "--resume continues the run and --overwrite starts"),
+    (["fit", "--resume", "--run-dir", "{run}", "--steps", "1"], "--steps 1 is fewer than the 2 the run has taken"),
+    (["rollout", "--run", "{tmp}/text"], "not a checkpoint archive (truncated, or another kind of file)"),
+    (["rollout", "--run", "{tmp}/empty_checkpoint"], "not a checkpoint archive (an empty file)"),
+    (["fit", "--resume", "--run-dir", "{tmp}/pickled"], "not a checkpoint archive"),
     (["fit", "--resume", "--run-dir", "{run}", "--levels", "3"], "--levels 3 differs from the resumed run's 2"),
     (["fit", "--device", "tpu:x"], "--device"),
     (["fit", "--precision", "fp16"], "--precision must be one of fp32, tf32, bf16"),
@@ -142,6 +148,9 @@ def make_bad_files(tmp_path, run_dir):
     truncated.mkdir()
     checkpoint = (run_dir / "checkpoint.pt").read_bytes()
     (truncated / "checkpoint.pt").write_bytes(checkpoint[: len(checkpoint) // 2])
+    for name, content in (("text", b"garbage\n"), ("empty_checkpoint", b""), ("pickled", pickle.dumps({"a": 1}))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint.pt").write_bytes(content)
     xr.Dataset({"a": ("x", np.arange(1000.0))}).to_netcdf(tmp_path / "whole.nc")
     (tmp_path / "truncated.nc").write_bytes((tmp_path / "whole.nc").read_bytes()[:300])
     (tmp_path / "empty" / "train-seq100").mkdir(parents=True)

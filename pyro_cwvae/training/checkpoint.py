@@ -20,6 +20,7 @@ import pickle
 import random
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,9 @@ def upgrade_checkpoint(run_dir: Path, trust: bool = False) -> int:
 
 def _read(path: Path, map_location, trust: bool) -> Any:
     regular_file(path, MAX_CHECKPOINT_BYTES, "checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save's archive: anything else is not a checkpoint, whatever it holds
+        raise UserError(f"cannot read checkpoint {path}: not a checkpoint archive "
+                        f"({'an empty file' if path.stat().st_size == 0 else 'truncated, or another kind of file'})")
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as error:

@@ -28,6 +28,8 @@ def run_config(options: dict[str, Any], *, resume: bool, overwrite: bool = False
     that the resumed run or ``config_file`` names are refused unless ``trust_programs``."""
     if resume and config_file is not None:
         raise UserError("--resume continues with the run's own config: leave out --config")
+    if resume and overwrite:
+        raise UserError("--resume continues the run and --overwrite starts it over: pass one of them")
     if "run_dir" not in options and launched_ranks() > 1:  # each process would pick its own time stamp
         raise UserError("--run-dir is required when several processes train together")
     if resume:
@@ -68,6 +70,9 @@ def resume_config(options: dict[str, Any], trust_programs: bool = False) -> Conf
     state = load_trained(run_dir, trust_programs=trust_programs)[0]
     saved = Config.from_dict(state["config"])
     History.load(run_dir / HISTORY, saved.levels, upto_step=state["step"])
+    if options.get("steps", state["step"]) < state["step"]:
+        raise UserError(f"--steps {options['steps']} is fewer than the {state['step']} the run has taken: a resumed "
+                        f"run trains on from its step (start a new run to train fewer)")
     for key, value in options.items():
         if key not in CHANGEABLE_ON_RESUME and value != getattr(saved, key):
             raise UserError(f"--{option(key)} {value} differs from the resumed run's {getattr(saved, key)}: "
