@@ -52,7 +52,7 @@ def test_analysis_doc_runs_against_a_tiny_run(demo_dir, capsys):
         exec(compile(block, f"docs/analysis.md block {number}", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "KL per training sequence (nats)" in printed and "levels >= 3 replayed from sequence 0" in printed
-    assert (demo_dir / "runs" / "demo" / "rollout.nc").is_file()
+    assert (demo_dir / "runs" / "demo" / "rollout-48.nc").is_file()
     for args in commands(text):
         result = CliRunner().invoke(app, [*args, "--quiet"] if args[0] == "rollout" else args)
         assert result.exit_code == 0, (args, result.output)

@@ -180,6 +180,8 @@ def test_two_run_file_has_the_dimensions_and_variables(standard, runs, tmp_path)
         assert "mean over 2 sample(s)" in ds.lpips.attrs["aggregation"]
         assert "digit_accuracy_truth" not in ds  # no labels: they are read from the true frames
     assert summary(standard).splitlines()[0].startswith("one-level: psnr ")
+    no_table = standard.assign(kl_table=standard.kl_table * np.nan)  # no whole training sequence was scored
+    assert "; KL per level (nats per training sequence) none: the frames scored hold" in summary(no_table)
 
 
 def test_per_time_numbers_equal_the_rollouts(runs):

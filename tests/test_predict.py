@@ -274,6 +274,13 @@ def test_summary_reports_the_protocols_numbers(trained):
     assert summary(ds).splitlines()[1] == f"KL per training sequence of 8 frames (nats): {table}"
 
 
+def test_summary_of_a_rollout_shorter_than_a_training_sequence_says_why_it_has_no_kl(trained):
+    ds = roll(trained, EditableVideos(), horizon=2)  # 4 + 2 frames, training sequences of 8
+    assert np.isnan(ds.kl_table.values).all() and ds.kl_table.windows_per_sequence == 0
+    assert summary(ds).splitlines()[1] == ("KL per training sequence of 8 frames (nats): none: the frames scored hold "
+                                           "no whole training sequence (a longer --horizon or --context)")
+
+
 def test_standard_protocol_scores_the_saved_frames(trained):
     ds = roll(trained, EditableVideos(), protocol="standard")
     pred = ds.prediction.values.astype(np.float64) / 255

@@ -158,7 +158,7 @@ def evaluate(
 @app.command()
 def plot(
     file: Path = typer.Argument(..., help="A rollout, evaluation or training history (history.nc) NetCDF file."),
-    out: Optional[Path] = typer.Option(None, help="Folder for the figures [default: beside FILE]."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the figures (default: the folder of FILE)."),
     sequences: int = typer.Option(4, help="Sequences shown in the frame strips and the GIF."),
 ):
     """Figures of a rollout (frame strips, PSNR/SSIM over the horizon, KL per level, a GIF), of an evaluation
@@ -173,8 +173,9 @@ def plot(
         paths = write_evaluation_figures(read_evaluation(file), out or file.parent)
     elif is_history(file):
         paths = write_history_figure(read_history(file), out or file.parent)
-    else:
-        paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
+    else:  # named as what it is not, if it is none of the three
+        paths = write_figures(read_rollout(file, "rollout, evaluation or training history file"), out or file.parent,
+                              max_sequences=sequences)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -62,7 +62,8 @@ class DigitAccuracy(Accuracy):
     name, channels = "digit_accuracy", 1
     long_name = "share of frames whose pair of digits the classifier reads as the true pair"
     frames = "the saved uint8 frames (means clamped to [0, 1], rounded)"
-    ceiling_name = "share of true frames the classifier reads as the true pair: the ceiling of digit_accuracy"
+    ceiling_name = ("share of true frames the classifier reads as the true pair: digit_accuracy of a perfect "
+                    "prediction (a prediction can score above it at frames the classifier misreads)")
 
     def __init__(self, classifier: nn.Module):
         self.classifier = classifier

@@ -21,6 +21,7 @@ from pyro_cwvae.evaluation.fvd import CLIP_FRAMES
 from pyro_cwvae.evaluation.scoring import HIGHER_IS_BETTER, RunScores, Scores, ceiling, score_baselines, score_run
 from pyro_cwvae.evaluation.truth import GroundTruth, Scorers, ground_truth
 from pyro_cwvae.files.netcdf import EVALUATION_TITLE, provenance, write_netcdf
+from pyro_cwvae.prediction.kl import NO_KL_TABLE
 from pyro_cwvae.prediction.options import PredictionOptions
 from pyro_cwvae.prediction.rollout import TIME_ATTRS, check_options, is_context
 from pyro_cwvae.prediction.run import Run, load_run
@@ -244,7 +245,7 @@ def summary(ds: xr.Dataset) -> str:
         text = line(str(run), lambda name: ds[name].sel(run=run),
                     float(ds.fvd_horizon.sel(run=run)) if "fvd_horizon" in ds else None)
         kl = ", ".join(f"{v:.1f}" for v in ds.kl_table.sel(run=run).values if np.isfinite(v))
-        text += f"; KL per level (nats per training sequence) {kl}"
+        text += f"; KL per level (nats per training sequence) {kl or NO_KL_TABLE}"
         if "iwae" in ds:
             text += (f"; IWAE_{ds.iwae.attrs['particles']} {float(ds.iwae.sel(run=run).mean()):.2f} >= "
                      f"ELBO {float(ds.elbo.sel(run=run).mean()):.2f} nats/frame")

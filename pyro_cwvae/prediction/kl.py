@@ -56,6 +56,9 @@ def kl_per_sequence(kl: np.ndarray, frames: int, seq_len: int) -> np.ndarray:
     return per_window.mean(axis=(0, 2)).astype(np.float32)
 
 
+NO_KL_TABLE = "none: the frames scored hold no whole training sequence (a longer --horizon or --context)"
+
+
 def kl_table_variable(kl: np.ndarray, frames: int, seq_len: int) -> tuple:
     """The (dims, values, attrs) of ``kl_table(level)``: ``kl_per_sequence`` and how it was taken."""
     windows = frames // seq_len

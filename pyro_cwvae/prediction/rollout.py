@@ -14,7 +14,7 @@ from pyro_cwvae.errors import UserError
 from pyro_cwvae.files.netcdf import provenance, write_netcdf
 from pyro_cwvae.model.config import Config
 from pyro_cwvae.prediction.frames import baseline_frames, decode_and_score, read_test_frames, score_frames
-from pyro_cwvae.prediction.kl import kl_table_variable, truth_kls
+from pyro_cwvae.prediction.kl import NO_KL_TABLE, kl_table_variable, truth_kls
 from pyro_cwvae.prediction.latents import sampled_trace
 from pyro_cwvae.prediction.options import Intervention, PredictionOptions
 from pyro_cwvae.prediction.run import Run
@@ -171,7 +171,8 @@ def summary(ds: xr.Dataset) -> str:
     psnr_, ssim_ = (ds[metric + suffix].where(predicted) for metric in ("psnr", "ssim"))
     psnr_ = psnr_.where(np.isfinite(psnr_))  # a frame predicted exactly has no finite PSNR
     table = ds.kl_table
-    kls = ", ".join(f"level {int(level)} {value:.1f}" for level, value in zip(table.level, table.values))
+    kls = ", ".join(f"level {int(level)} {value:.1f}" for level, value in zip(table.level, table.values)
+                    ) if np.isfinite(table.values).any() else NO_KL_TABLE
     return (f"PSNR {float(psnr_.mean()):.2f} dB, SSIM {float(ssim_.mean()):.3f} over the predicted frames "
             f"({protocol.name} protocol, {how})\n"
             f"KL per training sequence of {table.frames_per_sequence} frames (nats): {kls}")
