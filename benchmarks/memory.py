@@ -105,5 +105,7 @@ def child(task: dict) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):  # run by bench.py, not by hand
+        sys.exit(__doc__)
     with pyro.validation_enabled(False):
         child(json.loads(sys.argv[1]))
