@@ -57,9 +57,12 @@ def train(name: str, options: dict, budget: int, out: Path, progress: bool = Tru
     run_dir = out / "runs" / name
     options = {**options, **TINY} if tiny else options
     resume = (run_dir / CHECKPOINT).exists()
-    # resumed with the options it started with: a setting whose options changed is refused, not silently resumed
-    cfg = run_config({**options, "steps": budget, "run_dir": str(run_dir)}, resume=resume, overwrite=True)
+    # resumed with the options it started with (a setting whose options changed is refused, not silently resumed),
+    # then trained on to the budget; a run already past it is used as it is
+    steps = {} if resume else {"steps": budget}
+    cfg = run_config({**options, **steps, "run_dir": str(run_dir)}, resume=resume, overwrite=not resume)
     if not resume or _trained_steps(run_dir) < budget:
+        cfg = cfg.replace(steps=budget)
         if fit(cfg, open_run_data(cfg), resume=resume, progress=progress).interrupted:
             raise SystemExit(130)  # Ctrl-C or SIGTERM: the checkpoint is saved; stop here, not at the next setting
     return cfg

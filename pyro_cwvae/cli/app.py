@@ -173,9 +173,8 @@ def plot(
         paths = write_evaluation_figures(read_evaluation(file), out or file.parent)
     elif is_history(file):
         paths = write_history_figure(read_history(file), out or file.parent)
-    else:  # named as what it is not, if it is none of the three
-        paths = write_figures(read_rollout(file, "rollout, evaluation or training history file"), out or file.parent,
-                              max_sequences=sequences)
+    else:
+        paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -40,10 +40,9 @@ FRAME_SIZES = {"y": IMAGE_SIZE, "x": IMAGE_SIZE, "channel": 3}
 """The largest frames a rollout file holds: what the model draws."""
 
 
-def read_rollout(path: Path, what: str = "rollout file") -> xr.Dataset:
-    """Load a rollout NetCDF file; ``UserError`` naming the file (as ``what``) if it is missing, unreadable or no
-    rollout."""
-    return read_checked(path, what, check_rollout, FRAME_SIZES)
+def read_rollout(path: Path) -> xr.Dataset:
+    """Load a rollout NetCDF file; ``UserError`` naming the file if it is missing, unreadable or no rollout."""
+    return read_checked(path, "rollout file", check_rollout, FRAME_SIZES)
 
 
 def read_checked(path: Path, what: str, check, max_sizes: dict[str, int] | None = None) -> xr.Dataset:
