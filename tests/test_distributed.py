@@ -79,16 +79,14 @@ def test_two_ranks_keep_identical_weights_and_match_one_process(tmp_path):
         assert torch.allclose(tensor, expected[name], rtol=1e-4, atol=1e-6), name
     assert load_checkpoint(tmp_path / "ddp")["step"] == STEPS
 
-    # Resume under torchrun: 2 steps, then --resume to 3, ends where a straight 3-step run ends.
-    def fit_args(run_dir):
-        return ["-m", "pyro_cwvae", "fit", "--run-dir", str(run_dir), "--levels", "2", "--factor", "2",
-                "--seq-len", "8", "--batch-size", str(BATCH), "--z-size", "4", "--h-size", "8", "--embed-size", "8",
-                "--workers", "0", "--device", "cpu", "--quiet"]
-
-    torchrun(*fit_args(tmp_path / "resumed"), "--steps", "2", "--checkpoint-every", "1")
-    torchrun(*fit_args(tmp_path / "resumed"), "--steps", str(STEPS), "--resume")
-    torchrun(*fit_args(tmp_path / "straight"), "--steps", str(STEPS))
-    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    # Resume under torchrun through the command line: 2 steps, then --resume to 3, ends where the straight 3-step run
+    # above ended (the same config, read from a file; --resume reads the run's own).
+    config = tmp_path / "config.json"
+    config.write_text(cfg.to_json())
+    resumed = ["-m", "pyro_cwvae", "fit", "--run-dir", str(tmp_path / "resumed"), "--quiet"]
+    torchrun(*resumed, "--config", str(config), "--steps", "2")
+    torchrun(*resumed, "--steps", str(STEPS), "--resume")
+    a, b = load_checkpoint(tmp_path / "ddp"), load_checkpoint(tmp_path / "resumed")
     assert a["step"] == b["step"] == STEPS and len(b["rng"]) == RANKS
     for name, tensor in a["nets"].items():
         assert torch.equal(tensor, b["nets"][name]), name

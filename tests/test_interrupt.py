@@ -91,7 +91,9 @@ def history_step(run_dir) -> int:
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     straight, killed, rng = tmp_path / "straight", tmp_path / "killed", random.Random(0)
-    finish(start([sys.executable, "-m", "pyro_cwvae", *fit_command(straight, resume=False)]))
+    # the uninterrupted run alongside the killed ones (one thread each), with one checkpoint: the same numbers
+    uninterrupted = start([sys.executable, "-m", "pyro_cwvae", *fit_command(straight, resume=False),
+                           "--checkpoint-every", str(STEPS)])
 
     kill_inside_write(killed, "history.nc", count=rng.randint(2, 4), resume=False)
     kill_inside_write(killed, "checkpoint.pt", count=rng.randint(1, 3), resume=True)
@@ -100,6 +102,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     random_kills = sum(kill_at_random_moment(killed, rng) for _ in range(2))
     print(f"killed in a history write, in a checkpoint write and at {random_kills} random moments")
     finish(start([sys.executable, "-m", "pyro_cwvae", *fit_command(killed, resume=True)]))
+    finish(uninterrupted)
 
     a, b = load_checkpoint(straight), load_checkpoint(killed)
     assert a["step"] == b["step"] == STEPS
