@@ -3,6 +3,8 @@
 The figures are caught as they are saved (``Figure.savefig``), and the data behind every curve, band and bar is
 compared with the aggregate the test computes from the dataset with numpy.
 """
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.figure
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 import pyro_cwvae.plots.rollout as plots
 from pyro_cwvae.cli.app import app
 from pyro_cwvae.errors import UserError
+from pyro_cwvae.files.netcdf import EVALUATION_TITLE
 from pyro_cwvae.plots.rollout import write_figures
 from pyro_cwvae.training.history import History, Row
 from pyro_cwvae.plots.evaluation import write_evaluation_figures
@@ -423,3 +426,25 @@ def test_plot_command_draws_a_history_with_previews(tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "figures" / "training.png") as image:  # two rows of panels: taller than wide / 3
         assert image.format == "PNG" and image.height > image.width / 3
+
+
+def test_plot_draws_each_kind_of_file_without_importing_torch(tmp_path):
+    """Drawing a file needs no model: ``plot`` of a rollout, an evaluation and a history, in a fresh interpreter,
+    imports neither torch nor Pyro (seconds of waiting before every figure, or before a mistyped path's error)."""
+    rollout(1).to_netcdf(tmp_path / "rollout.nc")
+    evaluation().assign_attrs(title=EVALUATION_TITLE).to_netcdf(tmp_path / "eval.nc")
+    history, _, _ = saved_history(tmp_path, levels=2, steps=5)
+    files = [tmp_path / "rollout.nc", tmp_path / "eval.nc", history]
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from pyro_cwvae.cli.app import app
+for path in {list(map(str, files))!r}:
+    result = CliRunner().invoke(app, ["plot", path, "--out", {str(tmp_path / "figures")!r}])
+    assert result.exit_code == 0, result.output
+print(",".join(name for name in ("torch", "pyro") if name in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"imported to draw the files: {done.stdout.strip()}"
+    assert {path.name for path in (tmp_path / "figures").iterdir()} >= {"strip.png", "evaluation.png", "training.png"}

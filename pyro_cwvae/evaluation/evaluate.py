@@ -23,7 +23,8 @@ from pyro_cwvae.evaluation.truth import GroundTruth, Scorers, ground_truth
 from pyro_cwvae.files.netcdf import EVALUATION_TITLE, provenance, write_netcdf
 from pyro_cwvae.prediction.kl import NO_KL_TABLE
 from pyro_cwvae.prediction.options import PredictionOptions
-from pyro_cwvae.prediction.rollout import TIME_ATTRS, check_options, is_context
+from pyro_cwvae.prediction.rollout import check_options
+from pyro_cwvae.prediction.time_axis import TIME_ATTRS, is_context
 from pyro_cwvae.prediction.run import Run, load_run
 from pyro_cwvae.prediction.scores import PROTOCOLS, Protocol
 from pyro_cwvae.training.devices import resolve_device

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyro
-import torch
 import xarray as xr
 
 from pyro_cwvae import __version__
@@ -33,6 +31,8 @@ def provenance(title: str) -> dict[str, str]:
 
 def versions() -> str:
     import netCDF4
+    import pyro  # here: only a writer needs them, and reading a file (plot) should not wait seconds for torch
+    import torch
 
     return ", ".join(f"{name} {version}" for name, version in [
         ("pyro-cwvae", __version__), ("pyro-ppl", pyro.__version__), ("torch", torch.__version__),

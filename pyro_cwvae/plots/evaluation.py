@@ -12,7 +12,7 @@ import xarray as xr
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.files.netcdf import EVALUATION_TITLE, has_title
 from pyro_cwvae.plots.files import check_variables, read_checked, save_figure
-from pyro_cwvae.prediction.rollout import frames_ahead
+from pyro_cwvae.prediction.time_axis import frames_ahead
 
 CURVES = (("ssim", "SSIM"), ("psnr", "PSNR (dB)"), ("lpips", "LPIPS (lower is better)"))
 ACCURACIES = (("digit_accuracy", "digit accuracy"), ("room_accuracy", "room accuracy"))

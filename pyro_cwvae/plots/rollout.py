@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from pyro_cwvae.files.atomic import atomic_path
 from pyro_cwvae.plots.files import check_rollout, save_figure
-from pyro_cwvae.prediction.rollout import frames_ahead
+from pyro_cwvae.prediction.time_axis import frames_ahead
 
 GIF_MAX_FRAMES = 300
 GIF_FRAME_MS = 100

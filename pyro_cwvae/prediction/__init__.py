@@ -10,8 +10,9 @@ HOMES = {
     "kl": ("kl_table_variable", "truth_kls"),
     "latents": ("rollout_trace", "sampled_trace"),
     "options": ("Intervention", "PredictionOptions"),
-    "rollout": ("TIME_ATTRS", "check_options", "frames_ahead", "is_context", "summary", "write_rollout"),
+    "rollout": ("check_options", "summary", "write_rollout"),
     "run": ("Run", "load_run"),
+    "time_axis": ("TIME_ATTRS", "frames_ahead", "is_context"),
 }
 MODULE_OF = {name: module for module, names in HOMES.items() for name in names}
 __all__ = sorted(MODULE_OF)

@@ -20,6 +20,7 @@ from pyro_cwvae.prediction.options import Intervention, PredictionOptions
 from pyro_cwvae.prediction.run import Run
 from pyro_cwvae.prediction.scores import PROTOCOLS, Protocol, best_of_samples
 from pyro_cwvae.prediction.spread import PixelSpread, spread_variables
+from pyro_cwvae.prediction.time_axis import TIME_ATTRS, is_context
 
 
 def rollout(run: Run, options: PredictionOptions = PredictionOptions(), intervention: Intervention = Intervention(),
@@ -82,22 +83,6 @@ def mask_and_pick_best(scores: dict[str, np.ndarray], has_truth: np.ndarray, con
     predicted = has_truth & ~is_context(has_truth.shape[1], context)
     for metric in ("psnr", "ssim"):
         scores[f"{metric}_best"] = best_of_samples(scores[metric], predicted)
-
-
-def is_context(frames: int, context: int) -> np.ndarray:
-    """Which of ``frames`` frames, counted from the first context frame, the guide was given."""
-    return np.arange(frames) < context
-
-
-def frames_ahead(ds: xr.Dataset) -> np.ndarray:
-    """For each frame on the time axis of a whole rollout or evaluation, how many frames after the context it is:
-    1 for the first predicted frame, 0 or less for the context's. The one reading of "frames predicted" that
-    figures and tables use; ``time`` itself counts from the first context frame (``TIME_ATTRS``)."""
-    return ds.time.values - int(ds.is_context.sum()) + 1
-
-
-TIME_ATTRS = {"units": "frames", "long_name": "frames since the first context frame"}
-"""The time axis of rollouts and evaluations."""
 
 
 METRIC_NAMES = {  # by the part of a metric variable's name after psnr_ or ssim_
