@@ -190,8 +190,10 @@ def test_overwrite_replaces_a_run_only_once_training_starts(run_dir, tmp_path):
 HEAVY = ("torch", "pyro", "xarray", "matplotlib")
 
 
-def test_help_and_a_refused_option_answer_without_importing_torch():
-    """``--help`` of every command, and a bad option, in a fresh interpreter: none of them waits for torch."""
+def test_help_a_refused_option_and_a_missing_run_answer_without_importing_torch(tmp_path):
+    """``--help`` of every command, a bad option and a run directory with no checkpoint, in a fresh interpreter: none
+    of them waits for torch."""
+    missing = str(tmp_path / "missing")
     script = f"""
 import sys
 from typer.testing import CliRunner
@@ -203,8 +205,12 @@ for command in commands:
     assert result.exit_code == 0 and "Usage" in result.output, (command, result.output)
 result = CliRunner().invoke(app, ["fit", "--z-size", "many"])
 assert result.exit_code == 2 and "error: " in result.output, result.output
+for command in (["rollout", "--run", {missing!r}], ["evaluate", {missing!r}],
+                ["fit", "--resume", "--run-dir", {missing!r}]):
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2 and "error: no checkpoint in" in result.output, (command, result.output)
 print(",".join(name for name in {HEAVY!r} if name in sys.modules))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "", f"imported for the help: {done.stdout.strip()}"
+    assert done.stdout.strip() == "", f"imported before answering: {done.stdout.strip()}"

@@ -19,7 +19,7 @@ from pyro_cwvae.cli.options import TRUST_PROGRAMS, config_options, dataclass_opt
 from pyro_cwvae.cli.weights import app as weights_app
 from pyro_cwvae.data import DatasetError
 from pyro_cwvae.errors import NumericalError, UserError
-from pyro_cwvae.files.reading import printable
+from pyro_cwvae.files.reading import checkpoint_file, printable
 from pyro_cwvae.prediction.options import EVALUATE_DEFAULTS, Intervention, PredictionOptions
 
 
@@ -88,6 +88,8 @@ def fit(
 ):
     """Train a CW-VAE with stochastic variational inference. Every setting comes from the dataset's preset
     (configs/<dataset>.toml; the demo without --dataset) or --config FILE, then the options given here."""
+    if resume and settings.get("run_dir"):
+        checkpoint_file(settings["run_dir"])  # a mistyped run, refused before the seconds of importing torch
     from pyro_cwvae.data.registry import open_run_data
     from pyro_cwvae.training.loop import fit as run_fit
     from pyro_cwvae.training.run_config import run_config
@@ -123,6 +125,7 @@ def rollout(
 ):
     """Open-loop predictions, their spread over samples, their PSNR/SSIM with baselines, and per-level KLs, as one
     NetCDF file; optionally with levels swapped, held or started from the prior."""
+    checkpoint_file(run)  # a mistyped run, refused before the seconds of importing torch
     from pyro_cwvae import api
 
     ds = api.rollout(run, **options, **intervention, progress=not quiet, trust_programs=trust_programs)
@@ -145,6 +148,8 @@ def evaluate(
 ):
     """SSIM, PSNR, LPIPS, FVD and the digit or room accuracy of open-loop predictions, with baselines and the
     per-level KL, for every run in one NetCDF file."""
+    for run in runs:
+        checkpoint_file(run)  # a mistyped run, refused before the seconds of importing torch
     from pyro_cwvae import api
     from pyro_cwvae.evaluation.evaluate import summary, write_evaluation
 

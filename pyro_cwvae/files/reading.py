@@ -14,6 +14,8 @@ MAX_CONFIG_BYTES = 1 << 20
 """A config file (TOML or JSON) is a few hundred bytes."""
 MAX_CHECKPOINT_BYTES = 64 << 30
 """A checkpoint is the weights and the Adam moments: the largest model a 80 GB GPU trains is well below this."""
+CHECKPOINT = "checkpoint.pt"
+"""The checkpoint file of a run directory."""
 
 _KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device",
           stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
@@ -37,6 +39,15 @@ def regular_file(path: str | os.PathLike, max_bytes: int, what: str) -> Path:
         raise UserError(f"{what} {printable(str(path))} has {info.st_size:,} bytes, more than the {max_bytes:,} "
                         f"such a file may have")
     return path
+
+
+def checkpoint_file(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint file of ``run_dir``, a regular file of a plausible size; ``UserError`` in one line otherwise.
+    Without torch, so that the command line refuses a mistyped run before it waits seconds for torch."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"no checkpoint in {run_dir}: expected {path}")
+    return regular_file(path, MAX_CHECKPOINT_BYTES, "checkpoint")
 
 
 def read_bytes(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:

@@ -30,11 +30,10 @@ import torch
 from pyro_cwvae import __version__
 from pyro_cwvae.files.atomic import atomic_path
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.files.reading import MAX_CHECKPOINT_BYTES, MAX_CONFIG_BYTES, printable, regular_file
+from pyro_cwvae.files.reading import CHECKPOINT, MAX_CONFIG_BYTES, checkpoint_file, printable, regular_file
 from pyro_cwvae.model.config import CONFIG_FILE, FIELD_RANGES, Config, shown
 from pyro_cwvae.model.programs import Programs, recorded_programs
 
-CHECKPOINT = "checkpoint.pt"
 FORMAT = 2
 KEYS = ("format", "version", "step", "config", "nets", "optimizer", "rng", "programs")
 RNG_KEYS = ("torch", "python", "numpy")  # and "cuda" where CUDA was available
@@ -112,9 +111,7 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
     key or type, or holds a weight that is not finite; also when the run's config.json is damaged. Its shapes are
     checked by ``load_trained``."""
     run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT
-    if not path.is_file():
-        raise UserError(f"no checkpoint in {run_dir}: expected {path}")
+    path = checkpoint_file(run_dir)
     state = checked(_read(path, map_location, trust=False), path)
     check_config_file(run_dir / CONFIG_FILE)
     if state["version"] != __version__:
@@ -126,9 +123,7 @@ def upgrade_checkpoint(run_dir: Path, trust: bool = False) -> int:
     """Rewrite the checkpoint of ``run_dir`` in the current format; return the format it had. ``trust`` reads it with
     the full pickle loader, which runs whatever code the file names: only for a file whose origin the user trusts and
     that the safe loader refuses, such as one of format 1."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise UserError(f"no checkpoint in {run_dir}: expected {path}")
+    path = checkpoint_file(run_dir)
     state = _read(path, "cpu", trust)
     found = state.get("format") if isinstance(state, dict) else None
     state = checked(from_format_1(state) if found == 1 else state, path)
@@ -138,7 +133,7 @@ def upgrade_checkpoint(run_dir: Path, trust: bool = False) -> int:
 
 
 def _read(path: Path, map_location, trust: bool) -> Any:
-    regular_file(path, MAX_CHECKPOINT_BYTES, "checkpoint")
+    """The checkpoint at ``path`` (a regular file: ``checkpoint_file``), read with the safe loader unless ``trust``."""
     if not zipfile.is_zipfile(path):  # torch.save's archive: anything else is not a checkpoint, whatever it holds
         raise UserError(f"cannot read checkpoint {path}: not a checkpoint archive "
                         f"({'an empty file' if path.stat().st_size == 0 else 'truncated, or another kind of file'})")
