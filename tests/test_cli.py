@@ -113,6 +113,8 @@ BAD_INPUTS = [
     (["fit", "--resume"], "--resume needs --run-dir"),
     (["fit", "--run-dir", "{run}"], "already holds a run"),
     (["fit", "--resume", "--run-dir", "{run}", "--overwrite"], "--resume continues the run and --overwrite starts"),
+    (["fit", "--resume", "--run-dir", "{tmp}/fresh", "--overwrite"], "--resume continues the run and --overwrite"),
+    (["fit", "--resume", "--run-dir", "{tmp}/fresh", "--config", "{run}/config.json"], "leave out --config"),
     (["fit", "--resume", "--run-dir", "{run}", "--steps", "1"], "--steps 1 is fewer than the 2 the run has taken"),
     (["rollout", "--run", "{tmp}/text"], "not a checkpoint archive (truncated, or another kind of file)"),
     (["rollout", "--run", "{tmp}/empty_checkpoint"], "not a checkpoint archive (an empty file)"),

@@ -95,14 +95,18 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     uninterrupted = start([sys.executable, "-m", "pyro_cwvae", *fit_command(straight, resume=False),
                            "--checkpoint-every", str(STEPS)])
 
-    kill_inside_write(killed, "history.nc", count=rng.randint(2, 4), resume=False)
-    kill_inside_write(killed, "checkpoint.pt", count=rng.randint(1, 3), resume=True)
-    # the history is written first: it now runs one step ahead of the checkpoint, and resuming drops that row
-    assert history_step(killed) == load_checkpoint(killed)["step"] + 1
-    random_kills = sum(kill_at_random_moment(killed, rng) for _ in range(2))
-    print(f"killed in a history write, in a checkpoint write and at {random_kills} random moments")
-    finish(start([sys.executable, "-m", "pyro_cwvae", *fit_command(killed, resume=True)]))
-    finish(uninterrupted)
+    try:
+        kill_inside_write(killed, "history.nc", count=rng.randint(2, 4), resume=False)
+        kill_inside_write(killed, "checkpoint.pt", count=rng.randint(1, 3), resume=True)
+        # the history is written first: it now runs one step ahead of the checkpoint, and resuming drops that row
+        assert history_step(killed) == load_checkpoint(killed)["step"] + 1
+        random_kills = sum(kill_at_random_moment(killed, rng) for _ in range(2))
+        print(f"killed in a history write, in a checkpoint write and at {random_kills} random moments")
+        finish(start([sys.executable, "-m", "pyro_cwvae", *fit_command(killed, resume=True)]))
+        finish(uninterrupted)
+    finally:
+        if uninterrupted.poll() is None:  # a failure above: no run outlives the test
+            kill(uninterrupted)
 
     a, b = load_checkpoint(straight), load_checkpoint(killed)
     assert a["step"] == b["step"] == STEPS

@@ -88,7 +88,7 @@ def fit(
 ):
     """Train a CW-VAE with stochastic variational inference. Every setting comes from the dataset's preset
     (configs/<dataset>.toml; the demo without --dataset) or --config FILE, then the options given here."""
-    if resume and settings.get("run_dir"):
+    if resume and not overwrite and config is None and settings.get("run_dir"):  # those conflicts are named first
         checkpoint_file(settings["run_dir"])  # a mistyped run, refused before the seconds of importing torch
     from pyro_cwvae.data.registry import open_run_data
     from pyro_cwvae.training.loop import fit as run_fit

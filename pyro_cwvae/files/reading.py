@@ -45,7 +45,7 @@ def checkpoint_file(run_dir: str | os.PathLike) -> Path:
     """The checkpoint file of ``run_dir``, a regular file of a plausible size; ``UserError`` in one line otherwise.
     Without torch, so that the command line refuses a mistyped run before it waits seconds for torch."""
     path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
+    if not os.path.lexists(path):  # anything else there (a FIFO, a folder, a broken link) is named as what it is
         raise UserError(f"no checkpoint in {run_dir}: expected {path}")
     return regular_file(path, MAX_CHECKPOINT_BYTES, "checkpoint")
 
