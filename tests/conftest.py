@@ -1,4 +1,9 @@
 """Shared test fixtures: a tiny CW-VAE at the real 64x64 frame size, with Pyro's validation on."""
+import functools
+import resource
+import subprocess
+import sys
+
 import pyro
 import pytest
 import torch
@@ -44,3 +49,23 @@ def count_gru_steps(nets: CWVAENets) -> list[int]:
     for level in nets.levels:
         level.transition.gru.register_forward_hook(hook)
     return calls
+
+
+@functools.cache
+def torch_address_space() -> int:
+    """Bytes of address space a fresh interpreter holds once it has imported torch and Pyro: about 0.6 GiB with a
+    CPU build of torch, 3 GiB or more with a CUDA build, whose libraries are mapped at import."""
+    code = ("import torch, pyro\n"
+            "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmPeak')))")
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              check=True).stdout) * 1024
+
+
+def address_space_limit(headroom: int):
+    """A subprocess's ``preexec_fn`` that caps its address space at what importing torch takes plus ``headroom``
+    bytes: a limit on what the command itself allocates, whichever build of torch is installed."""
+    limit = torch_address_space() + headroom
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return limited

@@ -3,12 +3,14 @@
 import dataclasses
 import json
 import typing
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from pyro_cwvae.cli import app as cli
 from pyro_cwvae.cli import options as cli_options
+from pyro_cwvae.data.archives import ARCHIVES
 from pyro_cwvae.model.config import CONFIG_FILE, PRESET_NAMES, Config, preset, preset_file, read_config_file, tomllib
 from pyro_cwvae.training.history import History
 from pyro_cwvae.training.loop import FitResult
@@ -117,6 +119,26 @@ def test_every_preset_value_has_its_reason_beside_it(name):
         if line.strip() and not line.startswith("#"):
             assert explained or "#" in line, f"{name}: {line!r} says not why"
 
+
+# The official settings (tests/fixtures/official_configs.toml, transcribed by hand) under this project's names.
+OFFICIAL_NAMES = {"levels": "levels", "tmp_abs_factor": "factor", "enc_dense_layers": "enc_dense_layers",
+                  "enc_dense_embed_size": "enc_dense_size", "cell_min_stddev": "min_std", "dec_stddev": "dec_std",
+                  "cell_stoch_size": "z_size", "cell_deter_size": "h_size", "cell_embed_size": "embed_size",
+                  "seq_len": "seq_len", "channels": "channels", "lr": "lr", "batch_size": "batch_size",
+                  "clip_grad_norm_by": "clip_norm", "open_loop_ctx": "context"}
+
+
+@pytest.mark.parametrize("name,official_name", [("mmnist", "mmnist"), ("gqn", "mazes"), ("minerl", "minerl")])
+def test_each_dataset_preset_is_the_official_config(name, official_name):
+    """Every setting of the official config (its base file, then the dataset's file) is the preset's, and the
+    dataset's test videos are as long as the official evaluation's sequences."""
+    official = tomllib.loads((Path(__file__).parent / "fixtures" / "official_configs.toml").read_text())
+    values = {**official["base"], **official[official_name]}
+    eval_seq_len = values.pop("eval_seq_len")
+    cfg = preset(name)
+    assert {OFFICIAL_NAMES[key]: getattr(cfg, OFFICIAL_NAMES[key]) for key in values} == {
+        OFFICIAL_NAMES[key]: value for key, value in values.items()}
+    assert ARCHIVES[name].frames_per_video["test"] == eval_seq_len
 
 def test_a_saved_config_round_trips_through_json():
     cfg = Config(kl_beta=[1.0, 0.5, 0.5], data_dir="d", free_nats=2.0)

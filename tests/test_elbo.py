@@ -1,7 +1,9 @@
 """The ELBO terms against Pyro's own estimators and the analytic KL against a Monte-Carlo estimate."""
 import contextlib
+import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
@@ -32,6 +34,41 @@ def test_terms_sum_to_pyros_elbo(tiny_cfg, video, name, estimator):
     assert terms.kl.shape == (cfg.levels,)
     for g, e in zip(grads, expected_grads):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-6)
+
+
+def model_with_w(video, nets, cfg, *args, **kwargs):
+    """The packaged model with one more latent, w ~ N(0, I_3), whose name fits no level."""
+    states = model(video, nets, cfg, *args, **kwargs)
+    pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    return states
+
+
+def guide_with_w(video, nets, cfg, *args, **kwargs):
+    states = guide(video, nets, cfg, *args, **kwargs)
+    pyro.sample("w", dist.Normal(torch.full((3,), 5.0), 0.1).to_event(1))  # drawn last: the levels' draws as without
+    return states
+
+
+@pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO),
+                                            ("meanfield", pyro.infer.TraceMeanField_ELBO)])
+def test_a_variants_latent_outside_the_levels_counts_in_the_loss(tiny_cfg, video, name, estimator):
+    """A variant's latent site named like no level (here w) is in the loss, as in Pyro's ELBO, and in no level's KL;
+    under meanfield its term is KL(N(5, 0.1) || N(0, 1)) of each of its 3 coordinates, in closed form."""
+    cfg = tiny_cfg.replace(elbo=name)
+    nets = CWVAENets(cfg)
+    pyro.set_rng_seed(1)
+    expected = estimator().differentiable_loss(model_with_w, guide_with_w, video, nets, cfg) / video.shape[:2].numel()
+    pyro.set_rng_seed(1)
+    terms = elbo_terms(model_with_w, guide_with_w, video, nets, cfg)
+    pyro.set_rng_seed(1)
+    without_w = elbo_terms(model, guide, video, nets, cfg)
+    assert terms.kl.shape == (cfg.levels,)
+    torch.testing.assert_close(terms.loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(terms.kl, without_w.kl)
+    if name == "meanfield":
+        w_kl = 3 * (math.log(1 / 0.1) + (0.1 ** 2 + 5.0 ** 2) / 2 - 0.5)  # 42.9 nats
+        torch.testing.assert_close(terms.loss - without_w.loss, torch.tensor(w_kl / video.shape[:2].numel()),
+                                   rtol=1e-3, atol=0)
 
 
 def test_analytic_kl_matches_monte_carlo(tiny_cfg, video):

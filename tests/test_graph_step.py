@@ -102,6 +102,27 @@ def test_eager_step_equals_the_step_before_it_bit_for_bit(tiny_cfg, changes):
     assert float(got[-1][1][1][0]["step"]) == STEPS - 2  # two updates skipped
 
 
+def test_the_step_clips_the_gradient_to_clip_norm_and_reports_its_norm_before(tiny_cfg):
+    """With --clip-norm a hundredth of the gradient's norm, Adam's first moment after one step is (1 - beta1) times
+    the gradient scaled to that norm, and the step reports the norm before clipping."""
+    cfg = tiny_cfg.replace(elbo="meanfield")
+    nets, _, elbo = built(cfg, load_programs(cfg.model, cfg.guide))
+    video, params = next(batches(cfg)), list(nets.parameters())
+    with pyro.validation_enabled(False):
+        pyro.set_rng_seed(1)
+        grads = torch.autograd.grad(ElboTerms.unpack(elbo(video, 1.0)).objective, params, allow_unused=True)
+        norm = torch.stack([g.norm() for g in grads if g is not None]).norm()  # as clip_grad_norm_ sums
+        clip = float(norm) / 100
+        optimizer = KerasAdam(params, lr=cfg.lr, eps=cfg.adam_eps)
+        pyro.set_rng_seed(1)
+        out = TrainStep(elbo, optimizer, clip)(video, 1.0)
+    torch.testing.assert_close(out[-2], norm)
+    beta1 = optimizer.param_groups[0]["betas"][0]
+    for param, grad in zip(params, grads):
+        if grad is not None:
+            torch.testing.assert_close(optimizer.state[param]["exp_avg"], (1 - beta1) * grad * clip / norm,
+                                       rtol=1e-5, atol=1e-12)
+
 def test_the_packaged_step_has_no_host_synchronisation(tiny_cfg):
     cfg = tiny_cfg.replace(kl_warmup=4, obs_dropout=0.5, elbo="meanfield", kl_balance=0.8, free_nats=0.5)
     programs = load_programs(cfg.model, cfg.guide)

@@ -71,6 +71,28 @@ def test_fully_posterior_balanced_kl_does_not_train_the_prior_heads(tiny_cfg, vi
     assert all(grads[i] is None or not grads[i].any() for i in prior_heads)
 
 
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_a_posterior_share_below_one_nat_is_floored_at_one(tiny_cfg, video, elbo):
+    """With a = 0.01 every level's a KL(q || sg p) per sequence is below 1 nat, so the objective counts 1 nat for it
+    (the official floor) and its gradient is the reconstruction's plus (1 - a) of the prior's share: the gradient
+    at a = 0 (floored too) with the reconstruction's part mixed back in, g(a) = a g_rec + (1 - a) g(0)."""
+    cfg, a = tiny_cfg.replace(elbo=elbo), 0.01
+    nets = CWVAENets(cfg)
+    plain, _ = terms_and_grads(cfg, nets, video)
+    kl = per_sequence(plain, video).detach()
+    assert (a * kl < 1.0).all()  # the floor bites at every level
+    floored, grads = terms_and_grads(cfg.replace(kl_balance=a), nets, video)
+    torch.testing.assert_close(floored.objective, plain.reconstruction + ((1 - a) * kl + 1.0).sum() / video.shape[1])
+    _, grads_at_0 = terms_and_grads(cfg.replace(kl_balance=0.0), nets, video)
+    pyro.set_rng_seed(3)
+    params = list(nets.parameters())
+    reconstruction_grads = torch.autograd.grad(elbo_terms(model, guide, video, nets, cfg).reconstruction, params,
+                                               allow_unused=True)
+    for param, grad, at_0, rec in zip(params, grads, grads_at_0, reconstruction_grads):
+        grad, at_0, rec = (torch.zeros_like(param) if g is None else g for g in (grad, at_0, rec))
+        want = a * rec + (1 - a) * at_0
+        torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+
 def test_free_nats_leave_the_kl_below_them_unpenalised(tiny_cfg, video):
     cfg = tiny_cfg.replace(elbo="meanfield")
     nets = CWVAENets(cfg)

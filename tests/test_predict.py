@@ -154,6 +154,15 @@ def test_prediction_uses_no_frame_after_the_context(trained):
     assert not np.array_equal(before.truth.values, after.truth.values)
 
 
+def test_each_sequences_predictions_come_from_its_own_context(trained):
+    """Samples x sequences rows in one batch: editing the context of sequence 1 changes its predictions in every
+    sample, and those of sequence 0 not at all (the same noise, row for row)."""
+    data, edited = EditableVideos(), EditableVideos()
+    edited.videos[1][:4] = 255 - edited.videos[1][:4]
+    before, after = roll(trained, data).prediction.values, roll(trained, edited).prediction.values
+    assert np.array_equal(before[:, 0], after[:, 0])
+    assert all(not np.array_equal(before[s, 1, 4:], after[s, 1, 4:]) for s in range(before.shape[0]))
+
 def test_prior_levels_make_the_top_levels_ignore_the_context(trained):
     data, edited = EditableVideos(), EditableVideos()
     for video in edited.videos:

@@ -29,8 +29,10 @@ GRAD_RTOL = 1e-2
 
 def case(tiny_cfg, levels: int):
     """2 levels, k 2, over 8 frames; or 3 levels over 6 frames, where the top level's second step sees only 2 of
-    its 4 frames (a zero-padded last block)."""
-    cfg = tiny_cfg.replace(levels=levels, seq_len=8 if levels == 2 else 6, elbo="meanfield")
+    its 4 frames (a zero-padded last block). The likelihood's std and the latents' floor are not the defaults, so a
+    program that ignored either would differ from the reference."""
+    cfg = tiny_cfg.replace(levels=levels, seq_len=8 if levels == 2 else 6, elbo="meanfield", dec_std=0.3,
+                           min_std=0.05)
     return cfg, torch.rand(2, cfg.seq_len, 1, 64, 64, generator=torch.Generator().manual_seed(1))
 
 

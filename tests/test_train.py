@@ -40,6 +40,16 @@ def test_svi_steps_lower_the_loss(tiny_cfg):
     assert losses[-5:].mean() < losses[0] - 0.3 * abs(losses[0])
 
 
+def test_kl_warmup_weights_the_kl_by_step_over_warmup_then_one(tiny_cfg, tmp_path):
+    """--kl-warmup 4 weights the KL terms 1/4, 2/4, 3/4 at steps 1-3 (never 0) and 1 from step 4; the weight the
+    history reports is the one applied: before any update, step 1 has a quarter of the KL of a run without it."""
+    data, cfg = GeneratedMovingMNIST(), tiny_cfg.replace(elbo="meanfield", checkpoint_every=6)
+    plain = fit(cfg.replace(steps=1, run_dir=str(tmp_path / "plain")), data, progress=False).history.rows[0]
+    warm = fit(cfg.replace(steps=6, kl_warmup=4), data, progress=False).history.rows
+    assert [row.kl_scale for row in warm] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warm[0].reconstruction == plain.reconstruction
+    np.testing.assert_allclose(warm[0].kl, 0.25 * np.asarray(plain.kl), rtol=1e-6)
+
 def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch):
     data = GeneratedMovingMNIST()
     straight = tiny_cfg.replace(steps=6, checkpoint_every=3, run_dir=str(tmp_path / "straight"))
