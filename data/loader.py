@@ -56,12 +56,14 @@ def _ignore_interrupts(worker_id: int) -> None:
 def train_batches(dataset: VideoDataset, start: int, stop: int, batch_size: int, seq_len: int, seed: int,
                   workers: int = 1, pin_memory: bool = False, rows: slice = slice(None)) -> Iterator[torch.Tensor]:
     """uint8 batches ``(B, T, C, 64, 64)`` for steps ``start .. stop-1``, loaded ahead by ``workers`` processes;
-    only ``rows`` of each (a process's share when several train together)."""
+    only ``rows`` of each (a process's share when several train together). Close the iterator when done with it,
+    however training ends: the workers ignore SIGTERM (see ``_ignore_interrupts``), so a loader still open at exit
+    would keep Python's exit waiting on them for good."""
     if not workers:
         loader = DataLoader(_StepBatches(dataset, batch_size, seq_len, seed, rows),
                             sampler=zip(range(start, stop), itertools.repeat(0)), batch_size=None,
                             pin_memory=pin_memory, generator=torch.Generator())  # the global RNG: the model's noise
-        return iter(loader)
+        return (batch for batch in loader)  # a generator, closed as the workers' one is
     return _through_slots(dataset, start, stop, batch_size, seq_len, seed, workers, pin_memory, rows)
 
 

@@ -2,6 +2,8 @@
 are checked against their own networks when loaded, and roll out with the KL of the distributions they return."""
 import inspect
 import math
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -179,3 +181,42 @@ def test_kl_balance_stops_gradients_through_a_student_t(variants, video, tiny_cf
     grads = torch.autograd.grad(terms.objective, [nets.level(1).transition.head.loc.weight,
                                                   nets.level(1).posterior.head.loc.weight])
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+TINY_OPTIONS = ["--levels", "2", "--factor", "2", "--seq-len", "8", "--batch-size", "2", "--z-size", "4", "--h-size",
+                "8", "--embed-size", "8", "--enc-dense-size", "16", "--enc-dense-layers", "2", "--device", "cpu"]
+
+BROKEN = textwrap.dedent('''
+    """A variant with a bug: its model raises."""
+
+
+    def model(video, nets, cfg, *args, **kwargs):
+        raise ValueError("a bug in the variant")
+''')
+
+
+def test_a_variant_that_raises_ends_fit_with_its_own_lines(tmp_path):
+    """The program's frames and one line naming it, not the package's frames around them; and the process exits
+    although a data worker (which ignores SIGTERM) was loading: its loader is closed on the way out. The run
+    folder it leaves has no checkpoint, and fit says so rather than offering --resume."""
+    program, run = tmp_path / "broken.py", tmp_path / "run"
+    program.write_text(BROKEN)
+    result = subprocess.run([sys.executable, "-m", "pyro_cwvae", "fit", "--model", str(program), "--run-dir", str(run),
+                             "--workers", "1", "--steps", "2", "--quiet", *TINY_OPTIONS], capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the model program {program} raised ValueError: a bug in the variant")
+    assert f'File "{program}", line 6, in model' in result.stderr and 'raise ValueError("a bug' in result.stderr
+    assert "pyro_cwvae" not in result.stderr.replace(f"{tmp_path}", "")  # no frame of the package
+    again = CliRunner().invoke(app, ["fit", "--run-dir", str(run), "--steps", "2", *TINY_OPTIONS])
+    assert again.exit_code == 2 and "stopped before its first checkpoint" in again.output and "--overwrite" in again.output
+
+
+def test_fit_of_a_variant_says_to_trust_its_programs_in_the_next_command(tmp_path):
+    program, run = tmp_path / "same.py", tmp_path / "run"
+    program.write_text("from pyro_cwvae.models.cwvae import model  # the packaged model, from a file\n")
+    result = CliRunner().invoke(app, ["fit", "--model", str(program), "--run-dir", str(run), "--steps", "1",
+                                      "--workers", "0", "--quiet", *TINY_OPTIONS])
+    assert result.exit_code == 0, result.output
+    assert f"next: pyro-cwvae rollout --run {run} --trust-programs && " in result.output

@@ -18,7 +18,7 @@ from pyro_cwvae.cli.data import app as data_app
 from pyro_cwvae.cli.options import TRUST_PROGRAMS, config_options, dataclass_options
 from pyro_cwvae.cli.weights import app as weights_app
 from pyro_cwvae.data import DatasetError
-from pyro_cwvae.errors import NumericalError, UserError
+from pyro_cwvae.errors import NumericalError, UserError, program_failure
 from pyro_cwvae.files.reading import checkpoint_file, printable
 from pyro_cwvae.prediction.options import EVALUATE_DEFAULTS, Intervention, PredictionOptions
 
@@ -48,6 +48,13 @@ class OneLineErrors(TyperGroup):
             code = fail("aborted", 130)
         except NumericalError as error:
             code = fail(f"{error}; the last good checkpoint is kept (--max-bad-steps skips bad steps)", 1)
+        except Exception as error:  # a bug in the user's program: its own lines, not the package's around them
+            failure = program_failure(error)
+            if failure is None:
+                raise
+            typer.echo("Traceback (most recent call last), from the program on:\n" + failure[0].rstrip("\n"),
+                       err=True)
+            code = fail(failure[1], 1)
         code = code if isinstance(code, int) else 0
         if standalone_mode:
             sys.exit(code)
@@ -103,10 +110,13 @@ def fit(
     watchers = watchers_for(cfg, data, say=None if quiet else echo_above_bar)
     result = run_fit(cfg, data, resume=resume, max_bad_steps=max_bad_steps, progress=not quiet, watchers=watchers)
     if len(result.history) and result.rank == 0:
-        first, last = result.history.rows[0], result.history.last()
-        typer.echo(f"step {result.step}: loss {first.loss:.2f} -> {last.loss:.2f} nats/frame; run in {result.run_dir}")
+        losses = [row.loss for row in result.history.rows]
+        n = max(1, min(10, len(losses) // 2))  # one batch's loss is noisy: a mean over steps at each end
+        typer.echo(f"step {result.step}: loss {sum(losses[:n]) / n:.2f} -> {sum(losses[-n:]) / n:.2f} nats/frame "
+                   f"(mean of the first and the last {n} step{'s' if n > 1 else ''}); run in {result.run_dir}")
         if not result.interrupted:
-            typer.echo(f"next: pyro-cwvae rollout --run {result.run_dir} && "
+            trust = " --trust-programs" if cfg.model or cfg.guide else ""  # a run's own programs are not the default
+            typer.echo(f"next: pyro-cwvae rollout --run {result.run_dir}{trust} && "
                        f"pyro-cwvae plot {result.run_dir / 'rollout.nc'}")
     if result.interrupted:
         raise typer.Exit(130)  # the conventional code of a program stopped by a signal

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Optional
 
-from pyro_cwvae.errors import UserError
+from pyro_cwvae.errors import PROGRAM_MODULE, UserError
 from pyro_cwvae.model.nets import CWVAENets
 
 KINDS = ("model", "guide")
@@ -52,7 +52,7 @@ def load_module(kind: str, path: Optional[str], source: Optional[str]) -> Module
     is not read again."""
     if path is None:
         return importlib.import_module(f"pyro_cwvae.{kind}s.cwvae")
-    module = ModuleType(f"pyro_cwvae_user_{kind}_{abs(hash(path))}")
+    module = ModuleType(f"{PROGRAM_MODULE}{kind}_{abs(hash(path))}")
     module.__file__ = path
     linecache.cache[path] = (len(source), None, source.splitlines(True), path)  # tracebacks show what ran
     try:

@@ -98,7 +98,7 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
                        step_mode(cfg.cuda_graph, device, cfg.compile, group.world))
     stop = StopRequest()
     # Pyro's per-site checks cost time in the hot loop; the tests run the programs with them on.
-    with bar, stop.installed(), pyro.validation_enabled(False), closing(watching):
+    with bar, stop.installed(), pyro.validation_enabled(False), closing(watching), closing(batches):
         for done in range(start + 1, cfg.steps + 1):  # ``done``: the steps taken once this one is
             scale = kl_scale(done - 1, cfg)
             log.add(done, scale, step(next(batches), scale))  # a non-finite step is skipped inside (step.py)
