@@ -31,8 +31,8 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None, *, speed: float 
     if data_dir is None:
         if name == "mmnist":
             return GeneratedMovingMNIST(speed=speed, seed=seed)
-        raise DatasetError(f"--dataset {name} needs --data-dir: get {reader.archive} ({reader.url}) "
-                           f"and point --data-dir at {reader.expected()}")
+        raise DatasetError(f"--dataset {name} needs --data-dir: get {reader.archive} with `pyro-cwvae data download "
+                           f"{name} --out DIR` and point --data-dir at DIR ({reader.expected()})")
     if speed != 1.0:
         raise DatasetError(f"--speed only applies to generated Moving MNIST (mmnist without --data-dir); "
                            f"{name} videos keep their recorded speed")

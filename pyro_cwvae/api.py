@@ -16,6 +16,9 @@ an analysis of them.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 from pathlib import Path
 
 import xarray as xr
@@ -33,8 +36,9 @@ def rollout(run: Run | str | Path, *, dataset: VideoDataset | None = None, progr
     """Open-loop predictions of the first test videos of ``dataset`` (default: the run's data), as ``pyro-cwvae
     rollout`` makes them (its ``--help`` says what each option does); ``device`` and ``trust_programs`` (see
     ``load_run``) apply when ``run`` is a path."""
+    check_options(rollout, options, (*FIELDS, *(field.name for field in dataclasses.fields(Intervention))))
     prediction = PredictionOptions(**{name: options.pop(name) for name in FIELDS if name in options})
-    intervention = Intervention(**options)  # a TypeError names an unknown option
+    intervention = Intervention(**options)
     run = run if isinstance(run, Run) else load_run(run, prediction.device, trust_programs)
     return rollout_run(run, prediction, intervention, progress, dataset=dataset)
 
@@ -46,10 +50,24 @@ def evaluate(runs: list[str | Path], *, particles: int = 0, fvd_window: int = 10
     ``--help`` says what each option does; by default 100 sequences, one sample each)."""
     from pyro_cwvae.evaluation.evaluate import evaluate as evaluate_runs
 
+    check_options(evaluate, options, FIELDS)
     prediction = PredictionOptions(**{**EVALUATE_DEFAULTS, **options})
     return evaluate_runs([Path(run) for run in runs], prediction, particles=particles, fvd_window=fvd_window,
                          perceptual=perceptual, dataset=dataset, scorers=scorers, progress=progress,
                          trust_programs=trust_programs)
+
+
+def check_options(function, options: dict, known: tuple[str, ...]) -> None:
+    """A TypeError that names ``function``, each of ``options`` it does not know, the closest known name, and all of
+    its keywords (its own and ``known``, those its ``**options`` take)."""
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        own = [name for name, parameter in inspect.signature(function).parameters.items()
+               if parameter.kind is parameter.KEYWORD_ONLY]
+        guesses = [f"{name!r}" + "".join(f" (did you mean {match!r}?)" for match in
+                                          difflib.get_close_matches(name, [*known, *own], n=1)) for name in unknown]
+        raise TypeError(f"{function.__name__}() got unknown option(s) {', '.join(guesses)}; "
+                        f"its options: {', '.join([*known, *own])}")
 
 
 def open_rollout(path: str | Path) -> xr.Dataset:

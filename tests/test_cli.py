@@ -58,9 +58,10 @@ def test_fit_resume_continues_to_more_steps(run_dir, tmp_path):
     shutil.copytree(run_dir, copy)
     result = invoke("fit", "--run-dir", copy, "--resume", "--steps", 3, "--quiet")
     assert result.exit_code == 0, result.output
-    _, history, checkpoint = written(copy)
+    config, history, checkpoint = written(copy)
     _, before, _ = written(run_dir)
     assert checkpoint["step"] == 3 and checkpoint["config"]["steps"] == 3 and checkpoint["config"]["levels"] == 2
+    assert config == checkpoint["config"]  # config.json follows the resumed run's settings
     assert history.step.values.tolist() == [1, 2, 3]
     assert history.isel(step=slice(0, 2)).drop_attrs().identical(before.drop_attrs())  # the old steps kept as they were
 
@@ -92,7 +93,8 @@ def snapshot(folder):
 
 BAD_INPUTS = [
     (["fit", "--dataset", "moving"], "unknown dataset 'moving'"),
-    (["fit", "--dataset", "gqn"], "--dataset gqn needs --data-dir"),
+    (["fit", "--dataset", "gqn"], "--dataset gqn needs --data-dir: get gqn_mazes.zip with `pyro-cwvae data download "
+                                  "gqn --out DIR`"),
     (["fit", "--dataset", "gqn", "--data-dir", "{tmp}/nowhere"], "nowhere"),
     (["fit", "--levels", "0"], "--levels must be at least 1"),
     (["fit", "--factor", "0"], "--factor must be at least 1"),

@@ -63,7 +63,7 @@ def test_info_reports_mixed_sizes_and_rgb_layouts(tmp_path):
 
 def test_generate_refuses_other_datasets_and_full_folders(tmp_path):
     result = runner.invoke(app, ["generate", "gqn", "--out", str(tmp_path)])
-    assert_one_line_error(result, "only mmnist can be generated", "gqn_mazes.zip")
+    assert_one_line_error(result, "only mmnist can be generated", "pyro-cwvae data download gqn --out DIR")
     assert_one_line_error(runner.invoke(app, ["generate", "ucf", "--out", str(tmp_path)]), "unknown dataset 'ucf'")
     assert generate(tmp_path).exit_code == 0
     assert_one_line_error(generate(tmp_path), "already holds videos")

@@ -301,3 +301,14 @@ def test_standard_protocol_scores_the_saved_frames(trained):
     assert ds.attrs["protocol"] == "standard" and "data_range 1" in ds.ssim.attrs["convention"]
     with pytest.raises(UserError, match="--protocol 'best'"):
         roll(trained, EditableVideos(), protocol="best")
+
+
+def test_the_api_names_a_mistyped_option_and_the_one_meant():
+    """Before anything is loaded; ``evaluate``'s own keywords count as known."""
+    from pyro_cwvae import api
+
+    with pytest.raises(TypeError, match=r"^rollout\(\) got unknown option\(s\) 'horizn' \(did you mean 'horizon'\?\)"):
+        api.rollout("no-such-run", horizn=10)
+    with pytest.raises(TypeError, match=r"^evaluate\(\) got unknown option\(s\) 'partcles' \(did you mean "
+                                        r"'particles'\?\); its options: context, .*fvd_window"):
+        api.evaluate(["no-such-run"], partcles=2)

@@ -35,7 +35,8 @@ def generate(
         _fail(f"unknown dataset {dataset!r}: known datasets are {', '.join(ARCHIVES)}; only mmnist can be generated")
     if dataset != "mmnist":
         reader = ARCHIVES[dataset]
-        _fail(f"only mmnist can be generated: {dataset} is recorded video, get {reader.archive} ({reader.url})")
+        _fail(f"only mmnist can be generated: {dataset} is recorded video; get {reader.archive} with "
+              f"`pyro-cwvae data download {dataset} --out DIR`")
     try:
         folders = generate_moving_mnist(
             out, num_train=train, num_test=test, train_length=train_length, test_length=test_length,

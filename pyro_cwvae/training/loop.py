@@ -150,6 +150,7 @@ class Saver:
             self.history.save(run_dir / HISTORY, self.attrs)
             save_checkpoint(run_dir, step=step, cfg=self.cfg, nets=self.nets, optimizer=self.optimizer,
                             programs=self.programs, rng=rng)
+            write_text(run_dir / CONFIG_FILE, self.cfg.to_json())  # the checkpoint's: a resume may change --steps
 
 
 def set_up(cfg: Config, programs: Programs, device: torch.device, saved: dict | None,
