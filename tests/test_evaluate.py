@@ -303,3 +303,18 @@ def short_test_videos(init):
     def short(self, *args, **kwargs):
         init(self, *args, **{**kwargs, "test_length": 30})
     return short
+
+
+def test_too_few_clips_for_a_frechet_distance_are_named_in_a_warning(runs):
+    """One sequence of 16 predicted frames is one I3D clip: FVD stays NaN, and says why."""
+    with pytest.warns(UserWarning, match=r"FVD is NaN: .* 1 sequence\(s\) give 1; ask for more --sequences"):
+        ds = run_evaluate([runs[0]], Videos(), sequences=1, horizon=16)
+    assert np.isnan(ds.fvd_horizon.values).all() and np.isfinite(ds.psnr.where(~ds.is_context).mean())
+
+
+def test_runs_that_read_their_data_from_different_places_say_whose_test_videos_score_them(runs, tmp_path):
+    elsewhere = train_run(tmp_path / "elsewhere", data_dir="somewhere/mmnist")
+    options = PredictionOptions(sequences=1, context=CONTEXT, horizon=4, samples=1)
+    with pytest.warns(UserWarning, match=r"from different places \(one-level: generated on the fly, elsewhere: "
+                                         r"somewhere/mmnist\); all are scored on the test videos of the first, one-level"):
+        evaluate([runs[0], elsewhere], options, perceptual=False, scorers=scorers(), progress=False)

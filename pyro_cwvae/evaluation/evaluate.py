@@ -6,6 +6,7 @@ importance-weighted bound. The ground truth and the baselines are scored once fo
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -50,6 +51,8 @@ def evaluate(run_dirs: list[str | Path], options: PredictionOptions, *, particle
             for name, path in named_runs(run_dirs).items()}
     check_same_data(runs)
     first = next(iter(runs.values()))
+    if dataset is None and options.data_dir is None:
+        warn_of_other_folders(runs)
     dataset = dataset if dataset is not None else first.dataset(options.data_dir)
     for run in runs.values():
         check_options(run.cfg, dataset, options)
@@ -59,6 +62,11 @@ def evaluate(run_dirs: list[str | Path], options: PredictionOptions, *, particle
                         horizon=options.horizon, fvd_window=fvd_window, protocol=PROTOCOLS[options.protocol],
                         perceptual=perceptual, scorers=scorers, device=device, progress=progress)
     baselines = score_baselines(test, dataset, options.seed)
+    if test.i3d is not None and not np.isfinite(next(iter(baselines.values())).fvd_horizon):
+        clips = sum(int(features.shape[0] * features.shape[1]) for features in test.truth_features)
+        warnings.warn(f"FVD is NaN: a Frechet distance needs at least 2 true clips of up to {CLIP_FRAMES} frames over "
+                      f"the horizon, and {options.sequences} sequence(s) give {clips}; ask for more --sequences or a "
+                      "longer --horizon")
     bar.update()
     results = {name: score_run(name, run, test, options.samples, particles, options.seed, bar, progress)
                for name, run in runs.items()}
@@ -87,6 +95,17 @@ def check_same_data(runs: dict[str, Run]) -> None:
         trained = ", ".join(f"{name}: {kind} (speed {speed:g}, {channels} channel(s))"
                             for name, (kind, speed, channels) in data.items())
         raise UserError(f"the runs were trained on different data and cannot be compared: {trained}")
+
+
+def warn_of_other_folders(runs: dict[str, Run]) -> None:
+    """Runs of one dataset may have read it from different folders (or generated it): say whose test videos score
+    them all, the first run's."""
+    folders = {name: run.cfg.data_dir or "generated on the fly" for name, run in runs.items()}
+    if len(set(folders.values())) > 1:
+        first = next(iter(runs))
+        warnings.warn(f"the runs read their {runs[first].cfg.dataset} videos from different places ("
+                      + ", ".join(f"{name}: {folder}" for name, folder in folders.items())
+                      + f"); all are scored on the test videos of the first, {first} (--data-dir chooses others)")
 
 
 def shared_context(runs: dict[str, Run], options: PredictionOptions) -> int:
