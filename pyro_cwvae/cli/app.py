@@ -140,8 +140,8 @@ def rollout(
 
     ds = api.rollout(run, **options, **intervention, progress=not quiet, trust_programs=trust_programs)
     path = api.save(ds, out or run / "rollout.nc")
-    typer.echo(f"wrote {path}: {ds.sizes['sample']} x {ds.sizes['sequence']} sequences, {ds.sizes['time']} frames; "
-               f"interventions: {ds.attrs['interventions']}\n{api.summary(ds)}")
+    typer.echo(f"wrote {path}: {ds.sizes['sample']} sample(s) x {ds.sizes['sequence']} sequence(s), "
+               f"{ds.sizes['time']} frames; interventions: {ds.attrs['interventions']}\n{api.summary(ds)}")
 
 
 @app.command()
@@ -166,7 +166,7 @@ def evaluate(
     ds = api.evaluate(runs, **options, particles=particles, fvd_window=fvd_window, perceptual=perceptual,
                       progress=not quiet, trust_programs=trust_programs)
     path = write_evaluation(ds, out)
-    typer.echo(f"wrote {path}: {ds.sizes['run']} run(s), {ds.sizes['sequence']} sequences, {ds.attrs['horizon']} "
+    typer.echo(f"wrote {path}: {ds.sizes['run']} run(s), {ds.sizes['sequence']} sequence(s), {ds.attrs['horizon']} "
                f"frames predicted (means over the predicted frames)\n{summary(ds)}")
 
 

@@ -48,7 +48,7 @@ class RunScores:
 def score_run(name: str, run: Run, test: GroundTruth, samples: int, particles: int, seed: int, bar: tqdm,
               progress: bool) -> RunScores:
     """The curves, FVD, Table 1 KL and, with ``particles``, the bounds of ``run`` (``bar`` counts its stages)."""
-    bar.set_postfix_str(f"{name}: predicting {samples} x {test.truth.shape[0]} sequences")
+    bar.set_postfix_str(f"{name}: predicting {samples} sample(s) x {test.truth.shape[0]} sequence(s)")
     states = sampled_trace(run, test.truth, test.context, samples, Intervention(), seed).nodes["_RETURN"]["value"]
     bar.update()
     bar.set_postfix_str(f"{name}: decoding and scoring")

@@ -152,7 +152,7 @@ def summary(ds: xr.Dataset) -> str:
     protocol = PROTOCOLS[ds.attrs["protocol"]]
     predicted = ~ds.is_context
     best = protocol.best_of_samples
-    suffix, how = ("_best", f"best of {ds.sizes['sample']} samples") if best else ("", "all samples")
+    suffix, how = ("_best", f"best of {ds.sizes['sample']} sample(s)") if best else ("", "all samples")
     psnr_, ssim_ = (ds[metric + suffix].where(predicted) for metric in ("psnr", "ssim"))
     psnr_ = psnr_.where(np.isfinite(psnr_))  # a frame predicted exactly has no finite PSNR
     table = ds.kl_table
