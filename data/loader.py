@@ -57,8 +57,7 @@ def train_batches(dataset: VideoDataset, start: int, stop: int, batch_size: int,
                   workers: int = 1, pin_memory: bool = False, rows: slice = slice(None)) -> Iterator[torch.Tensor]:
     """uint8 batches ``(B, T, C, 64, 64)`` for steps ``start .. stop-1``, loaded ahead by ``workers`` processes;
     only ``rows`` of each (a process's share when several train together). Close the iterator when done with it,
-    however training ends: the workers ignore SIGTERM (see ``_ignore_interrupts``), so a loader still open at exit
-    would keep Python's exit waiting on them for good."""
+    however training ends: that stops the workers (``_stop_workers``)."""
     if not workers:
         loader = DataLoader(_StepBatches(dataset, batch_size, seq_len, seed, rows),
                             sampler=zip(range(start, stop), itertools.repeat(0)), batch_size=None,
@@ -80,11 +79,25 @@ def _through_slots(dataset: VideoDataset, start: int, stop: int, batch_size: int
 
 
 def _taken(loaded: Iterator[torch.Tensor | int], slots: torch.Tensor, pin_memory: bool) -> Iterator[torch.Tensor]:
-    for item in loaded:
-        if isinstance(item, torch.Tensor):
-            yield item.pin_memory() if pin_memory else item
-        else:  # the slot is written again once the next batch is asked for: the batch leaves it now
-            yield _copy_out(slots[item], pin_memory)
+    try:
+        for item in loaded:
+            if isinstance(item, torch.Tensor):
+                yield item.pin_memory() if pin_memory else item
+            else:  # the slot is written again once the next batch is asked for: the batch leaves it now
+                yield _copy_out(slots[item], pin_memory)
+    finally:  # however the batches end: closed, exhausted, or a worker's error
+        _stop_workers(loaded)
+
+
+def _stop_workers(loaded: Iterator) -> None:
+    """Shut the loader's workers down now: torch's own shutdown, then SIGKILL for a worker still busy after it. They
+    ignore SIGTERM, which that shutdown and Python's exit send, so a worker left running would keep the training
+    process from ever exiting."""
+    getattr(loaded, "_shutdown_workers", lambda: None)()
+    for worker in getattr(loaded, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
 
 
 def _copy_out(slot: torch.Tensor, pin_memory: bool) -> torch.Tensor:

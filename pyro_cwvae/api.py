@@ -36,7 +36,7 @@ def rollout(run: Run | str | Path, *, dataset: VideoDataset | None = None, progr
     """Open-loop predictions of the first test videos of ``dataset`` (default: the run's data), as ``pyro-cwvae
     rollout`` makes them (its ``--help`` says what each option does); ``device`` and ``trust_programs`` (see
     ``load_run``) apply when ``run`` is a path."""
-    check_options(rollout, options, (*FIELDS, *(field.name for field in dataclasses.fields(Intervention))))
+    _check_options(rollout, options, (*FIELDS, *(field.name for field in dataclasses.fields(Intervention))))
     prediction = PredictionOptions(**{name: options.pop(name) for name in FIELDS if name in options})
     intervention = Intervention(**options)
     run = run if isinstance(run, Run) else load_run(run, prediction.device, trust_programs)
@@ -50,14 +50,14 @@ def evaluate(runs: list[str | Path], *, particles: int = 0, fvd_window: int = 10
     ``--help`` says what each option does; by default 100 sequences, one sample each)."""
     from pyro_cwvae.evaluation.evaluate import evaluate as evaluate_runs
 
-    check_options(evaluate, options, FIELDS)
+    _check_options(evaluate, options, FIELDS)
     prediction = PredictionOptions(**{**EVALUATE_DEFAULTS, **options})
     return evaluate_runs([Path(run) for run in runs], prediction, particles=particles, fvd_window=fvd_window,
                          perceptual=perceptual, dataset=dataset, scorers=scorers, progress=progress,
                          trust_programs=trust_programs)
 
 
-def check_options(function, options: dict, known: tuple[str, ...]) -> None:
+def _check_options(function, options: dict, known: tuple[str, ...]) -> None:
     """A TypeError that names ``function``, each of ``options`` it does not know, the closest known name, and all of
     its keywords (its own and ``known``, those its ``**options`` take)."""
     unknown = [name for name in options if name not in known]

@@ -17,18 +17,21 @@ class NumericalError(RuntimeError):
 
 def program_failure(error: BaseException) -> tuple[str, str] | None:
     """Where ``error`` passed through a user's model or guide program: the traceback from the program's first frame
-    on, and a line naming the program and the error; None for an error of the package alone. Of a chain of errors
-    the first raised is reported (Pyro re-raises a program's error with its trace's shapes added)."""
+    on, and a line naming the program and the error; None for an error of the package alone. Along a chain of
+    errors raised ``from`` one another (Pyro re-raises a program's error with its trace's shapes added) the earliest
+    that passed through the program is reported; an error raised while handling another is not followed, so it is
+    never hidden behind the one before it."""
     found, seen = None, set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         frames = list(traceback.walk_tb(error.__traceback__))
         for index, (frame, _) in enumerate(frames):
-            module = frame.f_globals.get("__name__", "")
-            if module.startswith(PROGRAM_MODULE):
+            module = frame.f_globals.get("__name__")
+            if isinstance(module, str) and module.startswith(PROGRAM_MODULE):
                 kind = module[len(PROGRAM_MODULE):].split("_")[0]
                 stack = "".join(traceback.StackSummary.extract(frames[index:]).format())
-                found = stack, f"the {kind} program {frame.f_code.co_filename} raised {type(error).__name__}: {error}"
+                what = traceback.format_exception_only(error)[-1].strip()  # survives a broken __str__
+                found = stack, f"the {kind} program {frame.f_code.co_filename} raised {what}"
                 break
-        error = error.__cause__ or error.__context__
+        error = error.__cause__
     return found

@@ -139,6 +139,8 @@ def test_each_dataset_preset_is_the_official_config(name, official_name):
     assert {OFFICIAL_NAMES[key]: getattr(cfg, OFFICIAL_NAMES[key]) for key in values} == {
         OFFICIAL_NAMES[key]: value for key, value in values.items()}
     assert ARCHIVES[name].frames_per_video["test"] == eval_seq_len
+    assert (cfg.kl_balance, cfg.free_nats, cfg.kl_beta) == (None, None, None)  # the official null KL shaping
+
 
 def test_a_saved_config_round_trips_through_json():
     cfg = Config(kl_beta=[1.0, 0.5, 0.5], data_dir="d", free_nats=2.0)

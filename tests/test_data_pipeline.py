@@ -1,4 +1,5 @@
 """The training-batch loader through worker processes and shared slots, and the data-pipeline benchmark's table."""
+import multiprocessing
 import time
 
 import numpy as np
@@ -50,6 +51,26 @@ def test_generated_batches_through_workers_equal_those_drawn_in_process():
     loaded = list(train_batches(data, 3, 6, 3, 10, seed=2, workers=2))
     for step, batch in zip(range(3, 6), loaded):
         assert np.array_equal(batch.numpy(), data.train_batch(step, 3, 10, 2))
+
+
+class StuckVideos(StepVideos):
+    """Every batch after the first takes a minute: a worker is busy when the loader is closed."""
+
+    def train_batch(self, step, batch_size, seq_len, seed):
+        time.sleep(60 * (step > 0))
+        return super().train_batch(step, batch_size, seq_len, seed)
+
+
+def test_closing_the_batches_stops_a_busy_worker_that_ignores_sigterm():
+    """The workers ignore SIGTERM (training saves its checkpoint first), the signal torch's shutdown sends to a
+    worker that does not finish in time: closing the loader must end them all the same, in seconds."""
+    batches = train_batches(StuckVideos(size=8), 0, 10, 2, 2, seed=0, workers=1)
+    next(batches)
+    workers = multiprocessing.active_children()
+    assert workers and all(worker.is_alive() for worker in workers)
+    start = time.monotonic()
+    batches.close()
+    assert time.monotonic() - start < 30 and not any(worker.is_alive() for worker in workers)
 
 
 def test_table_gives_rate_seconds_and_ratio_to_the_step():

@@ -20,6 +20,8 @@ from tests.conftest import count_gru_steps
 
 @pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO),
                                             ("meanfield", pyro.infer.TraceMeanField_ELBO)])
+
+
 def test_terms_sum_to_pyros_elbo(tiny_cfg, video, name, estimator):
     cfg = tiny_cfg.replace(elbo=name)
     nets = CWVAENets(cfg)
@@ -51,6 +53,8 @@ def guide_with_w(video, nets, cfg, *args, **kwargs):
 
 @pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO),
                                             ("meanfield", pyro.infer.TraceMeanField_ELBO)])
+
+
 def test_a_variants_latent_outside_the_levels_counts_in_the_loss(tiny_cfg, video, name, estimator):
     """A variant's latent site named like no level (here w) is in the loss, as in Pyro's ELBO, and in no level's KL;
     under meanfield its term is KL(N(5, 0.1) || N(0, 1)) of each of its 3 coordinates, in closed form."""
@@ -63,7 +67,7 @@ def test_a_variants_latent_outside_the_levels_counts_in_the_loss(tiny_cfg, video
     pyro.set_rng_seed(1)
     without_w = elbo_terms(model, guide, video, nets, cfg)
     assert terms.kl.shape == (cfg.levels,)
-    torch.testing.assert_close(terms.loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(terms.loss, expected, rtol=1e-5, atol=0)
     torch.testing.assert_close(terms.kl, without_w.kl)
     if name == "meanfield":
         w_kl = 3 * (math.log(1 / 0.1) + (0.1 ** 2 + 5.0 ** 2) / 2 - 0.5)  # 42.9 nats
@@ -141,6 +145,8 @@ def test_sharing_the_gru_steps_changes_no_prior(tiny_cfg, video, program):
 
 @pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO),
                                             ("meanfield", pyro.infer.TraceMeanField_ELBO)])
+
+
 def test_each_level_is_summed_in_one_computation_equal_to_pyros(tiny_cfg, video, name, estimator, monkeypatch):
     """The packaged programs' sites are stacked per level (one KL or one pair of log-densities per level, not one
     per site), under a warm-up's KL scale as a number and as a device tensor, and the terms still sum to Pyro's."""

@@ -279,6 +279,8 @@ def test_runs_on_different_data_are_refused(runs, tmp_path):
 
 @pytest.mark.parametrize("option, message", [(dict(particles=-1), "--particles"), (dict(fvd_window=0), "at least 1"),
                                              (dict(protocol="best"), "--protocol")])
+
+
 def test_bad_options_are_refused_before_any_work(runs, option, message):
     with pytest.raises(UserError, match=message):
         run_evaluate(runs, Videos(), **option)
@@ -315,6 +317,7 @@ def test_too_few_clips_for_a_frechet_distance_are_named_in_a_warning(runs):
 def test_runs_that_read_their_data_from_different_places_say_whose_test_videos_score_them(runs, tmp_path):
     elsewhere = train_run(tmp_path / "elsewhere", data_dir="somewhere/mmnist")
     options = PredictionOptions(sequences=1, context=CONTEXT, horizon=4, samples=1)
-    with pytest.warns(UserWarning, match=r"from different places \(one-level: generated on the fly, elsewhere: "
-                                         r"somewhere/mmnist\); all are scored on the test videos of the first, one-level"):
+    with pytest.warns(UserWarning, match=r"from different places \(one-level: generated on the fly \(seed 0\), "
+                                         r"elsewhere: /.*/somewhere/mmnist\); all are scored on the test videos of "
+                                         r"the first, one-level"):
         evaluate([runs[0], elsewhere], options, perceptual=False, scorers=scorers(), progress=False)

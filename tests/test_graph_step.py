@@ -123,6 +123,7 @@ def test_the_step_clips_the_gradient_to_clip_norm_and_reports_its_norm_before(ti
             torch.testing.assert_close(optimizer.state[param]["exp_avg"], (1 - beta1) * grad * clip / norm,
                                        rtol=1e-5, atol=1e-12)
 
+
 def test_the_packaged_step_has_no_host_synchronisation(tiny_cfg):
     cfg = tiny_cfg.replace(kl_warmup=4, obs_dropout=0.5, elbo="meanfield", kl_balance=0.8, free_nats=0.5)
     programs = load_programs(cfg.model, cfg.guide)

@@ -93,6 +93,7 @@ def test_a_posterior_share_below_one_nat_is_floored_at_one(tiny_cfg, video, elbo
         want = a * rec + (1 - a) * at_0
         torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
 
+
 def test_free_nats_leave_the_kl_below_them_unpenalised(tiny_cfg, video):
     cfg = tiny_cfg.replace(elbo="meanfield")
     nets = CWVAENets(cfg)
@@ -119,6 +120,8 @@ def test_kl_beta_weights_each_level(tiny_cfg, video):
     (dict(kl_beta=[1.0]), "--kl-beta needs one non-negative weight per level"),
     (dict(kl_beta=[1.0, -1.0]), "--kl-beta needs one non-negative weight per level"),
 ])
+
+
 def test_bad_shaping_options_are_refused(tiny_cfg, change, message):
     with pytest.raises(UserError, match=message):
         tiny_cfg.replace(**change).validate()

@@ -163,6 +163,7 @@ def test_each_sequences_predictions_come_from_its_own_context(trained):
     assert np.array_equal(before[:, 0], after[:, 0])
     assert all(not np.array_equal(before[s, 1, 4:], after[s, 1, 4:]) for s in range(before.shape[0]))
 
+
 def test_prior_levels_make_the_top_levels_ignore_the_context(trained):
     data, edited = EditableVideos(), EditableVideos()
     for video in edited.videos:

@@ -50,6 +50,7 @@ def test_kl_warmup_weights_the_kl_by_step_over_warmup_then_one(tiny_cfg, tmp_pat
     assert warm[0].reconstruction == plain.reconstruction
     np.testing.assert_allclose(warm[0].kl, 0.25 * np.asarray(plain.kl), rtol=1e-6)
 
+
 def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch):
     data = GeneratedMovingMNIST()
     straight = tiny_cfg.replace(steps=6, checkpoint_every=3, run_dir=str(tmp_path / "straight"))

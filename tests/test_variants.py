@@ -210,7 +210,8 @@ def test_a_variant_that_raises_ends_fit_with_its_own_lines(tmp_path):
     assert f'File "{program}", line 6, in model' in result.stderr and 'raise ValueError("a bug' in result.stderr
     assert "pyro_cwvae" not in result.stderr.replace(f"{tmp_path}", "")  # no frame of the package
     again = CliRunner().invoke(app, ["fit", "--run-dir", str(run), "--steps", "2", *TINY_OPTIONS])
-    assert again.exit_code == 2 and "stopped before its first checkpoint" in again.output and "--overwrite" in again.output
+    assert again.exit_code == 2 and "holds a run without a checkpoint" in again.output
+    assert "pass --overwrite to start over" in again.output
 
 
 def test_fit_of_a_variant_says_to_trust_its_programs_in_the_next_command(tmp_path):

@@ -4,6 +4,7 @@ Bad input of any kind ends with a one-line ``error: ...`` on stderr and exit cod
 """
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -110,16 +111,26 @@ def fit(
     watchers = watchers_for(cfg, data, say=None if quiet else echo_above_bar)
     result = run_fit(cfg, data, resume=resume, max_bad_steps=max_bad_steps, progress=not quiet, watchers=watchers)
     if len(result.history) and result.rank == 0:
-        losses = [row.loss for row in result.history.rows]
-        n = max(1, min(10, len(losses) // 2))  # one batch's loss is noisy: a mean over steps at each end
-        typer.echo(f"step {result.step}: loss {sum(losses[:n]) / n:.2f} -> {sum(losses[-n:]) / n:.2f} nats/frame "
-                   f"(mean of the first and the last {n} step{'s' if n > 1 else ''}); run in {result.run_dir}")
+        typer.echo(f"step {result.step}: {loss_summary([row.loss for row in result.history.rows])}; "
+                   f"run in {result.run_dir}")
         if not result.interrupted:
             trust = " --trust-programs" if cfg.model or cfg.guide else ""  # a run's own programs are not the default
             typer.echo(f"next: pyro-cwvae rollout --run {result.run_dir}{trust} && "
                        f"pyro-cwvae plot {result.run_dir / 'rollout.nc'}")
     if result.interrupted:
         raise typer.Exit(130)  # the conventional code of a program stopped by a signal
+
+
+def loss_summary(losses: list[float]) -> str:
+    """The loss at the start and at the end of a run: one batch's is noisy, so the mean over up to 10 steps at each
+    end, of the steps taken (a skipped step's loss is NaN)."""
+    n = max(1, min(10, len(losses) // 2))
+
+    def mean(values: list[float]) -> float:
+        taken = [value for value in values if math.isfinite(value)]
+        return sum(taken) / len(taken) if taken else math.nan
+    return (f"loss {mean(losses[:n]):.2f} -> {mean(losses[-n:]):.2f} nats/frame (mean of the first and the last {n} "
+            f"step{'s' if n > 1 else ''})")
 
 
 @app.command()

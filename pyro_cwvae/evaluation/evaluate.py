@@ -6,6 +6,7 @@ importance-weighted bound. The ground truth and the baselines are scored once fo
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation.accuracy import ACCURACIES
-from pyro_cwvae.evaluation.fvd import CLIP_FRAMES
+from pyro_cwvae.evaluation.fvd import CLIP_FRAMES, valid_clips
 from pyro_cwvae.evaluation.scoring import HIGHER_IS_BETTER, RunScores, Scores, ceiling, score_baselines, score_run
 from pyro_cwvae.evaluation.truth import GroundTruth, Scorers, ground_truth
 from pyro_cwvae.files.netcdf import EVALUATION_TITLE, provenance, write_netcdf
@@ -62,8 +63,8 @@ def evaluate(run_dirs: list[str | Path], options: PredictionOptions, *, particle
                         horizon=options.horizon, fvd_window=fvd_window, protocol=PROTOCOLS[options.protocol],
                         perceptual=perceptual, scorers=scorers, device=device, progress=progress)
     baselines = score_baselines(test, dataset, options.seed)
-    if test.i3d is not None and not np.isfinite(next(iter(baselines.values())).fvd_horizon):
-        clips = sum(int(features.shape[0] * features.shape[1]) for features in test.truth_features)
+    if test.truth_features is not None and not np.isfinite(next(iter(baselines.values())).fvd_horizon):
+        clips = sum(int(valid_clips(window, test.has_truth).sum()) for window in test.windows)
         warnings.warn(f"FVD is NaN: a Frechet distance needs at least 2 true clips of up to {CLIP_FRAMES} frames over "
                       f"the horizon, and {options.sequences} sequence(s) give {clips}; ask for more --sequences or a "
                       "longer --horizon")
@@ -98,9 +99,10 @@ def check_same_data(runs: dict[str, Run]) -> None:
 
 
 def warn_of_other_folders(runs: dict[str, Run]) -> None:
-    """Runs of one dataset may have read it from different folders (or generated it): say whose test videos score
-    them all, the first run's."""
-    folders = {name: run.cfg.data_dir or "generated on the fly" for name, run in runs.items()}
+    """Runs of one dataset may have read it from different folders, or generated it from different seeds: say whose
+    test videos score them all, the first run's."""
+    folders = {name: os.path.normpath(os.path.abspath(run.cfg.data_dir)) if run.cfg.data_dir else
+               f"generated on the fly (seed {run.cfg.seed})" for name, run in runs.items()}
     if len(set(folders.values())) > 1:
         first = next(iter(runs))
         warnings.warn(f"the runs read their {runs[first].cfg.dataset} videos from different places ("

@@ -181,6 +181,13 @@ def frechet_or_nan(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return frechet_distance(torch.from_numpy(features_a), torch.from_numpy(features_b))
 
 
+def valid_clips(window: range, has_truth: np.ndarray) -> np.ndarray:
+    """Which clips of ``window`` (N, clips) lie within their test video (``has_truth`` (N, T)): those whose last
+    frame does."""
+    clips, frames_per_clip = clip_layout(len(window))
+    return has_truth[:, window.start + frames_per_clip * np.arange(1, clips + 1) - 1]
+
+
 def windowed_fvd(windows: tuple[range, ...], has_truth: np.ndarray, features: list[np.ndarray],
                  true_features: tuple[np.ndarray, ...], samples: int) -> tuple[np.ndarray, float]:
     """FVD of each window and over the whole horizon between the clips of ``features`` (per window: rows
@@ -188,8 +195,7 @@ def windowed_fvd(windows: tuple[range, ...], has_truth: np.ndarray, features: li
     left out."""
     per_window, predicted_all, true_all = [], [], []
     for window, predicted, true in zip(windows, features, true_features):
-        clips, frames_per_clip = clip_layout(len(window))
-        valid = has_truth[:, window.start + frames_per_clip * np.arange(1, clips + 1) - 1]  # the clip's last frame
+        valid = valid_clips(window, has_truth)
         predicted, true = predicted[np.tile(valid, (samples, 1))], true[valid]
         per_window.append(frechet_or_nan(predicted, true))
         if valid.size:  # a window too short for a clip has none

@@ -92,13 +92,13 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
     save = Saver(cfg, nets, optimizer, programs, history, group)
     log = StepLog(history, group, BadSteps(max_bad_steps))
     watching = Watching(watchers if group.is_main else (), history, optimizer, start, programs)
-    batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed, workers=cfg.workers,
-                            pin_memory=device.type == "cuda", rows=group.rows(cfg.batch_size))
     bar = progress_bar(cfg, dataset.name, start, resume, progress, group,
                        step_mode(cfg.cuda_graph, device, cfg.compile, group.world))
     stop = StopRequest()
+    batches = train_batches(dataset, start, cfg.steps, cfg.batch_size, cfg.seq_len, cfg.seed, workers=cfg.workers,
+                            pin_memory=device.type == "cuda", rows=group.rows(cfg.batch_size))
     # Pyro's per-site checks cost time in the hot loop; the tests run the programs with them on.
-    with bar, stop.installed(), pyro.validation_enabled(False), closing(watching), closing(batches):
+    with closing(batches), bar, stop.installed(), pyro.validation_enabled(False), closing(watching):
         for done in range(start + 1, cfg.steps + 1):  # ``done``: the steps taken once this one is
             scale = kl_scale(done - 1, cfg)
             log.add(done, scale, step(next(batches), scale))  # a non-finite step is skipped inside (step.py)
@@ -196,7 +196,7 @@ def restore(run_dir: Path, state: dict, cfg: Config, nets: torch.nn.Module, opti
     set_rng_state(state["rng"][group.rank])
     history = History.load(run_dir / HISTORY, cfg.levels, upto_step=state["step"])
     if group.is_main:  # a kill during a write leaves its temporary file: the resumed run, checked, no longer needs it
-        for target in (CHECKPOINT, HISTORY):
+        for target in (CHECKPOINT, HISTORY, CONFIG_FILE):
             remove_leftovers(run_dir / target)
     return state["step"], history
 

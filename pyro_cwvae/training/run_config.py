@@ -57,8 +57,8 @@ def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file
         raise UserError(f"--run-dir {run_dir} is a file, not a folder")
     if any((run_dir / name).exists() for name in RUN_FILES) and not overwrite:
         if not (run_dir / CHECKPOINT).exists():
-            raise UserError(f"{run_dir} holds a run that stopped before its first checkpoint: nothing to resume; "
-                            "pass --overwrite to start over")
+            raise UserError(f"{run_dir} holds a run without a checkpoint (it stopped, or is still running, before "
+                            "its first): nothing to resume; pass --overwrite to start over")
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start over")
     return cfg  # the old run's files are replaced only once training starts (train.fit), never on bad input
 
