@@ -37,6 +37,11 @@ from pyro_cwvae.training.loop import fit
 from pyro_cwvae.training.run_config import CHANGEABLE_ON_RESUME, run_config
 
 
+def description(doc: str) -> str:
+    """A script's --help description: the first paragraph of its docstring ``doc``, on one line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def parser(description: str, budget: int) -> argparse.ArgumentParser:
     """The options every experiment takes."""
     parser = argparse.ArgumentParser(description=description)
@@ -208,9 +213,9 @@ TINY_CLASSIFIER_STEPS = 3
 
 
 def start(doc: str, settings: dict, argv=None) -> tuple[list[str], Plan, DigitAccuracy]:
-    """What every analysis script does first: parse its options (its description is the first line of ``doc``),
+    """What every analysis script does first: parse its options (its description is the first paragraph of ``doc``),
     choose its settings, size the plan, set the threads and load the digit accuracy."""
-    args = experiment_parser(doc.splitlines()[0], settings).parse_args(argv)
+    args = experiment_parser(description(doc), settings).parse_args(argv)
     names = chosen_settings(args, settings)
     plan = make_plan(args)
     set_threads(args.threads)

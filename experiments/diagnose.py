@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from experiments.common import chosen_settings, history, parser, run_script, set_threads, train  # noqa: E402
+from experiments.common import (chosen_settings, description, history, parser, run_script, set_threads,  # noqa: E402
+                                train)
 from pyro_cwvae.files.atomic import atomic_path  # noqa: E402
 from pyro_cwvae.files.netcdf import write_netcdf  # noqa: E402
 from pyro_cwvae.plots.history import smoothed  # noqa: E402
@@ -42,7 +43,7 @@ SETTINGS = {
 
 
 def main(argv=None) -> None:
-    args = parser(__doc__.splitlines()[0], budget=1000)
+    args = parser(description(__doc__), budget=1000)
     args.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names of settings to run")
     args = args.parse_args(argv)
     names = chosen_settings(args, SETTINGS)

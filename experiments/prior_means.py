@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pyro.poutine.messenger import Messenger
 
-from experiments.common import run_script
+from experiments.common import description, run_script
 from experiments.results import markdown
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation.accuracy import DigitAccuracy
@@ -56,7 +56,7 @@ def measures(frames: np.ndarray, truth: np.ndarray, labels: np.ndarray, context:
 
 
 def main(argv=None) -> None:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args = argparse.ArgumentParser(description=description(__doc__))
     args.add_argument("runs", nargs="+", type=Path, help="run directories (trained on Moving MNIST)")
     args.add_argument("--sequences", type=int, default=16, help="test videos [16]")
     args.add_argument("--context", type=int, default=None, help="frames filtered before the prediction [the run's]")

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 from pyro import poutine  # noqa: E402
 
-from experiments.common import run_script  # noqa: E402
+from experiments.common import description, run_script  # noqa: E402
 from experiments.results import markdown  # noqa: E402
 from pyro_cwvae.data.moving_mnist import labelled_video, split_digits, split_labels  # noqa: E402
 from pyro_cwvae.errors import UserError  # noqa: E402
@@ -138,7 +138,7 @@ def probe_run(path: Path, fit: int, score: int, context: int, seed: int) -> tupl
 
 
 def main(argv=None) -> None:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args = argparse.ArgumentParser(description=description(__doc__))
     args.add_argument("runs", nargs="+", type=Path, help="run directories (trained on generated Moving MNIST)")
     args.add_argument("--fit", type=int, default=2000, help="videos of training digits that fit each probe [2000]")
     args.add_argument("--score", type=int, default=500, help="videos of test digits that score it [500]")
