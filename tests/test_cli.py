@@ -218,3 +218,15 @@ print(",".join(name for name in {HEAVY!r} if name in sys.modules))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"imported before answering: {done.stdout.strip()}"
+
+
+def test_ctrl_c_outside_training_says_interrupted_and_exits_130(run_dir, monkeypatch):
+    """typer itself exits 130 without a word; ``fit`` catches Ctrl-C on its own and saves first (test_interrupt)."""
+    from pyro_cwvae.plots import history
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(history, "read_history", interrupted)
+    result = invoke("plot", run_dir / "history.nc", "--out", run_dir / "never")
+    assert result.exit_code == 130 and result.output == "error: interrupted\n"

@@ -61,6 +61,13 @@ class OneLineErrors(TyperGroup):
             sys.exit(code)
         return code
 
+    def invoke(self, ctx):
+        """Ctrl-C says so (typer exits 130 in silence); ``fit`` handles it itself, saving its checkpoint first."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise typer.Exit(fail("interrupted", 130)) from None
+
 
 def echo_above_bar(message: str) -> None:
     """A line on stderr that leaves a progress bar where it is."""
