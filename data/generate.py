@@ -7,12 +7,15 @@ test videos the test digits; test video i is the embedded generator's test video
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pyro_cwvae.files.atomic import atomic_path
+from pyro_cwvae.errors import UserError
+from pyro_cwvae.files.atomic import atomic_path, write_text
+from pyro_cwvae.files.reading import regular_file
 
 from . import DatasetError, batch_rng
 from .archives import MovingMNISTArchive
@@ -20,13 +23,16 @@ from .moving_mnist import TEST_STREAM, check_speed, moving_mnist_video, split_di
 from .video_io import default_codec, write_video
 
 TRAIN_STREAM = 2  # distinct from the on-the-fly training batches (stream 0) and the test videos (TEST_STREAM)
+SETTINGS = "generated.json"
+"""The file in the output folder that records what is being generated there, so that an interrupted run resumes."""
 
 
 def generate_moving_mnist(out: str | os.PathLike, *, num_train: int, num_test: int, train_length: int = 100,
                           test_length: int = 1000, speed: float = 1.0, seed: int = 0) -> dict[str, Path]:
     """Write ``num_train`` + ``num_test`` videos under ``out``; returns each split's folder. Files are numbered from
     00000.mp4 (the public archive's own naming is not documented); each is written under a temporary name and then moved
-    into place, so an interrupted run leaves no half-written video."""
+    into place, so an interrupted run leaves no half-written video, and the settings are recorded first (``SETTINGS``):
+    run again with the same settings, it writes only the videos still missing."""
     counts = {"--train": num_train, "--test": num_test, "--train-length": train_length, "--test-length": test_length}
     for option, value in counts.items():
         if value < 1:
@@ -36,19 +42,43 @@ def generate_moving_mnist(out: str | os.PathLike, *, num_train: int, num_test: i
     plan = {"train": (num_train, train_length, split_digits("train"), TRAIN_STREAM),
             "test": (num_test, test_length, split_digits("test"), TEST_STREAM)}
     folders = {split: out / MovingMNISTArchive.split_folders[split] for split in plan}
-    for folder in folders.values():
-        if folder.is_dir() and any(folder.glob("*.mp4")):
-            raise DatasetError(f"{folder} already holds videos: choose an empty --out folder")
+    settings = dict(train=num_train, test=num_test, train_length=train_length, test_length=test_length, speed=speed,
+                    seed=seed)
+    if any(folder.is_dir() and any(folder.glob("*.mp4")) for folder in folders.values()):
+        if recorded_settings(out) != settings:
+            raise DatasetError(f"{out} already holds videos, not those of an interrupted `data generate` with these "
+                               "settings: choose an empty --out folder")
+    else:
+        try:
+            write_text(out / SETTINGS, json.dumps(settings))
+        except OSError as error:
+            raise DatasetError(f"cannot write to {out}: {error.strerror or error}") from error
+    files = {split: [folders[split] / f"{index:0{max(5, len(str(count - 1)))}d}.mp4" for index in range(count)]
+             for split, (count, *_) in plan.items()}
     codec = default_codec()
     with tqdm(total=num_train + num_test, desc="writing Moving MNIST", unit="video") as bar:
         for split, (count, length, digits, stream) in plan.items():
-            width = max(5, len(str(count - 1)))
-            for index in range(count):
-                video = moving_mnist_video(batch_rng(seed, index, stream=stream), digits, length, speed)
-                try:
-                    with atomic_path(folders[split] / f"{index:0{width}d}.mp4") as tmp:
-                        write_video(tmp, video, codec=codec, container_format="mp4")
-                except OSError as error:
-                    raise DatasetError(f"cannot write videos to {folders[split]}: {error.strerror or error}") from error
+            for index, file in enumerate(files[split]):
+                if not file.exists():  # one of an interrupted run is whole: written under another name, then moved
+                    write_one(file, moving_mnist_video(batch_rng(seed, index, stream=stream), digits, length, speed),
+                              codec)
                 bar.update()
     return folders
+
+
+def write_one(file: Path, video, codec: str) -> None:
+    try:
+        with atomic_path(file) as tmp:
+            write_video(tmp, video, codec=codec, container_format="mp4")
+    except OSError as error:
+        raise DatasetError(f"cannot write videos to {file.parent}: {error.strerror or error}") from error
+
+
+def recorded_settings(out: Path) -> dict | None:
+    """The settings an earlier ``generate_moving_mnist`` recorded in ``out``; None where there are none (or the file is
+    not one it wrote: a folder is someone else's until proven otherwise)."""
+    try:
+        values = json.loads(regular_file(out / SETTINGS, 4096, "generation settings").read_text())
+    except (UserError, OSError, UnicodeDecodeError, ValueError):
+        return None
+    return values if isinstance(values, dict) else None

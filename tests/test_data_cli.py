@@ -66,7 +66,10 @@ def test_generate_refuses_other_datasets_and_full_folders(tmp_path):
     assert_one_line_error(result, "only mmnist can be generated", "pyro-cwvae data download gqn --out DIR")
     assert_one_line_error(runner.invoke(app, ["generate", "ucf", "--out", str(tmp_path)]), "unknown dataset 'ucf'")
     assert generate(tmp_path).exit_code == 0
-    assert_one_line_error(generate(tmp_path), "already holds videos")
+    written = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.mp4")}
+    assert generate(tmp_path).exit_code == 0  # the same settings again: nothing missing, nothing rewritten
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.mp4")} == written
+    assert_one_line_error(generate(tmp_path, "--seed", "2"), "already holds videos, not those of an interrupted")
     assert_one_line_error(generate(tmp_path / "other", "--speed", "0"), "--speed must lie between 0.01 and 100")
 
 
@@ -107,3 +110,29 @@ def test_fit_trains_on_a_tiny_gqn_layout(tmp_path):
             noise = rng.integers(0, 256, (16, 3, 64, 64), dtype=np.uint8)
             video_io.write_video(tmp_path / "gqn" / split / f"{index}.mp4", noise)
     fit(tmp_path, "gqn", tmp_path / "gqn")
+
+
+def test_an_interrupted_generate_writes_only_the_missing_videos_when_run_again(tmp_path, monkeypatch):
+    from pyro_cwvae.data import generate as generating
+
+    real, written = generating.write_video, []
+
+    def interrupted_at_the_third(path, video, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        real(path, video, **kwargs)
+
+    monkeypatch.setattr(generating, "write_video", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        generating.generate_moving_mnist(tmp_path / "mm", num_train=3, num_test=2, train_length=30, test_length=40,
+                                         seed=1)
+    monkeypatch.undo()
+    assert sorted(path.name for path in (tmp_path / "mm").rglob("*")) == [
+        "00000.mp4", "00001.mp4", "generated.json", "train-seq100"]  # whole videos only
+    kept = {path: path.stat().st_mtime_ns for path in (tmp_path / "mm").rglob("*.mp4")}
+    assert generate(tmp_path / "mm").exit_code == 0 and generate(tmp_path / "straight").exit_code == 0
+    for path in (tmp_path / "straight").rglob("*.mp4"):
+        resumed = tmp_path / "mm" / path.relative_to(tmp_path / "straight")
+        assert np.array_equal(video_io.read_video(resumed, "resumed", 1), video_io.read_video(path, "straight", 1))
+    assert all(path.stat().st_mtime_ns == time for path, time in kept.items())  # the first two left as they were
