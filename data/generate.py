@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.files.atomic import atomic_path, write_text
+from pyro_cwvae.files.atomic import atomic_path, remove_leftovers, write_text
 from pyro_cwvae.files.reading import regular_file
 
 from . import DatasetError, batch_rng
@@ -42,8 +42,9 @@ def generate_moving_mnist(out: str | os.PathLike, *, num_train: int, num_test: i
     plan = {"train": (num_train, train_length, split_digits("train"), TRAIN_STREAM),
             "test": (num_test, test_length, split_digits("test"), TEST_STREAM)}
     folders = {split: out / MovingMNISTArchive.split_folders[split] for split in plan}
+    codec = default_codec()
     settings = dict(train=num_train, test=num_test, train_length=train_length, test_length=test_length, speed=speed,
-                    seed=seed)
+                    seed=seed, codec=codec)  # the codec too: one folder, one encoding
     if any(folder.is_dir() and any(folder.glob("*.mp4")) for folder in folders.values()):
         if recorded_settings(out) != settings:
             raise DatasetError(f"{out} already holds videos, not those of an interrupted `data generate` with these "
@@ -55,11 +56,11 @@ def generate_moving_mnist(out: str | os.PathLike, *, num_train: int, num_test: i
             raise DatasetError(f"cannot write to {out}: {error.strerror or error}") from error
     files = {split: [folders[split] / f"{index:0{max(5, len(str(count - 1)))}d}.mp4" for index in range(count)]
              for split, (count, *_) in plan.items()}
-    codec = default_codec()
     with tqdm(total=num_train + num_test, desc="writing Moving MNIST", unit="video") as bar:
         for split, (count, length, digits, stream) in plan.items():
             for index, file in enumerate(files[split]):
                 if not file.exists():  # one of an interrupted run is whole: written under another name, then moved
+                    remove_leftovers(file)  # the temporary file of a write that was killed
                     write_one(file, moving_mnist_video(batch_rng(seed, index, stream=stream), digits, length, speed),
                               codec)
                 bar.update()
