@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.files.atomic import atomic_path, remove_leftovers, write_text
-from pyro_cwvae.files.reading import regular_file
+from pyro_cwvae.files.reading import read_bytes
 
 from . import DatasetError, batch_rng
 from .archives import MovingMNISTArchive
@@ -79,7 +79,7 @@ def recorded_settings(out: Path) -> dict | None:
     """The settings an earlier ``generate_moving_mnist`` recorded in ``out``; None where there are none (or the file is
     not one it wrote: a folder is someone else's until proven otherwise)."""
     try:
-        values = json.loads(regular_file(out / SETTINGS, 4096, "generation settings").read_text())
+        values = json.loads(read_bytes(out / SETTINGS, 4096, "generation settings"))
     except (UserError, OSError, UnicodeDecodeError, ValueError):
         return None
     return values if isinstance(values, dict) else None
