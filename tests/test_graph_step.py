@@ -1,6 +1,7 @@
 """The training step of --cuda-graph, run eagerly on a CPU: it equals the step before it bit for bit (losses,
 weights, optimizer state), skips a non-finite step inside the step without reading it back, has no host
-synchronisation for the packaged programs, and names the one of a variant that has."""
+synchronisation for the packaged programs (nor, with its tensors on another device, a copy from the host), and
+names the one of a variant that has."""
 import contextlib
 import math
 import textwrap
@@ -12,6 +13,7 @@ import torch
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.model.config import kl_scale
+from pyro_cwvae.model import step_sharing
 from pyro_cwvae.model.elbo import ElboTerms
 from pyro_cwvae.model.programs import load_programs
 from pyro_cwvae.training.loop import ElboModule
@@ -162,6 +164,47 @@ def test_a_variant_reading_a_value_on_the_host_is_named_with_its_line(tiny_cfg, 
         cause = find_host_sync(step_fn._step)
     assert cause is not None and "Python if/while on a tensor" in cause and f"{source}:" in cause
     assert "if video.mean() > 2.0" in cause
+
+
+def step_on_a_device(cfg, programs, monkeypatch):
+    """The training step with its networks and buffers on torch's "meta" device: a device with memory of its own
+    (shapes only), so that, on a CPU, a copy between host and device shows up as it would on a GPU."""
+    monkeypatch.setattr(step_sharing, "autocast_state", lambda device: None)  # torch has no autocast for meta
+    with torch.device("meta"):
+        nets = programs.make_nets(cfg)
+    elbo = ElboModule(nets, programs.model.fn, programs.guide.fn, cfg)
+    optimizer = KerasAdam(nets.parameters(), lr=cfg.lr, eps=cfg.adam_eps, masked=True, together=True)
+    step_fn = TrainStep(elbo, optimizer, cfg.clip_norm, warmup_scale=cfg.kl_warmup > 0)
+    step_fn._load(next(batches(cfg)), 0.5)
+    return step_fn
+
+
+def test_the_packaged_step_copies_nothing_between_host_and_device(tiny_cfg, monkeypatch):
+    """As the first warm-up step under the graph is watched: with ``DeviceScalars`` on, every option's step."""
+    cfg = tiny_cfg.replace(kl_warmup=4, obs_dropout=0.5, obs_dropout_span=2, elbo="meanfield", kl_balance=0.8,
+                           free_nats=0.5, kl_beta=[1.0, 0.5])
+    step_fn = step_on_a_device(cfg, load_programs(None, None), monkeypatch)
+    with pyro.validation_enabled(False), DeviceScalars(("meta",)):
+        assert find_host_sync(step_fn._step) is None
+        assert find_host_sync(step_fn._step) is None  # and with the optimizer state made
+    assert step_fn.out.device.type == "meta" and step_fn.out.shape == (3 + cfg.levels + 2,)  # terms, norm, flag
+
+
+@pytest.mark.parametrize("line, cause", [
+    ("weights = torch.tensor([0.5, 0.5], device=video.device)", "torch.tensor of host data for the device"),
+    ("weights = torch.ones(2).to(video.device)", "a copy from the host"),
+    ("weights = torch.as_tensor([0.5, 0.5], device=video.device)", "torch.as_tensor of host data")])
+def test_a_variant_copying_between_host_and_device_is_named_with_its_line(tiny_cfg, tmp_path, monkeypatch, line,
+                                                                        cause):
+    source = tmp_path / "guide.py"
+    packaged = load_programs(None, None).guide.source
+    marker = "    embeddings = observational_dropout("
+    source.write_text(packaged.replace(marker, f"    {line}\n{marker}"))
+    cfg = tiny_cfg.replace(guide=str(source))
+    step_fn = step_on_a_device(cfg, load_programs(cfg.model, cfg.guide), monkeypatch)
+    with pyro.validation_enabled(False), DeviceScalars(("meta",)):
+        found = find_host_sync(step_fn._step)
+    assert found is not None and cause in found and f"{source}:" in found and line in found
 
 
 def test_cuda_graph_auto_is_off_on_a_cpu_and_on_refuses_what_it_cannot_capture():

@@ -20,8 +20,8 @@ graph. Elsewhere the same ``_step`` runs eagerly. While the programs' Python run
 and the capture), ``DeviceScalars`` makes a tensor of a Python number on the device without a copy from the host
 (``torch.distributions`` makes one of every number it is given, like the packaged model's ``Normal(frames,
 cfg.dec_std)``; a synchronous copy cannot be captured), so the programs stay as they are. A program that cannot be captured (a host synchronisation: an
-``.item()``, a Python branch on a tensor value, a data-dependent shape) stops the run with one line naming the cause
-and ``--cuda-graph off``.
+``.item()``, a Python branch on a tensor value, a data-dependent shape, a tensor made from host data on the device)
+stops the run with one line naming the cause, its line of code, and ``--cuda-graph off``.
 """
 from __future__ import annotations
 
@@ -177,12 +177,32 @@ class DeviceScalars(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in (torch.tensor, torch.as_tensor) and len(args) == 1 and type(args[0]) in (int, float, bool):
-            device = kwargs.get("device")
-            if device is not None and torch.device(device).type in self.device_types and set(kwargs) <= {
-                    "dtype", "device", "requires_grad"}:
-                return torch.full((), args[0], **kwargs)
+        if device_scalar(func, args, kwargs) and torch.device(kwargs["device"]).type in self.device_types:
+            return torch.full((), args[0], **kwargs)
         return func(*args, **kwargs)
+
+
+def device_scalar(func, args, kwargs) -> bool:
+    """Whether ``func(*args, **kwargs)`` is ``torch.tensor`` / ``torch.as_tensor`` of a Python number for a given
+    device: what ``DeviceScalars`` makes on the device."""
+    return (func in (torch.tensor, torch.as_tensor) and len(args) == 1 and type(args[0]) in (int, float, bool)
+            and kwargs.get("device") is not None and set(kwargs) <= {"dtype", "device", "requires_grad"})
+
+
+def host_data_cause(func, args, kwargs) -> str | None:
+    """The copy from the host that ``torch.tensor`` and its kin make of host data (a list, an array, a host tensor)
+    for another device: torch makes it below the dispatcher, where ``HostSyncFinder`` does not see it. None for a
+    Python number, which ``DeviceScalars`` makes on the device."""
+    if func not in (torch.tensor, torch.as_tensor, torch.asarray) or not args or device_scalar(func, args, kwargs):
+        return None
+    device = kwargs.get("device")
+    if device is None or torch.device(device).type == "cpu":
+        return None
+    data = args[0]
+    if isinstance(data, torch.Tensor) and data.device.type != "cpu":
+        return None
+    return (f"torch.{func.__name__} of host data for the device, a copy from the host (make the tensor on the "
+            "device, e.g. with torch.full or torch.arange, or once outside the step)")
 
 
 SYNCS = {
@@ -250,11 +270,28 @@ class HostSyncFinder(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+class HostDataFinder(TorchFunctionMode):
+    """Records, into ``finder``, the first tensor made on a device from host data (see ``host_data_cause``)."""
+
+    def __init__(self, finder: HostSyncFinder):
+        super().__init__()
+        self.finder = finder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.finder.found is None:
+            cause = host_data_cause(func, args, kwargs)
+            if cause:
+                self.finder.found = f"{cause} at {caller()}"
+        return func(*args, **kwargs)
+
+
 def find_host_sync(step: Callable[[], None]) -> str | None:
     """Run ``step`` once (it takes effect) and describe its first host synchronisation, or None if it has none.
-    Works on a CPU as well, where every read is cheap but still shows up (CPU-only copies aside)."""
+    Works on a CPU as well, where every read is cheap but still shows up; copies between host and device show up
+    where the tensors live on another device (tests use torch's "meta" device for one)."""
     finder = HostSyncFinder()
-    with finder:
+    with finder, HostDataFinder(finder):
         step()
     return finder.found
 
