@@ -137,6 +137,19 @@ def test_rollout_declaring_6000x6000_frames_is_refused_before_anything_is_alloca
     assert f"rollout file {run / 'grown.nc'}: dimension 'y' has 6,000 entries, more than the 64" in line
 
 
+def test_plot_calls_a_file_it_cannot_read_what_its_name_says(run, tmp_path):
+    """A history.nc that is no NetCDF (its title, which tells the kinds apart, unreadable) is refused as the training
+    history it is named for; a rollout renamed history.nc is still drawn as a rollout."""
+    (run / "history.nc").write_bytes(b"CDF\x01" + bytes(range(256)) * 8)
+    line = answer(["plot", run / "history.nc", "--out", run / "figures"], run)
+    assert f"cannot read training history {run / 'history.nc'} as NetCDF" in line, line
+    renamed = tmp_path / "elsewhere"
+    renamed.mkdir()
+    (renamed / "history.nc").write_bytes((run / "rollout.nc").read_bytes())
+    result = invoke("plot", renamed / "history.nc", "--out", renamed)
+    assert result.exit_code == 0 and "rollout.gif" in result.output, result.output
+
+
 def test_mp4_declaring_8192x8192_frames_is_refused_before_decoding(run, tmp_path, monkeypatch):
     import av
 

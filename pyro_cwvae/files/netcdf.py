@@ -21,6 +21,8 @@ MAX_DATA_BYTES = 4 << 30
 2 GiB): a small compressed file declaring more is refused before anything is allocated."""
 EVALUATION_TITLE = "pyro-cwvae evaluation"
 """The title of the file ``pyro-cwvae evaluate`` writes: ``plot`` tells it from the others by it."""
+ROLLOUT_TITLE = "pyro-cwvae open-loop rollout"
+"""The title of the file ``pyro-cwvae rollout`` writes."""
 
 
 def provenance(title: str) -> dict[str, str]:

@@ -25,7 +25,6 @@ import torch
 from pyro import poutine
 from pyro.poutine.runtime import NonlocalExit
 
-from pyro_cwvae.errors import UserError
 from pyro_cwvae.model.config import Config
 from pyro_cwvae.model.elbo import level_of
 from pyro_cwvae.model.step_sharing import sharing_steps

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.files.netcdf import provenance, write_netcdf
+from pyro_cwvae.files.netcdf import ROLLOUT_TITLE, provenance, write_netcdf
 from pyro_cwvae.model.config import Config
 from pyro_cwvae.prediction.frames import baseline_frames, decode_and_score, read_test_frames, score_frames
 from pyro_cwvae.prediction.kl import NO_KL_TABLE, kl_table_variable, truth_kls
@@ -133,7 +133,7 @@ def to_dataset(run: Run, *, prediction: np.ndarray, truth: np.ndarray, has_truth
         coords={"sample": np.arange(S), "sequence": np.arange(N), "time": np.arange(T), "channel": np.arange(C),
                 "y": np.arange(64), "x": np.arange(64), "level": np.arange(1, run.cfg.levels + 1)},
         attrs={
-            **provenance("pyro-cwvae open-loop rollout"),
+            **provenance(ROLLOUT_TITLE),
             "config": run.cfg.to_json(), "checkpoint_step": run.step,
             "elbo": run.cfg.elbo,  # the estimator the run was trained with: trace or meanfield
             "seed": seed, "context": context, "horizon": horizon, "prior_levels": prior_levels,
