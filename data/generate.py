@@ -28,8 +28,9 @@ SETTINGS = "generated.json"
 
 
 def generate_moving_mnist(out: str | os.PathLike, *, num_train: int, num_test: int, train_length: int = 100,
-                          test_length: int = 1000, speed: float = 1.0, seed: int = 0) -> dict[str, Path]:
-    """Write ``num_train`` + ``num_test`` videos under ``out``; returns each split's folder. Files are numbered from
+                          test_length: int = 1000, speed: float = 1.0, seed: int = 0) -> tuple[dict[str, Path], int]:
+    """Write ``num_train`` + ``num_test`` videos under ``out``; returns each split's folder and how many videos an
+    interrupted run had written already (kept as they are). Files are numbered from
     00000.mp4 (the public archive's own naming is not documented); each is written under a temporary name and then moved
     into place, so an interrupted run leaves no half-written video, and the settings are recorded first (``SETTINGS``):
     run again with the same settings, it writes only the videos still missing."""
@@ -56,15 +57,18 @@ def generate_moving_mnist(out: str | os.PathLike, *, num_train: int, num_test: i
             raise DatasetError(f"cannot write to {out}: {error.strerror or error}") from error
     files = {split: [folders[split] / f"{index:0{max(5, len(str(count - 1)))}d}.mp4" for index in range(count)]
              for split, (count, *_) in plan.items()}
+    kept = 0
     with tqdm(total=num_train + num_test, desc="writing Moving MNIST", unit="video") as bar:
         for split, (count, length, digits, stream) in plan.items():
             for index, file in enumerate(files[split]):
-                if not file.exists():  # one of an interrupted run is whole: written under another name, then moved
+                if file.exists():  # one of an interrupted run is whole: written under another name, then moved
+                    kept += 1
+                else:
                     remove_leftovers(file)  # the temporary file of a write that was killed
                     write_one(file, moving_mnist_video(batch_rng(seed, index, stream=stream), digits, length, speed),
                               codec)
                 bar.update()
-    return folders
+    return folders, kept
 
 
 def write_one(file: Path, video, codec: str) -> None:

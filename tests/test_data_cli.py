@@ -133,7 +133,10 @@ def test_an_interrupted_generate_writes_only_the_missing_videos_when_run_again(t
     kept = {path: path.stat().st_mtime_ns for path in (tmp_path / "mm").rglob("*.mp4")}
     killed = tmp_path / "mm" / "train-seq100" / ".00002.mp4.a1b2c3.tmp"  # atomic_path's naming: a write killed
     killed.write_bytes(b"half a video")
-    assert generate(tmp_path / "mm").exit_code == 0 and generate(tmp_path / "straight").exit_code == 0
+    resumed = generate(tmp_path / "mm")
+    assert resumed.exit_code == 0 and "(2 of them kept from an interrupted run)" in resumed.output, resumed.output
+    straight = generate(tmp_path / "straight")
+    assert straight.exit_code == 0 and "kept" not in straight.output
     for path in (tmp_path / "straight").rglob("*.mp4"):
         resumed = tmp_path / "mm" / path.relative_to(tmp_path / "straight")
         assert np.array_equal(video_io.read_video(resumed, "resumed", 1), video_io.read_video(path, "straight", 1))

@@ -38,13 +38,15 @@ def generate(
         _fail(f"only mmnist can be generated: {dataset} is recorded video; get {reader.archive} with "
               f"`pyro-cwvae data download {dataset} --out DIR`")
     try:
-        folders = generate_moving_mnist(
+        folders, kept = generate_moving_mnist(
             out, num_train=train, num_test=test, train_length=train_length, test_length=test_length,
             speed=speed, seed=seed,
         )
     except DatasetError as error:
         _fail(error)
-    typer.echo(f"wrote {train} training videos to {folders['train']} and {test} test videos to {folders['test']}")
+    resumed = f" ({kept} of them kept from an interrupted run)" if kept else ""
+    typer.echo(f"wrote {train} training videos to {folders['train']} and {test} test videos to {folders['test']}"
+               f"{resumed}")
 
 
 @app.command()
