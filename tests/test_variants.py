@@ -221,3 +221,30 @@ def test_fit_of_a_variant_says_to_trust_its_programs_in_the_next_command(tmp_pat
                                       "--workers", "0", "--quiet", *TINY_OPTIONS])
     assert result.exit_code == 0, result.output
     assert f"next: pyro-cwvae rollout --run {run} --trust-programs && " in result.output
+
+
+SITE_NAME = "clock.site_name(level, clock.frame(level, step))"
+
+
+@pytest.mark.parametrize("kind, edit, first, site, partner", [
+    ("guide", (SITE_NAME, "clock.site_name(level, step)"), "model", "s_2_4", "s_2_1"),  # steps taken for frames
+    ("guide", ("    return", "    pyro.sample('temperature', dist.Normal(0.0, 1.0))\n    return"), "guide",
+     "temperature", None),
+    ("model", (SITE_NAME, "f'z_{level}_{clock.frame(level, step)}'"), "model", "z_1_0", "s_1_0")])
+def test_a_variant_whose_latent_sites_differ_from_the_other_programs_is_one_line(tmp_path, kind, edit, first, site,
+                                                                                partner):
+    """The ELBO pairs the model's latent sites with the guide's by name: a site of one alone is named with both
+    program files (it was a bare KeyError from the package, or, for a site of the guide's, silently left out)."""
+    source = getattr(load_programs(None, None), kind).source
+    assert source.count(edit[0]) == 1
+    program = tmp_path / f"{kind}.py"
+    program.write_text(source.replace(*edit))
+    result = CliRunner().invoke(app, ["fit", f"--{kind}", str(program), "--run-dir", str(tmp_path / "run"),
+                                      "--steps", "1", "--workers", "0", "--quiet", *TINY_OPTIONS])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    files = {"model": "packaged", "guide": "packaged", kind: str(program)}
+    second = "guide" if first == "model" else "model"
+    assert lines[0].startswith(f"error: the {first} ({files[first]}) samples the latent site {site!r} and the "
+                               f"{second} ({files[second]}) has no site of that name"), lines[0]
+    assert (f"its sites without a partner: {partner}," in lines[0]) == (partner is not None), lines[0]

@@ -73,6 +73,7 @@ def elbo_terms(model, guide, video, nets, cfg, kl_scale: float = 1.0) -> ElboTer
     args = (video, nets, cfg, kl_scale)
     with sharing_steps(nets):  # the model reuses the guide's GRU steps
         model_trace, guide_trace = traces(model, guide, args)
+    check_sites_match(model_trace, guide_trace, cfg)
     batch, frames = video.shape[0], video.shape[0] * video.shape[1]
     reconstruction = video.new_zeros(())
     per_level = [[] for _ in range(cfg.levels + 1)]  # index 0: latent sites of a variant that fit no level
@@ -113,6 +114,34 @@ def traces(model, guide, args: tuple) -> tuple:
             if site["type"] == "sample":
                 check_site_shape(site, float("inf"))
     return model_trace, guide_trace
+
+
+def check_sites_match(model_trace, guide_trace, cfg) -> None:
+    """``UserError`` in one line, naming the site and the program file, unless the model's latent sites and the
+    guide's have the same names: the ELBO pairs them by name (a misnamed site would fail with a bare KeyError, or a
+    site of the guide's alone be left out). Pyro's own check warns, and only under validation, which training turns
+    off."""
+    def latent(trace) -> set[str]:
+        return {name for name, site in trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]}
+
+    sites = {"model": (latent(model_trace), cfg.model), "guide": (latent(guide_trace), cfg.guide)}
+    for this, other in (("model", "guide"), ("guide", "model")):
+        alone = sorted(sites[this][0] - sites[other][0], key=site_order)
+        if alone:
+            unpaired = sorted(sites[other][0] - sites[this][0], key=site_order)
+            shown = f" (its sites without a partner: {', '.join(unpaired[:3])}{', ...' * (len(unpaired) > 3)})" \
+                if unpaired else ""
+            raise UserError(
+                f"the {this} ({sites[this][1] or 'packaged'}) samples the latent site {alone[0]!r} and the {other} "
+                f"({sites[other][1] or 'packaged'}) has no site of that name{shown}: the ELBO pairs each latent "
+                "site of the model with the guide's of the same name, clock.site_name(level, frame) in the packaged "
+                "programs")
+
+
+def site_order(name: str) -> tuple:
+    """Latent sites by level and frame, other names after them."""
+    parsed = Clock.parse_site(name)
+    return (0, *parsed, "") if parsed else (1, 0, 0, name)
 
 
 def summed_kl(sites: list, elbo: str, zero: torch.Tensor, stop_q: bool = False, stop_p: bool = False
