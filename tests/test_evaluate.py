@@ -321,3 +321,25 @@ def test_runs_that_read_their_data_from_different_places_say_whose_test_videos_s
                                          r"elsewhere: /.*/somewhere/mmnist\); all are scored on the test videos of "
                                          r"the first, one-level"):
         evaluate([runs[0], elsewhere], options, perceptual=False, scorers=scorers(), progress=False)
+
+
+def test_the_summary_averages_every_curve_over_the_predicted_frames_only():
+    """A file written by hand: 0 on the two context frames and 10 (or 0.5) on the three predicted ones, for the
+    run, both baselines and the classifier on the true frames; every number the summary prints is the latter."""
+    time, context = np.arange(5), np.array([True, True, False, False, False])
+
+    def curve(predicted: float, dims=("time",)) -> tuple:
+        values = np.where(context, 0.0, predicted)
+        return dims, values[None] if dims[0] == "run" else values
+
+    ds = xr.Dataset({"is_context": ("time", context), "kl_table": (("run", "level"), [[1.0, 2.0]]),
+                     "psnr": curve(10.0, ("run", "time")), "digit_accuracy": curve(0.5, ("run", "time")),
+                     "digit_accuracy_truth": curve(0.75)}
+                    | {f"{name}_{base}": curve(value) for base in ("last_frame", "random_frame")
+                       for name, value in (("psnr", 10.0), ("digit_accuracy", 0.5))},
+                    coords={"run": ["a"], "time": time, "level": [1, 2]})
+    lines = summary(ds).splitlines()
+    assert lines[0] == "a: psnr 10.000, digit_accuracy 0.500; KL per level (nats per training sequence) 1.0, 2.0"
+    assert lines[1:3] == ["last frame: psnr 10.000, digit_accuracy 0.500",
+                          "random frame: psnr 10.000, digit_accuracy 0.500"]
+    assert lines[3] == "digit_accuracy on the true frames (a perfect prediction's): 0.750"

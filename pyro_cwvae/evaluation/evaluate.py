@@ -275,6 +275,6 @@ def summary(ds: xr.Dataset) -> str:
     for baseline in BASELINES:
         lines.append(line(baseline.replace("_", " "), lambda name: ds[f"{name}_{baseline}"],
                           float(ds[f"fvd_horizon_{baseline}"]) if "fvd_horizon" in ds else None))
-    lines += [f"{name} on true frames (ceiling): {float(ds[f'{name}_truth'].mean()):.3f}"
-              for name in metrics if f"{name}_truth" in ds]
+    lines += [f"{name} on the true frames (a perfect prediction's): "
+              f"{float(ds[f'{name}_truth'].where(predicted).mean()):.3f}" for name in metrics if f"{name}_truth" in ds]
     return "\n".join(lines)
