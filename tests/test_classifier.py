@@ -104,7 +104,7 @@ class CodedReader(torch.nn.Module):
 
 def test_pair_accuracy_per_frame_with_labels_broadcast_over_samples_and_time():
     samples, sequences, frames_per = 2, 3, 4
-    truth = np.array([[1, 4], [9, 9], [0, 5]])
+    truth = np.array([[4, 1], [9, 9], [0, 5]])  # as the generator gives them: not sorted
     frames = np.zeros((samples, sequences, frames_per, 1, 64, 64), np.uint8)
     frames[..., 0, 0, :2] = truth[None, :, None, ::-1] * 10  # the true pair, written in reverse order
     frames[1, 2, 3, 0, 0, :2] = [30, 50]  # one frame shows another pair

@@ -343,3 +343,12 @@ def test_the_summary_averages_every_curve_over_the_predicted_frames_only():
     assert lines[1:3] == ["last frame: psnr 10.000, digit_accuracy 0.500",
                           "random frame: psnr 10.000, digit_accuracy 0.500"]
     assert lines[3] == "digit_accuracy on the true frames (a perfect prediction's): 0.750"
+
+
+def test_the_predicted_frames_are_the_videos_frames_after_the_context():
+    """What the best of N ranks and the summary averages, written out by hand: frames 2.. of each video, up to its
+    end."""
+    has_truth = np.array([[True] * 5, [True] * 4 + [False]])
+    test = GroundTruth(truth=np.zeros((2, 5, 1, 64, 64), np.uint8), has_truth=has_truth, context=2,
+                       protocol=PROTOCOLS["paper"])
+    assert test.predicted.tolist() == [[False, False, True, True, True], [False, False, True, True, False]]

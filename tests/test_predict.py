@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.prediction.frames import baseline_frames
 from pyro_cwvae.prediction.kl import kl_per_sequence, level_kls
 from pyro_cwvae.prediction.latents import context_latents, filtered_steps, rollout_trace
 from pyro_cwvae.prediction.options import Intervention, PredictionOptions
@@ -313,3 +314,16 @@ def test_the_api_names_a_mistyped_option_and_the_one_meant():
     with pytest.raises(TypeError, match=r"^evaluate\(\) got unknown option\(s\) 'partcles' \(did you mean "
                                         r"'particles'\?\); its options: context, .*fvd_window"):
         api.evaluate(["no-such-run"], partcles=2)
+
+
+def test_the_baselines_are_the_last_context_frame_and_a_training_frame_of_the_seed():
+    data = GeneratedMovingMNIST(test_length=12)
+    truth = np.stack([data.test_video(i)[:12] for i in range(3)])
+    shown = {seed: baseline_frames(data, truth, context=5, seed=seed) for seed in (0, 1)}
+    np.testing.assert_array_equal(shown[0]["last_frame"], truth[:, 4:5])
+    again = baseline_frames(data, truth, context=5, seed=0)["random_frame"]
+    assert shown[0]["random_frame"].shape == (3, 1, 1, 64, 64)
+    np.testing.assert_array_equal(again, shown[0]["random_frame"])  # the seed's, every time
+    assert not np.array_equal(shown[0]["random_frame"], shown[1]["random_frame"])  # and another seed's differ
+    assert not any(np.array_equal(frame, video[t]) for frame in shown[0]["random_frame"][:, 0] for video in truth
+                   for t in range(12))  # from the training split, not the test videos
