@@ -155,3 +155,26 @@ def test_accuracy_per_sample_and_frame_against_the_truth_of_its_sequence():
     assert correct[0].all()
     assert correct[1, :40].all() and not correct[1, -1]
     assert correct[:, -1].mean() == 0.5
+
+
+def test_accuracy_pairs_each_samples_row_with_its_own_sequence():
+    """Rows of the readings are sample-major (sample 0's sequences, then sample 1's), as the rollouts are: with two
+    sequences of different categories, predictions equal to their own truth are right at every frame."""
+    truths = np.stack([video([("A", 70)], seed=0), video([("A", 20), ("H", 40)], seed=1)])
+    accuracy = RoomAccuracy()
+    labels, _ = accuracy.labels(truths, dataset=None)
+    assert labels[0, -1] == 1 and labels[1, -1] == 2  # the two sequences differ
+    predictions = np.stack([video([("A", 70)], seed=2), video([("A", 20), ("H", 40)], seed=3)] * 2)
+    assert accuracy.correct(accuracy.read(predictions), labels).all()
+
+
+def test_the_still_baseline_starts_from_the_true_context():
+    """A still frame of another room after 10 context frames in room A: the agent is in A, then, after MIN_FRAMES
+    frames of the other room in a row, has moved; the truth stays in A. Right up to frame 10 + MIN_FRAMES - 2."""
+    truth = video([("A", 40)], seed=0)[None]
+    elsewhere = video([("B", 1)], seed=1)[None]
+    accuracy = RoomAccuracy()
+    labels, _ = accuracy.labels(truth, dataset=None)
+    correct = accuracy.correct(accuracy.still(elsewhere, truth, context=10), labels)[0]
+    moved = 10 + MIN_FRAMES - 1
+    assert correct[:moved].all() and not correct[moved:].any(), correct.astype(int)
