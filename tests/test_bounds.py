@@ -13,7 +13,10 @@ from pyro_cwvae.errors import UserError
 from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.evaluation.scoring import bounds
+from pyro_cwvae.evaluation.truth import GroundTruth
 from pyro_cwvae.prediction import Run
+from pyro_cwvae.prediction.scores import PROTOCOLS
 
 SIGMA = 0.5  # stddev of x_t | z in the linear-Gaussian model
 D = 3  # dimensions of z and of each x_t
@@ -125,3 +128,24 @@ def test_site_outside_batch_plate_is_refused(gaussian_video):
     run.model = global_model
     with pytest.raises(UserError, match="'scale' lies outside the 'batch' plate"):
         importance_weighted_bound(run, gaussian_video, 2)
+
+
+def test_evaluate_bounds_read_only_the_frames_every_test_video_has(tiny_cfg):
+    """``scoring.bounds`` of videos padded past the shortest one's end (frames 8..11 of the second): the bounds of
+    the first ``kl_frames`` frames alone, whatever the padding holds."""
+    run = cwvae_run(tiny_cfg)
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (2, 12, 1, 64, 64), dtype=np.uint8)
+    has_truth = np.ones((2, 12), bool)
+    has_truth[1, 8:] = False
+    results = []
+    for padding in (0, 255):
+        truth[1, 8:] = padding
+        test = GroundTruth(truth=truth, has_truth=has_truth, context=4, protocol=PROTOCOLS["paper"], kl_frames=8)
+        pyro.set_rng_seed(3)
+        results.append(bounds(run, test, particles=2))
+    pyro.set_rng_seed(3)
+    alone = importance_weighted_bound(run, torch.from_numpy(truth[:, :8]).float() / 255, particles=2)
+    for iwae, elbo in results:
+        np.testing.assert_array_equal(iwae, alone.iwae)
+        np.testing.assert_array_equal(elbo, alone.elbo)
