@@ -60,7 +60,10 @@ def test_every_field_has_a_test_value():
 
 def test_every_field_is_settable_from_the_command_line(configs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for program in ("m.py", "g.py"):  # a new run records its program files' absolute paths
+        (tmp_path / program).write_text("")
     for name, (text, value) in VALUES.items():
+        value = str(tmp_path.resolve() / value) if name in ("model", "guide") else value
         if name != "run_dir":
             given = [f"--{name.replace('_', '-')}"] + ([text] if text is not None else [])
             fit(tmp_path, *given, "--run-dir", tmp_path / name)
@@ -152,3 +155,18 @@ def test_list_options_parse_to_the_field_type():
     assert cli_options.option_type(hint) is str
     assert cli_options.parse_setting("kl_beta", "1,2.5", hint) == [1.0, 2.5]
     assert cli_options.parse_setting("lr", 0.1, typing.get_type_hints(Config)["lr"]) == 0.1
+
+
+def test_a_config_files_relative_program_path_is_read_from_the_current_folder_and_recorded_whole(configs, tmp_path,
+                                                                                              monkeypatch):
+    (tmp_path / "m.py").write_text("from pyro_cwvae.models.cwvae import model\n")
+    (tmp_path / "c.toml").write_text('model = "m.py"\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = CliRunner().invoke(cli.app, ["fit", "--config", "../c.toml", "--trust-programs", "--run-dir", "r"])
+    assert result.exit_code == 2 and result.output.strip() == (
+        f"error: model = 'm.py' in --config ../c.toml: no such file (a relative path is read from the current "
+        f"folder, {tmp_path / 'elsewhere'})")
+    monkeypatch.chdir(tmp_path)
+    fit(tmp_path, "--config", "c.toml", "--trust-programs", "--run-dir", "r")
+    assert configs.pop().model == str(tmp_path.resolve() / "m.py")  # config.json names it from anywhere

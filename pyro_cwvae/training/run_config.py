@@ -51,7 +51,7 @@ def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file
         options = {key: value for key, value in options.items() if key != "dataset"}  # the preset sets it
     if "run_dir" not in options:
         options = {**options, "run_dir": str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")}
-    cfg = cfg.replace(**options).validate()
+    cfg = programs_found(cfg.replace(**options).validate(), options, config_file)
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file, not a folder")
@@ -61,6 +61,21 @@ def new_run_config(options: dict[str, Any], overwrite: bool = False, config_file
                             "its first): nothing to resume; pass --overwrite to start over")
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start over")
     return cfg  # the old run's files are replaced only once training starts (train.fit), never on bad input
+
+
+def programs_found(cfg: Config, options: dict[str, Any], config_file: str | Path | None) -> Config:
+    """``cfg`` with its program files as absolute paths, so that the run's config.json names them wherever it is
+    read from; ``UserError`` naming where a path came from (an option, or the config file) if it is no file."""
+    for kind in ("model", "guide"):
+        if getattr(cfg, kind) is None:
+            continue
+        file = Path(getattr(cfg, kind)).expanduser()
+        if not file.is_file():
+            given = f"--{kind} {file}" if kind in options else f"{kind} = {str(file)!r} in --config {config_file}"
+            relative = "" if file.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+            raise UserError(f"{given}: no such file{relative}")
+        cfg = cfg.replace(**{kind: str(file.resolve())})
+    return cfg
 
 
 def resume_config(options: dict[str, Any], trust_programs: bool = False) -> Config:
