@@ -1,6 +1,7 @@
 """Settings from one place: every Config field is a `fit` option, preset files and a run's config.json are valid
 `--config` files, and the command line overrides them."""
 import dataclasses
+import re
 import json
 import typing
 from pathlib import Path
@@ -170,3 +171,11 @@ def test_a_config_files_relative_program_path_is_read_from_the_current_folder_an
     monkeypatch.chdir(tmp_path)
     fit(tmp_path, "--config", "c.toml", "--trust-programs", "--run-dir", "r")
     assert configs.pop().model == str(tmp_path.resolve() / "m.py")  # config.json names it from anywhere
+
+
+def test_help_at_80_columns_shows_every_option_name_whole():
+    result = CliRunner().invoke(cli.app, ["fit", "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "…" not in result.output
+    for field in dataclasses.fields(Config):
+        assert re.search(rf"--{field.name.replace('_', '-')}(?![\w-])", result.output), field.name
+    assert "--no-deterministic" in result.output

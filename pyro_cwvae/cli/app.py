@@ -82,6 +82,7 @@ def fail(message: str, code: int) -> int:
 
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
                   help="Clockwork Variational Autoencoders as Pyro programs.")
 app.add_typer(data_app, name="data")
 app.add_typer(classifier_app, name="classifier")
@@ -98,7 +99,8 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run."),
     max_bad_steps: int = typer.Option(0, min=0, help="Skip up to this many steps with a non-finite loss or gradient."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar, start line or preview lines (warnings, "
+                                                      "errors and the closing lines still show)."),
     trust_programs: bool = TRUST_PROGRAMS,
 ):
     """Train a CW-VAE with stochastic variational inference. Every setting comes from the dataset's preset

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Look after run checkpoints.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
+    help="Look after run checkpoints.", no_args_is_help=True, add_completion=False)
 
 
 @app.command()

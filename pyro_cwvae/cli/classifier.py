@@ -7,8 +7,10 @@ from pyro_cwvae.evaluation.digit_record import (BATCH_SIZE, SEED, STEPS, TEST_VI
                                                 read_record)
 from pyro_cwvae.evaluation.sources import ENV_VAR
 
-app = typer.Typer(help="The digit classifier that scores digit identities in Moving MNIST predictions.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
+    help="The digit classifier that scores digit identities in Moving MNIST predictions.",
+    no_args_is_help=True, add_completion=False)
 
 
 @app.command()

@@ -11,7 +11,9 @@ from pyro_cwvae.data.archives import ARCHIVES
 from pyro_cwvae.data.download import download_dataset
 from pyro_cwvae.data.registry import describe
 
-app = typer.Typer(help="Download, make and inspect video data folders.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
+    help="Download, make and inspect video data folders.", no_args_is_help=True, add_completion=False)
 
 
 def _fail(error: Exception) -> None:

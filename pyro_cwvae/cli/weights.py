@@ -10,8 +10,10 @@ import typer
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation.sources import ENV_VAR, SOURCES, cache_dir
 
-app = typer.Typer(help="Get the published weights of the LPIPS and FVD networks.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
+    help="Get the published weights of the LPIPS and FVD networks.",
+    no_args_is_help=True, add_completion=False)
 
 Which = Enum("Which", {name: name for name in (*SOURCES, "all")}, type=str)
 
