@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -248,3 +249,17 @@ def test_a_variant_whose_latent_sites_differ_from_the_other_programs_is_one_line
     assert lines[0].startswith(f"error: the {first} ({files[first]}) samples the latent site {site!r} and the "
                                f"{second} ({files[second]}) has no site of that name"), lines[0]
     assert (f"its sites without a partner: {partner}," in lines[0]) == (partner is not None), lines[0]
+
+
+def test_a_variant_run_resumes_with_its_program_given_again_by_a_relative_path(tmp_path, monkeypatch):
+    """The run records the absolute path; ``--model same.py`` again names the same file, not a different model."""
+    monkeypatch.chdir(tmp_path)
+    Path("same.py").write_text("from pyro_cwvae.models.cwvae import model\n")
+    common = ["--model", "same.py", "--run-dir", "run", "--workers", "0", "--quiet", *TINY_OPTIONS]
+    assert CliRunner().invoke(app, ["fit", "--steps", "1", *common]).exit_code == 0
+    resumed = CliRunner().invoke(app, ["fit", "--steps", "2", "--resume", "--trust-programs", *common])
+    assert resumed.exit_code == 0 and "step 2:" in resumed.output, resumed.output
+    Path("other.py").write_text(Path("same.py").read_text())
+    common[1] = "other.py"
+    refused = CliRunner().invoke(app, ["fit", "--steps", "3", "--resume", "--trust-programs", *common])
+    assert refused.exit_code == 2 and "--model other.py differs from the resumed run's" in refused.output

@@ -92,8 +92,16 @@ def resume_config(options: dict[str, Any], trust_programs: bool = False) -> Conf
         raise UserError(f"--steps {options['steps']} is fewer than the {state['step']} the run has taken: a resumed "
                         f"run trains on from its step (start a new run to train fewer)")
     for key, value in options.items():
-        if key not in CHANGEABLE_ON_RESUME and value != getattr(saved, key):
+        if key not in CHANGEABLE_ON_RESUME and not same_setting(key, value, getattr(saved, key)):
             raise UserError(f"--{option(key)} {value} differs from the resumed run's {getattr(saved, key)}: "
                             f"a resumed run keeps its model and data (start a new run to change them)")
     changes = {k: v for k, v in options.items() if k in CHANGEABLE_ON_RESUME}
     return saved.replace(**changes).validate()
+
+
+def same_setting(key: str, given: Any, saved: Any) -> bool:
+    """Whether an option given on resume is the run's own: a program file by the file it names (a run records the
+    absolute path of a relative ``--model``)."""
+    if key in ("model", "guide") and given is not None and saved is not None:
+        return Path(given).expanduser().resolve() == Path(saved).expanduser().resolve()
+    return given == saved
