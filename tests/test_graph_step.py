@@ -193,7 +193,8 @@ def test_the_packaged_step_copies_nothing_between_host_and_device(tiny_cfg, monk
 @pytest.mark.parametrize("line, cause", [
     ("weights = torch.tensor([0.5, 0.5], device=video.device)", "torch.tensor of host data for the device"),
     ("weights = torch.ones(2).to(video.device)", "a copy from the host"),
-    ("weights = torch.as_tensor([0.5, 0.5], device=video.device)", "torch.as_tensor of host data")])
+    ("weights = torch.as_tensor([0.5, 0.5], device=video.device)", "torch.as_tensor of host data"),
+    ("weights = video.new_tensor([0.5, 0.5])", "Tensor.new_tensor of host data")])
 def test_a_variant_copying_between_host_and_device_is_named_with_its_line(tiny_cfg, tmp_path, monkeypatch, line,
                                                                         cause):
     source = tmp_path / "guide.py"
@@ -271,9 +272,11 @@ def test_device_scalars_make_python_numbers_on_the_device_with_the_same_values(t
     full, filled = torch.full, []
     monkeypatch.setattr(torch, "full", lambda *args, **kwargs: filled.append(args[1]) or full(*args, **kwargs))
     with DeviceScalars(("cpu",)):
-        made = torch.tensor(0.1, dtype=torch.float32, device="cpu"), torch.as_tensor(3, device="cpu")
+        made = (torch.tensor(0.1, dtype=torch.float32, device="cpu"), torch.as_tensor(3, device="cpu"),
+                torch.zeros((), dtype=torch.float64).new_tensor(0.25))
         torch.distributions.Normal(torch.zeros(2), 0.5)
-    assert filled == [0.1, 3, 0.5] and made[0].item() == torch.tensor(0.1).item() and made[1].dtype == torch.int64
+    assert filled == [0.1, 3, 0.25, 0.5] and made[0].item() == torch.tensor(0.1).item()
+    assert made[1].dtype == torch.int64 and made[2].dtype == torch.float64  # new_tensor: the dtype of its tensor
     monkeypatch.undo()
     programs = load_programs(None, None)
     results = []

@@ -125,6 +125,12 @@ def check_sites_match(model_trace, guide_trace, cfg) -> None:
         return {name for name, site in trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]}
 
     sites = {"model": (latent(model_trace), cfg.model), "guide": (latent(guide_trace), cfg.guide)}
+    auxiliary = sorted(name for name in sites["guide"][0] - sites["model"][0]
+                       if guide_trace.nodes[name]["infer"].get("is_auxiliary"))
+    if auxiliary:
+        raise UserError(f"the guide ({cfg.guide or 'packaged'}) samples the auxiliary site {auxiliary[0]!r}: this "
+                        "ELBO pairs each latent site of the model with the guide's of the same name and has no term "
+                        "for a site of the guide's alone")
     for this, other in (("model", "guide"), ("guide", "model")):
         alone = sorted(sites[this][0] - sites[other][0], key=site_order)
         if alone:

@@ -168,8 +168,9 @@ class TrainStep:
 
 
 class DeviceScalars(TorchFunctionMode):
-    """``torch.tensor(x)`` / ``torch.as_tensor(x)`` of a Python number for a device of ``device_types`` made there by
-    ``torch.full`` (the same value, no copy from the host), for code run under a CUDA graph's capture."""
+    """``torch.tensor(x)``, ``torch.as_tensor(x)`` or ``t.new_tensor(x)`` of a Python number for a device of
+    ``device_types`` made there by ``torch.full`` (the same value, no copy from the host), for code run under a
+    CUDA graph's capture."""
 
     def __init__(self, device_types: tuple[str, ...] = ("cuda",)):
         super().__init__()
@@ -177,32 +178,47 @@ class DeviceScalars(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if device_scalar(func, args, kwargs) and torch.device(kwargs["device"]).type in self.device_types:
-            return torch.full((), args[0], **kwargs)
+        made = factory_call(func, args, kwargs)
+        if made is not None and device_scalar(func, made, kwargs) and made[1].type in self.device_types:
+            return torch.full((), made[0], **made[2])
         return func(*args, **kwargs)
 
 
-def device_scalar(func, args, kwargs) -> bool:
-    """Whether ``func(*args, **kwargs)`` is ``torch.tensor`` / ``torch.as_tensor`` of a Python number for a given
-    device: what ``DeviceScalars`` makes on the device."""
-    return (func in (torch.tensor, torch.as_tensor) and len(args) == 1 and type(args[0]) in (int, float, bool)
-            and kwargs.get("device") is not None and set(kwargs) <= {"dtype", "device", "requires_grad"})
+def factory_call(func, args, kwargs) -> tuple | None:
+    """For ``torch.tensor``, ``torch.as_tensor``, ``torch.asarray`` and ``Tensor.new_tensor`` (which make a tensor
+    of data, copying it to the device below the dispatcher): its data, the device it goes to (None: the host, or
+    the data's own) and the options of the tensor; None for any other function."""
+    if func is torch.Tensor.new_tensor and len(args) == 2:
+        like = args[0]
+        options = {"dtype": like.dtype, "device": like.device, **kwargs}
+        return args[1], torch.device(options["device"]), options
+    if func in (torch.tensor, torch.as_tensor, torch.asarray) and len(args) == 1:
+        device = kwargs.get("device")
+        return args[0], None if device is None else torch.device(device), kwargs
+    return None
+
+
+def device_scalar(func, made: tuple, kwargs) -> bool:
+    """Whether the ``factory_call`` ``made`` makes a tensor of one Python number for a given device: what
+    ``DeviceScalars`` makes on the device."""
+    data, device, _ = made
+    return (func is not torch.asarray and type(data) in (int, float, bool) and device is not None
+            and set(kwargs) <= {"dtype", "device", "requires_grad"})
 
 
 def host_data_cause(func, args, kwargs) -> str | None:
     """The copy from the host that ``torch.tensor`` and its kin make of host data (a list, an array, a host tensor)
     for another device: torch makes it below the dispatcher, where ``HostSyncFinder`` does not see it. None for a
     Python number, which ``DeviceScalars`` makes on the device."""
-    if func not in (torch.tensor, torch.as_tensor, torch.asarray) or not args or device_scalar(func, args, kwargs):
+    made = factory_call(func, args, kwargs)
+    if made is None or device_scalar(func, made, kwargs):
         return None
-    device = kwargs.get("device")
-    if device is None or torch.device(device).type == "cpu":
+    data, device, _ = made
+    if device is None or device.type == "cpu" or (isinstance(data, torch.Tensor) and data.device.type != "cpu"):
         return None
-    data = args[0]
-    if isinstance(data, torch.Tensor) and data.device.type != "cpu":
-        return None
-    return (f"torch.{func.__name__} of host data for the device, a copy from the host (make the tensor on the "
-            "device, e.g. with torch.full or torch.arange, or once outside the step)")
+    name = "Tensor.new_tensor" if func is torch.Tensor.new_tensor else f"torch.{func.__name__}"
+    return (f"{name} of host data for the device, a copy from the host (make the tensor on the device, e.g. with "
+            "torch.full or torch.arange, or once outside the step)")
 
 
 SYNCS = {
