@@ -173,9 +173,18 @@ def test_a_config_files_relative_program_path_is_read_from_the_current_folder_an
     assert configs.pop().model == str(tmp_path.resolve() / "m.py")  # config.json names it from anywhere
 
 
+@pytest.mark.parametrize("group", ["", "data", "classifier", "weights", "checkpoint"])
+def test_help_at_80_columns_cuts_no_command_summary(group):
+    result = CliRunner().invoke(cli.app, [group, "--help"] if group else ["--help"], terminal_width=80,
+                                env={"COLUMNS": "80"})
+    commands = result.output.split("Commands:")[1].strip("\n").splitlines()
+    assert result.exit_code == 0 and len(commands) >= 1
+    assert all(line.startswith("  ") and not line.rstrip().endswith(("...", "…")) for line in commands), commands
+
+
 def test_help_at_80_columns_shows_every_option_name_whole():
     result = CliRunner().invoke(cli.app, ["fit", "--help"], terminal_width=80, env={"COLUMNS": "80"})
-    assert result.exit_code == 0 and "…" not in result.output
+    assert result.exit_code == 0 and "…" not in result.output and "..." not in result.output
     for field in dataclasses.fields(Config):
         assert re.search(rf"--{field.name.replace('_', '-')}(?![\w-])", result.output), field.name
     assert "--no-deterministic" in result.output

@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from pyro_cwvae.cli.checkpoint import app as checkpoint_app
 from pyro_cwvae.cli.classifier import app as classifier_app
 from pyro_cwvae.cli.data import app as data_app
+from pyro_cwvae.cli.layout import command_group
 from pyro_cwvae.cli.options import TRUST_PROGRAMS, config_options, dataclass_options
 from pyro_cwvae.cli.weights import app as weights_app
 from pyro_cwvae.data import DatasetError
@@ -81,11 +82,10 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
-                  help="Clockwork Variational Autoencoders as Pyro programs.")
+app = command_group(cls=OneLineErrors, pretty_exceptions_enable=False,
+                    help="Clockwork Variational Autoencoders as Pyro programs.")
 app.add_typer(data_app, name="data")
-app.add_typer(classifier_app, name="classifier")
+app.add_typer(classifier_app, name="classifier", short_help="The digit classifier of the digit accuracy.")
 app.add_typer(weights_app, name="weights")
 app.add_typer(checkpoint_app, name="checkpoint")
 
@@ -142,7 +142,7 @@ def loss_summary(losses: list[float]) -> str:
             f"step{'s' if n > 1 else ''})")
 
 
-@app.command()
+@app.command(short_help="Open-loop predictions of test videos, scored, KL per level.")
 @dataclass_options(Intervention, "intervention", defaults={})
 @dataclass_options(PredictionOptions, "options", defaults={})
 def rollout(
@@ -164,7 +164,7 @@ def rollout(
                f"{ds.sizes['time']} frames; interventions: {ds.attrs['interventions']}\n{api.summary(ds)}")
 
 
-@app.command()
+@app.command(short_help="The paper's metrics of one or more runs and the baselines.")
 @dataclass_options(PredictionOptions, "options", defaults=EVALUATE_DEFAULTS)
 def evaluate(
     options: dict,
@@ -190,7 +190,7 @@ def evaluate(
                f"frames predicted (means over the predicted frames)\n{summary(ds)}")
 
 
-@app.command()
+@app.command(short_help="Figures of a rollout, an evaluation or a training history.")
 def plot(
     file: Path = typer.Argument(..., help="A rollout, evaluation or training history (history.nc) NetCDF file."),
     out: Optional[Path] = typer.Option(None, help="Folder for the figures (default: the folder of FILE)."),

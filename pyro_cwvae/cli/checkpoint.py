@@ -5,12 +5,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(
-    rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
-    help="Look after run checkpoints.", no_args_is_help=True, add_completion=False)
+from pyro_cwvae.cli.layout import command_group
+
+app = command_group(help="Look after run checkpoints.")
 
 
-@app.command()
+@app.command(short_help="Rewrite a run's checkpoint in the current format.")
 def upgrade(
     run: Path = typer.Argument(..., help="The run directory whose checkpoint to rewrite."),
     trust: bool = typer.Option(False, "--trust", help="Read it with the full pickle loader, which runs any code "

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import typer
 
+from pyro_cwvae.cli.layout import command_group
 from pyro_cwvae.evaluation.digit_record import (BATCH_SIZE, SEED, STEPS, TEST_VIDEOS, Record, classifier_path,
                                                 read_record)
 from pyro_cwvae.evaluation.sources import ENV_VAR
 
-app = typer.Typer(
-    rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
-    help="The digit classifier that scores digit identities in Moving MNIST predictions.",
-    no_args_is_help=True, add_completion=False)
+app = command_group(help="The digit classifier that scores digit identities in Moving MNIST predictions.")
 
 
-@app.command()
+@app.command(short_help="Train the classifier on generated frames and cache it.")
 def train(
     steps: int = typer.Option(STEPS, min=1, help="Optimisation steps."),
     batch_size: int = typer.Option(BATCH_SIZE, min=2, help="Generated frames per step."),
@@ -33,7 +31,7 @@ def train(
     typer.echo(f"trained in {record.train_seconds:.0f} s: {describe(record)}")
 
 
-@app.command()
+@app.command(short_help="Check the cached classifier and say how it was trained.")
 def info() -> None:
     """Check the cached classifier; say where it is, how it was trained, and its accuracy on ground-truth frames."""
     from pyro_cwvae.evaluation.digits import load

