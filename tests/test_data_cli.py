@@ -134,9 +134,11 @@ def test_an_interrupted_generate_writes_only_the_missing_videos_when_run_again(t
     killed = tmp_path / "mm" / "train-seq100" / ".00002.mp4.a1b2c3.tmp"  # atomic_path's naming: a write killed
     killed.write_bytes(b"half a video")
     resumed = generate(tmp_path / "mm")
-    assert resumed.exit_code == 0 and "(2 of them kept from an interrupted run)" in resumed.output, resumed.output
+    assert resumed.exit_code == 0 and "(2 of them kept from an earlier, interrupted run)" in resumed.output
     straight = generate(tmp_path / "straight")
     assert straight.exit_code == 0 and "kept" not in straight.output
+    again = generate(tmp_path / "straight")
+    assert again.exit_code == 0 and "nothing to write: the 3 training videos in" in again.output, again.output
     for path in (tmp_path / "straight").rglob("*.mp4"):
         resumed = tmp_path / "mm" / path.relative_to(tmp_path / "straight")
         assert np.array_equal(video_io.read_video(resumed, "resumed", 1), video_io.read_video(path, "straight", 1))

@@ -45,9 +45,12 @@ def generate(
         )
     except DatasetError as error:
         _fail(error)
-    resumed = f" ({kept} of them kept from an interrupted run)" if kept else ""
-    typer.echo(f"wrote {train} training videos to {folders['train']} and {test} test videos to {folders['test']}"
-               f"{resumed}")
+    if kept == train + test:
+        typer.echo(f"nothing to write: the {train} training videos in {folders['train']} and {test} test videos in "
+                   f"{folders['test']} were all there already")
+    else:
+        typer.echo(f"wrote {train} training videos to {folders['train']} and {test} test videos to {folders['test']}"
+                   + (f" ({kept} of them kept from an earlier, interrupted run)" if kept else ""))
 
 
 @app.command(short_help="Which dataset a folder holds, and its videos per split.")
