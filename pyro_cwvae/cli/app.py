@@ -203,13 +203,10 @@ def plot(
     from pyro_cwvae.plots.rollout import write_figures
     from pyro_cwvae.plots.evaluation import is_evaluation, read_evaluation, write_evaluation_figures
     from pyro_cwvae.plots.history import is_history, read_history, write_history_figure
-    from pyro_cwvae.files.netcdf import ROLLOUT_TITLE, has_title
-    from pyro_cwvae.training.history import HISTORY
 
     if is_evaluation(file):
         paths = write_evaluation_figures(read_evaluation(file), out or file.parent)
-    elif is_history(file) or (file.name == HISTORY and not has_title(file, ROLLOUT_TITLE)):
-        # a damaged history.nc (its title unreadable) is refused as what its name says it is
+    elif is_history(file):
         paths = write_history_figure(read_history(file), out or file.parent)
     else:
         paths = write_figures(read_rollout(file), out or file.parent, max_sequences=sequences)

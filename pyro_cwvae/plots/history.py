@@ -12,15 +12,16 @@ import numpy as np
 import xarray as xr
 
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.files.netcdf import has_title, open_netcdf
+from pyro_cwvae.files.netcdf import ROLLOUT_TITLE, has_title, open_netcdf
 from pyro_cwvae.files.reading import printable
 from pyro_cwvae.plots.files import save_figure
-from pyro_cwvae.training.history import PREVIEW, TITLE, check_history, preview_names
+from pyro_cwvae.training.history import HISTORY, PREVIEW, TITLE, check_history, preview_names
 
 
 def is_history(path: Path) -> bool:
-    """Whether ``path`` is a NetCDF training history (False for anything else)."""
-    return has_title(path, TITLE)
+    """Whether ``path`` is a NetCDF training history, or would be: a file named ``history.nc`` whose title is
+    unreadable (a damaged one is then refused as what its name says it is); False for anything else."""
+    return has_title(path, TITLE) or (Path(path).name == HISTORY and not has_title(path, ROLLOUT_TITLE))
 
 
 def read_history(path: Path) -> xr.Dataset:

@@ -19,9 +19,10 @@ step with ``torch.cuda.graph`` and every call from then on copies its batch into
 graph. Elsewhere the same ``_step`` runs eagerly. While the programs' Python runs under the graph (the warm-up steps
 and the capture), ``DeviceScalars`` makes a tensor of a Python number on the device without a copy from the host
 (``torch.distributions`` makes one of every number it is given, like the packaged model's ``Normal(frames,
-cfg.dec_std)``; a synchronous copy cannot be captured), so the programs stay as they are. A program that cannot be captured (a host synchronisation: an
-``.item()``, a Python branch on a tensor value, a data-dependent shape, a tensor made from host data on the device)
-stops the run with one line naming the cause, its line of code, and ``--cuda-graph off``.
+cfg.dec_std)``; a synchronous copy cannot be captured), so the programs stay as they are. A program that cannot be
+captured (a host synchronisation: an ``.item()``, a Python branch on a tensor value, a data-dependent shape, a
+tensor made from host data on the device) stops the run with one line naming the cause, its line of code, and
+``--cuda-graph off``.
 """
 from __future__ import annotations
 
