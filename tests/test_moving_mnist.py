@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from pyro_cwvae.data import generate, moving_mnist
 from pyro_cwvae.data.moving_mnist import (DIGIT_SIZE, MAX_SPEED, MIN_SPEED, GeneratedMovingMNIST, render,
                                           split_digits, trajectories)
 
@@ -43,6 +44,17 @@ def test_render_places_digits_at_their_corners():
     frames = render(np.stack([digit, digit]), np.array([[[3.2, 7.0], [10.0, 20.6]]]))
     assert frames.shape == (1, 1, 64, 64)
     assert frames[0, 0, 3, 7] == 200 and frames[0, 0, 10, 21] == 200 and frames.sum() == 400
+
+
+def test_overlapping_digits_show_the_brighter_pixel_whichever_comes_first():
+    """The paper's frames are the pixel-wise maximum of the digits: where two overlap, neither covers the other."""
+    dim, bright = np.full((DIGIT_SIZE, DIGIT_SIZE), 100, np.uint8), np.full((DIGIT_SIZE, DIGIT_SIZE), 200, np.uint8)
+    at_dim, at_bright = [0.0, 0.0], [10.0, 14.0]
+    for digits, corners in (([dim, bright], [at_dim, at_bright]), ([bright, dim], [at_bright, at_dim])):
+        frame = render(np.stack(digits), np.array([corners]))[0, 0]
+        assert (frame[10:28, 14:28] == 200).all()  # the overlap
+        assert (frame[:10, :28] == 100).all() and (frame[28:38, 14:42] == 200).all()  # each alone
+        assert (frame[38:] == 0).all() and (frame[:, 42:] == 0).all()
 
 
 def test_batches_are_deterministic_per_seed_and_step():
@@ -121,3 +133,52 @@ def test_speed_factor_scales_the_displacement_per_frame(factor):
 def test_non_positive_speed_is_refused():
     with pytest.raises(ValueError):
         GeneratedMovingMNIST(speed=0)
+
+
+def same_pool_for_both_splits(monkeypatch, module) -> None:
+    """Give ``module``'s train and test splits the same digit images, so that videos differ only by their draws."""
+    pool = moving_mnist.split_digits("train")[:50]
+    monkeypatch.setattr(module, "split_digits", lambda split: pool)
+
+
+def test_test_videos_are_not_drawn_like_any_training_video(monkeypatch):
+    """Train and test draw from different random streams: with both splits given the same digit images, no test
+    video repeats the first video of a training batch (with one stream for both, test video i would be batch i's)."""
+    same_pool_for_both_splits(monkeypatch, moving_mnist)
+    data = GeneratedMovingMNIST(num_test=6, test_length=12)
+    train = [data.train_batch(step, 1, 12, seed=0)[0] for step in range(6)]
+    for index in range(6):
+        assert not any(np.array_equal(data.test_video(index), video) for video in train), index
+
+
+@pytest.fixture
+def written(monkeypatch):
+    """``data generate``'s videos as arrays, by split, instead of encoded: exactly what it draws."""
+    videos = {"train": [], "test": []}
+
+    def write_one(file, video, codec):
+        videos["test" if "test" in file.parent.name else "train"].append(video)
+
+    monkeypatch.setattr(generate, "write_one", write_one)
+    return videos
+
+
+def test_generated_folders_draw_training_videos_from_training_digits_only(tmp_path, written):
+    generate.generate_moving_mnist(tmp_path, num_train=4, num_test=4, train_length=20, test_length=20, seed=0)
+    keys = {split: {ink_key(digit) for digit in split_digits(split)} for split in ("train", "test")}
+    for split, other in (("train", "test"), ("test", "train")):
+        shown = set()
+        for video in written[split]:
+            for frame in video[:, 0]:
+                shown.update(blob for blob in separate_digits(frame) if blob in keys[split] | keys[other])
+        assert len(shown) >= 4 and shown <= keys[split], split  # whole separate digits, all of their own split
+
+
+def test_generated_training_videos_are_not_drawn_like_the_test_videos(tmp_path, written, monkeypatch):
+    """With both splits given the same digit images, no training video of a generated folder repeats a test video's
+    draws (with one random stream for both, training video i would be test video i)."""
+    same_pool_for_both_splits(monkeypatch, generate)
+    generate.generate_moving_mnist(tmp_path, num_train=4, num_test=4, train_length=12, test_length=12, seed=0)
+    assert len(written["train"]) == len(written["test"]) == 4
+    for video in written["train"]:
+        assert not any(np.array_equal(video, test) for test in written["test"])
