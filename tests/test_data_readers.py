@@ -1,6 +1,7 @@
 """The archive readers: small videos written with PyAV in each published layout, read back through open_dataset."""
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -121,6 +122,24 @@ def test_area_resize_averages_whole_and_partial_pixels():
     assert np.allclose(video_io.area_weights(120, 64).sum(axis=1), 1.0)
 
 
+def box_average(frames: np.ndarray, size: int) -> np.ndarray:
+    """Area resizing written apart from ``square_resize``: along each axis, repeat every pixel ``size`` times and
+    average blocks of the original length (exact in float64); rounded to the nearest level."""
+    def along_last(x: np.ndarray) -> np.ndarray:
+        return np.repeat(x, size, axis=-1).reshape(*x.shape[:-1], size, x.shape[-1]).mean(-1)
+
+    resized = along_last(along_last(frames.astype(np.float64)).swapaxes(-1, -2)).swapaxes(-1, -2)
+    return np.rint(resized).astype(np.uint8)
+
+
+@pytest.mark.parametrize("height, width", [(120, 160), (96, 80), (64, 90)])
+def test_square_resize_keeps_the_centre_square_averaged_by_area(height, width):
+    video = np.random.default_rng(height).integers(0, 256, (3, 1, height, width), dtype=np.uint8)
+    side = min(height, width)
+    rows, cols = slice((height - side) // 2, (height + side) // 2), slice((width - side) // 2, (width + side) // 2)
+    np.testing.assert_array_equal(video_io.square_resize(video), box_average(video[..., rows, cols], 64))
+
+
 def test_zip_archive_reads_like_the_folder(tmp_path):
     folder = tmp_path / "unpacked"
     make_mmnist(folder)
@@ -166,6 +185,25 @@ def test_cache_is_built_once_and_rebuilt_when_a_file_changes(tmp_path, monkeypat
     changed = open_dataset("mmnist", tmp_path)
     assert [Path(label).name for label in decoded] == ["00000.mp4", "00001.mp4"]  # only the test split is redone
     assert mae(changed.test_video(0), test[1]) < GRAY_LOSS
+    decoded.clear()
+    video = tmp_path / "test-seq1000" / "00001.mp4"
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))  # same size, touched since
+    open_dataset("mmnist", tmp_path).test_video(0)
+    assert [Path(label).name for label in decoded] == ["00000.mp4", "00001.mp4"]
+
+
+def test_a_cache_file_longer_than_its_index_says_is_rebuilt(tmp_path, monkeypatch):
+    make_mmnist(tmp_path)
+    first = open_dataset("mmnist", tmp_path).test_video(1)
+    frames = tmp_path / cache.CACHE_FOLDER / "mmnist-test.u8"
+    size = frames.stat().st_size
+    with open(frames, "ab") as file:
+        file.write(bytes(64 * 64))  # one frame's bytes too many: not what the index describes
+    decoded = []
+    real_read = video_io.read_video
+    monkeypatch.setattr(video_io, "read_video", lambda *args, **kw: decoded.append(args[1]) or real_read(*args, **kw))
+    assert np.array_equal(open_dataset("mmnist", tmp_path).test_video(1), first)
+    assert len(decoded) == 2 and frames.stat().st_size == size
 
 
 def test_cache_falls_back_to_user_cache_dir_or_env_folder(tmp_path, monkeypatch):

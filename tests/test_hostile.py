@@ -345,6 +345,16 @@ def test_truncated_video_among_good_ones_is_refused_not_read_short(run, data):
     assert f"{bad} is truncated: its header lists {FRAMES} frames but only" in line
 
 
+def test_a_video_one_frame_short_of_its_header_is_refused(tmp_path):
+    bad = tmp_path / "00000.mp4"
+    cut_at_frame(bad, keep=FRAMES - 1)
+    with av.open(str(bad)) as container:  # the cut file: its header still promises every frame
+        assert container.streams.video[0].frames == FRAMES
+        assert sum(1 for _ in container.decode(video=0)) == FRAMES - 1
+    with pytest.raises(DatasetError, match=f"is truncated: its header lists {FRAMES} frames but only {FRAMES - 1}"):
+        video_io.decode(str(bad), bad.name, channels=1)
+
+
 def test_truncated_avi_is_refused(tmp_path):
     """AVI files (KTH) cut anywhere decode cleanly, only shorter: the header's frame count gives them away."""
     for name in ("person01_walking_d1_uncomp.avi", "person20_walking_d1_uncomp.avi"):
