@@ -196,6 +196,30 @@ def test_without_recorded_values_the_declared_length_is_checked_and_sha256_shown
     assert list((tmp_path / "long").iterdir()) == []
 
 
+def test_an_archive_left_in_the_folder_is_checked_before_it_is_reused(server, mmnist_zip, monkeypatch, tmp_path):
+    record(monkeypatch, mmnist_zip)
+    damaged = bytearray(mmnist_zip)
+    damaged[len(damaged) // 2] ^= 0xFF
+    (tmp_path / ARCHIVE).write_bytes(bytes(damaged))  # the recorded size, other bytes
+    assert_one_line_error(fetch(server, tmp_path), "has sha256 ", "expected", "deleted")
+    assert list(tmp_path.iterdir()) == [] and server.log == []  # nothing unpacked, nothing fetched yet
+    server.files[ARCHIVE] = mmnist_zip
+    result = fetch(server, tmp_path)  # the next run downloads it afresh
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / ARCHIVE).read_bytes() == mmnist_zip and len(videos(tmp_path)) == 3
+
+
+def test_a_link_in_the_folder_to_outside_is_not_unpacked_through(server, mmnist_zip, monkeypatch, tmp_path):
+    server.files[ARCHIVE] = mmnist_zip
+    record(monkeypatch, mmnist_zip)
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.mkdir()
+    out.mkdir()
+    (out / "train-seq100").symlink_to(outside, target_is_directory=True)
+    assert_one_line_error(fetch(server, out), "refusing to unpack", "would land outside the folder")
+    assert list(outside.iterdir()) == []
+
+
 def escaping_zip(kind: str) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
