@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from PIL import Image
+from PIL import Image, ImageSequence
 from tensorboard.backend.event_processing import event_accumulator  # the test extra installs it
 
 from pyro_cwvae import api
@@ -19,6 +19,7 @@ from pyro_cwvae.training.history import HISTORY, History
 from pyro_cwvae.training.loop import fit
 from pyro_cwvae.training.watching import Watcher
 from pyro_cwvae.watch import Previews, TensorBoardLog, watchers_for
+from pyro_cwvae.watch.images import preview_strip, preview_video
 from pyro_cwvae.watch.preview import SEQUENCES
 from pyro_cwvae.watch.tensorboard import tensorboard_for
 
@@ -142,6 +143,10 @@ def test_tensorboard_reads_back_the_history_under_the_documented_tags_across_a_r
         logged = events.Scalars(tag)
         assert [event.step for event in logged] == values[values.dims[0]].values.tolist(), tag
         np.testing.assert_allclose([event.value for event in logged], values.values, rtol=1e-6, err_msg=tag)
+    # Once per log, at its last step: here every save (every 2 steps) logs.
+    saves = list(range(cfg.checkpoint_every, longer.steps + 1, cfg.checkpoint_every))
+    for tag in ("train/learning_rate", "speed/steps_per_second"):
+        assert [event.step for event in events.Scalars(tag)] == saves, tag
     assert [event.value for event in events.Scalars("train/learning_rate")] == pytest.approx([cfg.lr] * 4)
     assert all(event.value > 0 for event in events.Scalars("speed/steps_per_second"))
     # The resumed run kept the previews of its checkpoint and went on.
@@ -196,3 +201,66 @@ def test_previews_the_data_cannot_give_are_left_out_with_a_warning(cfg, data):
     assert len(said) == 1 and said[0].startswith("warning: training without previews: --context 41 is longer")
     assert watchers_for(cfg.replace(preview_every=0, tensorboard="off"), data) == []
     assert watchers_for(cfg.replace(preview_every=7, tensorboard="off"), data) == []  # no step reaches a preview
+
+
+def coded_frames(videos: int, times: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truth and model frames ``(videos, times, 1, 64, 64)``, each a flat level that says which it is (``decode``),
+    with one white pixel in its top row, 5 pixels in: a tile turned or flipped shows it elsewhere."""
+    level = 2 + 100 * np.arange(videos)[:, None] + 2 * np.arange(times)[None]
+    truth, model = (np.broadcast_to((level + kind)[..., None, None, None], (videos, times, 1, 64, 64)).astype(np.uint8)
+                    for kind in (0, 1))
+    for frames in (truth, model):
+        frames[..., 0, 5] = 255
+    return truth, model
+
+
+def decode(level: int) -> tuple[int, int, str]:
+    """(video, time, "truth" or "model") of a tile of ``coded_frames``."""
+    video, rest = divmod(int(level) - 2, 100)
+    return video, rest // 2, ("truth", "model")[rest % 2]
+
+
+def tiles(image: np.ndarray) -> dict[tuple[int, int], tuple[int, int, str]]:
+    """Every 64x64 frame in ``image`` (H, W): its top-left corner -> what it shows, after checking its orientation.
+    A frame's levels lie strictly between black and white, which the layout's gaps and bars use."""
+    from scipy import ndimage
+
+    found = {}
+    labels, _ = ndimage.label((image > 0) & (image < 255))
+    for box in ndimage.find_objects(labels):
+        top, left = box[0].start, box[1].start
+        assert (box[0].stop - top, box[1].stop - left) == (64, 64)
+        assert image[top, left + 5] == 255 and image[top + 5, left] != 255  # not turned, not flipped
+        found[top, left] = decode(np.median(image[box]))
+    return found
+
+
+def test_a_preview_strip_shows_truth_above_the_model_then_the_predictions():
+    videos, times, context = 2, 40, 10
+    truth, model = coded_frames(videos, times)
+    shown = tiles(preview_strip(truth, model, context)[..., 0])
+    tops, lefts = sorted({top for top, _ in shown}), sorted({left for _, left in shown})
+    assert len(shown) == len(tops) * len(lefts)  # a full grid
+    rows = [[shown[top, left] for left in lefts] for top in tops]
+    assert [row[0][0::2] for row in rows] == [(0, "truth"), (0, "model"), (1, "truth"), (1, "model")]
+    columns = [rows[0][j][1] for j in range(len(lefts))]
+    assert all(row[j][1] == columns[j] for row in rows for j in range(len(lefts)))  # the same time down a column
+    assert columns == sorted(set(columns))
+    seen, predicted = [t for t in columns if t < context], [t for t in columns if t >= context]
+    assert seen[-1] == context - 1 and predicted[0] == context and predicted[-1] == times - 1
+    gaps, between = np.diff(lefts), len(seen) - 1  # the context's columns set apart from the predictions'
+    assert gaps[between] > np.delete(gaps, between).max()
+
+
+def test_a_preview_video_marks_the_context_frames_under_the_model():
+    videos, times, context = 2, 16, 5
+    truth, model = coded_frames(videos, times)
+    with Image.open(io.BytesIO(preview_video(truth, model, context))) as gif:
+        frames = [np.array(frame.convert("L")) for frame in ImageSequence.Iterator(gif)]
+    assert len(frames) == times
+    for t, frame in enumerate(frames):
+        shown = tiles(frame)
+        by_place = [shown[place] for place in sorted(shown)]  # rows, then truth left of model
+        assert by_place == [(v, t, kind) for v in range(videos) for kind in ("truth", "model")]
+        bar_under = {"truth": frame[-1, 0] == 0, "model": frame[-1, -1] == 0}
+        assert bar_under == {"truth": False, "model": t < context}, t
