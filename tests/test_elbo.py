@@ -200,3 +200,29 @@ def test_sites_that_cannot_be_stacked_are_summed_one_by_one(tiny_cfg, video, mon
     terms = elbo_terms(halved_model, halved_guide, video, nets, cfg)
     assert torch.allclose(terms.loss * video.shape[:2].numel(), expected, rtol=1e-6)
     assert len(calls) == cfg.clock.num_steps(1, video.shape[1]) + 1  # level 1 site by site, level 2 stacked
+
+
+def masked(program, mask: torch.Tensor):
+    def program_under_mask(*args, **kwargs):
+        with poutine.mask(mask=mask):
+            return program(*args, **kwargs)
+    return program_under_mask
+
+
+@pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO),
+                                            ("meanfield", pyro.infer.TraceMeanField_ELBO)])
+def test_masked_sites_count_as_pyro_counts_them(tiny_cfg, video, name, estimator):
+    """A variant that masks out one sequence's latent sites (poutine.mask): the loss leaves their KL out, as Pyro's
+    ELBOs do, whether or not the sites of a level are summed in one computation."""
+    cfg = tiny_cfg.replace(elbo=name)
+    nets = CWVAENets(cfg)
+    keep_first = torch.tensor([True, False])
+    masked_model, masked_guide = masked(model, keep_first), masked(guide, keep_first)
+    pyro.set_rng_seed(1)
+    expected = estimator().differentiable_loss(masked_model, masked_guide, video, nets, cfg)
+    pyro.set_rng_seed(1)
+    terms = elbo_terms(masked_model, masked_guide, video, nets, cfg)
+    pyro.set_rng_seed(1)
+    unmasked = elbo_terms(model, guide, video, nets, cfg)
+    torch.testing.assert_close(terms.loss * video.shape[:2].numel(), expected, rtol=1e-6, atol=0)
+    assert (terms.kl < unmasked.kl).all()  # the second sequence's KL is left out

@@ -114,11 +114,43 @@ def test_kl_beta_weights_each_level(tiny_cfg, video):
     torch.testing.assert_close(shaped.objective, plain.reconstruction + 2.0 * plain.kl[0] + 0.25 * plain.kl[1])
 
 
+def test_free_nats_come_off_each_level_before_its_weight(tiny_cfg, video):
+    """The official loss: beta_l * max(0, KL_l - free_nats), summed over the levels."""
+    cfg = tiny_cfg.replace(elbo="meanfield")
+    nets = CWVAENets(cfg)
+    plain, _ = terms_and_grads(cfg, nets, video)
+    kl = per_sequence(plain, video).detach()
+    free, beta = float(kl.min()) / 2, torch.tensor([2.0, 0.25])
+    shaped, _ = terms_and_grads(cfg.replace(free_nats=free, kl_beta=beta.tolist()), nets, video)
+    expected = plain.reconstruction + (beta * torch.clamp(kl - free, min=0)).sum() / video.shape[1]
+    torch.testing.assert_close(shaped.objective, expected)
+
+
+@pytest.mark.parametrize("elbo", ELBOS)
+def test_a_latent_outside_the_levels_stays_in_the_shaped_objective(tiny_cfg, video, elbo):
+    """Shaping reweights the levels' KLs only: a variant's latent named like no level keeps its whole KL in the
+    objective, so neutral shaping still gives the loss and its gradient."""
+    from tests.test_elbo import guide_with_w, model_with_w
+    cfg = tiny_cfg.replace(elbo=elbo)
+    nets = CWVAENets(cfg)
+    params = list(nets.parameters())
+    for shaping in (dict(free_nats=0.0), dict(kl_beta=[1.0, 1.0])):
+        pyro.set_rng_seed(3)
+        terms = elbo_terms(model_with_w, guide_with_w, video, nets, cfg.replace(**shaping))
+        torch.testing.assert_close(terms.objective, terms.loss)
+        pyro.set_rng_seed(3)
+        plain = elbo_terms(model_with_w, guide_with_w, video, nets, cfg)
+        for grad, want in zip(torch.autograd.grad(terms.objective, params, allow_unused=True),
+                              torch.autograd.grad(plain.loss, params, allow_unused=True)):
+            assert (grad is None) == (want is None) and (grad is None or torch.allclose(grad, want))
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(kl_balance=1.5), "--kl-balance must lie between 0 and 1"),
     (dict(free_nats=-1.0), "--free-nats must not be negative"),
     (dict(kl_beta=[1.0]), "--kl-beta needs one non-negative weight per level"),
     (dict(kl_beta=[1.0, -1.0]), "--kl-beta needs one non-negative weight per level"),
+    (dict(kl_beta=[1.0, 1.0, 1.0]), "--kl-beta needs one non-negative weight per level"),
 ])
 
 
