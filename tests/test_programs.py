@@ -256,3 +256,5 @@ def test_obs_dropout_span_hides_and_shows_whole_spans_of_frames(tiny_cfg):
     hidden = (level_embeddings_seen(CWVAENets(cfg), cfg, video, 1) == 0).all(-1).reshape(10, 4, 20)  # spans
     assert (hidden == hidden[:, :1]).all()  # each span of 4 frames all hidden or all shown
     assert 0.3 < hidden.float().mean().item() < 0.7  # 200 Bernoulli(0.5) draws: five standard deviations
+    # Each sequence draws its own spans: all 20 alike in one of the 10 spans has chance 10 * 2 * 0.5^20, 2e-5.
+    assert not (hidden[:, 0] == hidden[:, 0, :1]).all(-1).any()

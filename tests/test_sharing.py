@@ -265,6 +265,23 @@ def test_a_prior_head_from_the_batch_equals_one_computed_alone(tiny_cfg):
     assert nets.level(1).transition.hidden.weight.grad.abs().sum() > 0
 
 
+def test_a_prior_head_asked_for_without_grad_leaves_the_others_their_gradients(tiny_cfg):
+    """The h's were taken with grad; a prior asked for under no_grad (as a watcher might) is made apart from them, and
+    a later request with grad still gets a row that trains the head's weights."""
+    nets = CWVAENets(tiny_cfg)
+    transition = nets.level(1).transition
+    with sharing_steps(nets):
+        hs = stepped_hs(nets, tiny_cfg, steps=3)
+        with torch.no_grad():
+            quiet, _ = transition(hs[0])
+        loc, _ = transition(hs[1])
+        assert not quiet.requires_grad and loc.requires_grad
+        torch.testing.assert_close(quiet, Transition.forward(transition, hs[0])[0].detach(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(loc, Transition.forward(transition, hs[1])[0], rtol=0, atol=1e-6)
+        loc.sum().backward()
+    assert transition.hidden.weight.grad.abs().sum() > 0
+
+
 def test_a_prior_head_is_computed_alone_for_an_h_not_in_the_batch(tiny_cfg):
     """An h taken after the batch was made, one edited in place since, and one from outside the block's steps."""
     nets = CWVAENets(tiny_cfg)
