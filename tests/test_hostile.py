@@ -275,6 +275,10 @@ HISTORY_EDITS = {
     "preview on the steps": (lambda ds: ds.assign(preview_ssim=ds.loss), "'preview_ssim' is not floating point"),
     "previews going back": (lambda ds: ds.assign(preview_ssim=("preview_step", np.zeros(2, np.float32)))
                             .assign_coords(preview_step=[2, 1]), "preview_steps are not increasing"),
+    "a step twice": (lambda ds: ds.assign_coords(step=np.r_[ds.step.values[:-1], ds.step.values[-2]]),
+                     "steps are not increasing"),
+    "a preview twice": (lambda ds: ds.assign(preview_ssim=("preview_step", np.zeros(2, np.float32)))
+                        .assign_coords(preview_step=[1, 1]), "preview_steps are not increasing"),
 }
 
 

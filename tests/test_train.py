@@ -3,6 +3,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyro
 import pytest
 import torch
 import xarray as xr
@@ -12,7 +13,10 @@ from pyro_cwvae.training.checkpoint import _read as read, load_checkpoint
 from pyro_cwvae.data import VideoDataset
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.training.history import HISTORY
+from pyro_cwvae.guides.cwvae import guide
+from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.model.nets import CWVAENets
+from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.errors import NumericalError
 from pyro_cwvae.training.loop import fit
 
@@ -51,9 +55,25 @@ def test_kl_warmup_weights_the_kl_by_step_over_warmup_then_one(tiny_cfg, tmp_pat
     np.testing.assert_allclose(warm[0].kl, 0.25 * np.asarray(plain.kl), rtol=1e-6)
 
 
+def test_the_history_records_the_gradient_norm_before_clipping(tiny_cfg):
+    """Step 1's gradient norm, computed here from the run's seed, weights and batch without the training loop."""
+    cfg, data = tiny_cfg.replace(steps=1, checkpoint_every=1, clip_norm=1e-3), FixedBatch()
+    (row,) = fit(cfg, data, progress=False).history.rows
+    pyro.set_rng_seed(cfg.seed)
+    nets = CWVAENets(cfg)
+    pyro.set_rng_seed(cfg.seed)  # the sampling noise, drawn after the weights
+    video = torch.as_tensor(data.batch / 255.0, dtype=torch.float32)
+    with pyro.validation_enabled(False):
+        loss = elbo_terms(model, guide, video, nets, cfg).loss
+    norm = torch.cat([grad.flatten() for grad in torch.autograd.grad(loss, list(nets.parameters()))]).norm()
+    assert norm > 1e-3  # clipped in the step: the history keeps the norm before
+    assert row.grad_norm == pytest.approx(norm.item(), rel=1e-5)
+
+
 def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch):
+    """With a KL warm-up that the resume interrupts: the resumed steps go on with its weights."""
     data = GeneratedMovingMNIST()
-    straight = tiny_cfg.replace(steps=6, checkpoint_every=3, run_dir=str(tmp_path / "straight"))
+    straight = tiny_cfg.replace(steps=6, checkpoint_every=3, kl_warmup=5, run_dir=str(tmp_path / "straight"))
     fit(straight, data, progress=False)
     split = straight.replace(steps=3, run_dir=str(tmp_path / "split"))
     fit(split, data, progress=False)
@@ -69,6 +89,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch):
         assert torch.equal(tensor, b["nets"][name]), name
     with xr.open_dataset(tmp_path / "straight" / HISTORY) as ha, xr.open_dataset(tmp_path / "split" / HISTORY) as hb:
         assert list(hb.step.values) == [1, 2, 3, 4, 5, 6]
+        np.testing.assert_allclose(hb.kl_scale.values, [0.2, 0.4, 0.6, 0.8, 1.0, 1.0], rtol=1e-6)
         xr.testing.assert_equal(ha.drop_attrs(), hb.drop_attrs())
 
 

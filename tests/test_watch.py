@@ -17,6 +17,7 @@ from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.training.history import HISTORY, History
 from pyro_cwvae.training.loop import fit
+from pyro_cwvae.training import watching
 from pyro_cwvae.training.watching import Watcher
 from pyro_cwvae.watch import Previews, TensorBoardLog, watchers_for
 from pyro_cwvae.watch.images import preview_strip, preview_video
@@ -77,12 +78,26 @@ def test_watchers_leave_the_weights_and_losses_bit_identical(cfg, data, tmp_path
     assert [step for step, _ in watched.history.previews] == [2, 4, 6]
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_a_watcher_runs_in_eval_mode_without_grad_and_leaves_the_mode_as_it_was(training):
+    class Looker(Watcher):
+        def wants(self, step):
+            return True
+
+        def after_step(self, step, nets):
+            seen.append((nets.training, nets[0].training, torch.is_grad_enabled()))
+
+    seen, nets = [], torch.nn.Sequential(torch.nn.Dropout(0.5)).train(training)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    watching.Watching([Looker()], History(1), optimizer, start=0, programs=None).after_step(1, nets)
+    assert seen == [(False, False, False)]
+    assert nets.training == nets[0].training == training and torch.is_grad_enabled()
+
+
 def test_without_the_loops_protection_a_meddling_watcher_would_change_the_training(cfg, data, tmp_path,
                                                                                    monkeypatch):
     """The test above can fail: with the random states not put back, the same watcher changes the weights."""
     from contextlib import nullcontext
-
-    from pyro_cwvae.training import watching
 
     plain = fit(cfg.replace(run_dir=str(tmp_path / "plain"), preview_every=0), data, progress=False)
     monkeypatch.setattr(watching, "untouched", lambda nets: nullcontext())
