@@ -153,6 +153,21 @@ def test_bad_steps_can_be_skipped(tiny_cfg, tmp_path):
     assert all(torch.isfinite(t).all() for t in state["nets"].values())
 
 
+def test_a_resumed_run_counts_the_steps_it_skipped_before(tiny_cfg, tmp_path):
+    """--max-bad-steps limits the run, not each process: the variant fails its third step in each process, so
+    resumed after step 4 it fails at step 7, the run's second bad step, and stops there."""
+    variant = tmp_path / "nan_model.py"
+    variant.write_text(NAN_AT_THIRD_CALL)
+    cfg = tiny_cfg.replace(model=str(variant), steps=4, checkpoint_every=2)
+    fit(cfg, GeneratedMovingMNIST(), max_bad_steps=1, progress=False)
+    with pytest.raises(NumericalError, match="non-finite reconstruction at step 7"):
+        fit(cfg.replace(steps=8), GeneratedMovingMNIST(), resume=True, max_bad_steps=1, progress=False)
+    assert load_checkpoint(cfg.run_dir)["step"] == 6
+    result = fit(cfg.replace(steps=10), GeneratedMovingMNIST(), resume=True, max_bad_steps=2, progress=False)
+    assert result.step == 10  # from step 6: step 9 failed, the second of two allowed
+    assert [row.step for row in result.history.rows if not np.isfinite(row.loss)] == [3, 9]
+
+
 def test_checkpoint_of_another_model_is_refused_with_the_mismatch(tiny_cfg):
     from pyro_cwvae.training.checkpoint import restore_nets
     from pyro_cwvae.errors import UserError

@@ -98,7 +98,8 @@ def fit(
                                           "run's config.json) instead of the dataset's preset; options override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in a --run-dir that holds a run."),
-    max_bad_steps: int = typer.Option(0, min=0, help="Skip up to this many steps with a non-finite loss or gradient."),
+    max_bad_steps: int = typer.Option(0, min=0, help="Skip up to this many steps with a non-finite loss or gradient, "
+                                       "in the whole run (a resume counts those already skipped)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar, start line or preview lines (warnings, "
                                                       "errors and the closing lines still show)."),
     trust_programs: bool = TRUST_PROGRAMS,

@@ -55,6 +55,10 @@ class History:
     def extend(self, rows: list[Row]) -> None:
         self.rows.extend(rows)
 
+    def skipped_steps(self) -> int:
+        """The steps skipped for a non-finite loss or gradient norm (the step's own check: training/step.py)."""
+        return sum(not (np.isfinite(row.loss) and np.isfinite(row.grad_norm)) for row in self.rows)
+
     def add_preview(self, step: int, values: dict[str, float], attrs: dict[str, dict]) -> None:
         """The values a preview measured after ``step`` steps, each named ``preview_<name>`` in the file."""
         self.previews.append((step, dict(values)))

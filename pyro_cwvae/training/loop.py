@@ -90,7 +90,7 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
     del saved  # restored: the run need not hold a second copy of the weights
     step = train_step(cfg, nets, programs, optimizer, graph, group, device)
     save = Saver(cfg, nets, optimizer, programs, history, group)
-    log = StepLog(history, group, BadSteps(max_bad_steps))
+    log = StepLog(history, group, BadSteps(max_bad_steps, history.skipped_steps()))  # a resumed run's count goes on
     watching = Watching(watchers if group.is_main else (), history, optimizer, start, programs)
     bar = progress_bar(cfg, dataset.name, start, resume, progress, group,
                        step_mode(cfg.cuda_graph, device, cfg.compile, group.world))
@@ -286,10 +286,11 @@ def to_row(step: int, scale: float, values: np.ndarray) -> Row:
 
 
 class BadSteps:
-    """Up to ``limit`` steps with a non-finite loss or gradient are skipped (no update); one more stops training."""
+    """Up to ``limit`` steps with a non-finite loss or gradient are skipped (no update), ``count`` of them already;
+    one more stops training."""
 
-    def __init__(self, limit: int):
-        self.limit, self.count = limit, 0
+    def __init__(self, limit: int, count: int = 0):
+        self.limit, self.count = limit, count
 
     def skip(self, failure: str) -> str:
         """Count a bad step; its message for the user, or NumericalError past the limit."""
