@@ -2,6 +2,7 @@
 run code or crash the tools. Through the real command line each gets one line ``error: ...`` and exit code 2, and
 the run directory is left exactly as it was."""
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -93,6 +94,16 @@ def edit_checkpoint(run, edit) -> None:
     torch.save(state, run / CHECKPOINT)
 
 
+def doubled_first_weight(state):
+    name, tensor = next(iter(state["nets"].items()))
+    state["nets"][name] = tensor.double()
+
+
+def adam_state_for_no_parameter(state):
+    optimizer_state = state["optimizer"]["state"]
+    optimizer_state[999] = optimizer_state[0]
+
+
 def reshaped_first_weight(state):
     name, tensor = next(iter(state["nets"].items()))
     state["nets"][name] = torch.zeros(tensor.shape[0] + 1, *tensor.shape[1:])
@@ -118,6 +129,11 @@ CHECKPOINT_EDITS = {
     "unknown key": (set_in("extra", 1), "unknown key(s) extra"),
     "unknown format": (set_in("format", 99), "format 99 is not one this pyro-cwvae reads"),
     "step of a wrong type": (set_in("step", "2"), "step must be an integer, got a str"),
+    "step of a bool": (set_in("step", True), "step must be an integer, got a bool"),
+    "weight of another dtype": (doubled_first_weight, "is float64"),
+    "optimizer state for no parameter": (adam_state_for_no_parameter, "entry 999 for no parameter"),
+    "CUDA random state of floats": (set_in("rng", 0, "cuda", [torch.zeros(3)]),
+                                    "CUDA random states are not byte tensors"),
     "weight of another shape": (reshaped_first_weight, "but the model of its config has float32"),
     "weights of another model": (lambda state: state["nets"].popitem(), "nets lacks"),
     "config with a wrong type": (set_in("config", "levels", "2"), "config key 'levels' must be an integer"),
@@ -424,10 +440,14 @@ def hand_written_payloads(sentinel) -> dict[str, str]:
         "exec": f"cbuiltins\nexec\n(Vopen({str(sentinel)!r}, 'w')\ntR.",
         "getattr": f"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(Vos\ntRVsystem\ntR(Vtouch {sentinel}\ntR.",
         "numpy.save": f"cnumpy\nsave\n(V{sentinel}\nI1\ntR.",  # NumPy is admitted for arrays, nothing else
+        "numpy submodule": f"c{NPYIO}\nsave\n(V{sentinel}\nI1\ntR.",  # nor any of NumPy's submodules
     }
 
 
-@pytest.mark.parametrize("name", ["exec", "getattr", "numpy.save"])
+NPYIO = "numpy.lib._npyio_impl" if importlib.util.find_spec("numpy.lib._npyio_impl") else "numpy.lib.npyio"
+
+
+@pytest.mark.parametrize("name", ["exec", "getattr", "numpy.save", "numpy submodule"])
 def test_hand_written_pickle_that_calls_a_function_is_refused(tmp_path, name):
     sentinel = tmp_path / "SOMEFILE.npy"
     payload = hand_written_payloads(sentinel)[name].encode()

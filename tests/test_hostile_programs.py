@@ -15,6 +15,7 @@ from pyro_cwvae import api
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.errors import UserError
 from pyro_cwvae.model.config import Config
+from pyro_cwvae.guides import cwvae as packaged_guide
 from pyro_cwvae.models import cwvae as packaged_model
 from pyro_cwvae.training.checkpoint import CHECKPOINT
 from pyro_cwvae.training.loop import fit
@@ -64,6 +65,32 @@ def test_a_run_that_names_a_program_file_is_refused_by_every_command_without_the
         refused_line(line, variant)
         assert f"{run / CHECKPOINT} names the program file" in line
     assert not (tmp_path / "eval.nc").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_with_a_guide(tmp_path_factory):
+    """A 2-step run trained with the packaged model and a guide file that leaves a mark ``RAN`` whenever it runs."""
+    root = tmp_path_factory.mktemp("guide")
+    variant = root / "shared" / "guide.py"
+    variant.parent.mkdir()
+    variant.write_text(MARKS.format(name="RAN") + inspect.getsource(packaged_guide))
+    fit(Config(**{**TINY, "steps": 2}, guide=str(variant), run_dir=str(root / "run")), GeneratedMovingMNIST(),
+        progress=False)
+    (root / "shared" / "RAN").unlink()
+    return root
+
+
+def test_a_run_that_names_only_a_guide_file_is_refused_without_the_flag_and_runs_it_with(trained_with_a_guide,
+                                                                                          tmp_path):
+    variant, mark = trained_with_a_guide / "shared" / "guide.py", trained_with_a_guide / "shared" / "RAN"
+    run = shutil.copytree(trained_with_a_guide / "run", tmp_path / "run")
+    evaluate = ["evaluate", run, "--no-perceptual", "--sequences", 1, "--out", tmp_path / "eval.nc", "--quiet"]
+    for args in (["rollout", "--run", run, *ROLLOUT], ["fit", "--resume", "--run-dir", run, "--steps", 3, "--quiet"],
+                 evaluate):
+        refused_line(answer(args, run, mark), variant)
+    result = invoke(*evaluate, "--trust-programs")
+    assert result.exit_code == 0, result.output
+    assert mark.exists() and (tmp_path / "eval.nc").exists()
 
 
 def test_the_api_refuses_it_too(trained, run, tmp_path):

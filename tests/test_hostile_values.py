@@ -228,6 +228,7 @@ CHECKPOINT_VALUES = {  # an edit of the checkpoint -> what the one line says
     "NaN weight": (lambda s: s["nets"][first_weight(s)].view(-1)[0].fill_(NAN), "holds values that are not finite"),
     "infinite Adam moment": (lambda s: moments(s)["exp_avg"].view(-1)[0].fill_(INF), "not finite"),
     "step 10^30": (set_in("step", 10**30), "step is 1e+30, not a count of steps from 0 to 1000000000"),
+    "step -1": (set_in("step", -1), "step is -1, not a count of steps from 0 to"),
     "step of 500 digits": (set_in("step", 10**500), "step is a value too large to show (int)"),
     "key of 500 digits": (set_in(10**500, 1), "holds unknown key(s) a value too large to show (int)"),
     "Adam step of a vector": (lambda s: moments(s).update(step=torch.ones(3)), "['step'] is tensor([1., 1., 1.])"),
@@ -244,6 +245,7 @@ CHECKPOINT_VALUES = {  # an edit of the checkpoint -> what the one line says
     "Keras epsilon nan": (lambda s: group(s).update(eps_hat=NAN), "setting 'eps_hat' is nan, not from 1e-12 to 1"),
     "betas above 1": (lambda s: group(s).update(betas=(0.9, 1.5)), "'betas' is (0.9, 1.5), not two numbers in [0, 1)"),
     "three betas": (lambda s: group(s).update(betas=(0.9, 0.9, 0.9)), "not two numbers in [0, 1)"),
+    "negative beta": (lambda s: group(s).update(betas=(-0.5, 0.9)), "not two numbers in [0, 1)"),
     "no learning rate": (lambda s: group(s).pop("lr"), "an optimizer param group lacks lr"),
 }
 

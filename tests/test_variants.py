@@ -215,10 +215,11 @@ def test_a_variant_that_raises_ends_fit_with_its_own_lines(tmp_path):
     assert "pass --overwrite to start over" in again.output
 
 
-def test_fit_of_a_variant_says_to_trust_its_programs_in_the_next_command(tmp_path):
+@pytest.mark.parametrize("kind", ["model", "guide"])
+def test_fit_of_a_variant_says_to_trust_its_programs_in_the_next_command(tmp_path, kind):
     program, run = tmp_path / "same.py", tmp_path / "run"
-    program.write_text("from pyro_cwvae.models.cwvae import model  # the packaged model, from a file\n")
-    result = CliRunner().invoke(app, ["fit", "--model", str(program), "--run-dir", str(run), "--steps", "1",
+    program.write_text(f"from pyro_cwvae.{kind}s.cwvae import {kind}  # the packaged {kind}, from a file\n")
+    result = CliRunner().invoke(app, ["fit", f"--{kind}", str(program), "--run-dir", str(run), "--steps", "1",
                                       "--workers", "0", "--quiet", *TINY_OPTIONS])
     assert result.exit_code == 0, result.output
     assert f"next: pyro-cwvae rollout --run {run} --trust-programs && " in result.output
