@@ -233,6 +233,15 @@ def test_format_1_without_numpy_arrays_is_refused_with_the_hint_too(run):
     assert "format 1 is not one this pyro-cwvae reads (2)" in line and f"upgrade {run} --trust" in line, line
 
 
+@pytest.mark.parametrize("trust", [False, True])
+def test_upgrade_checks_what_it_would_keep_or_write(run, trust):
+    """A checkpoint of the current format that is not what training writes is refused, not called up to date; with
+    --trust too (the full loader reads it, the checks still apply)."""
+    edit_checkpoint(run, set_in("extra", 1))
+    line = answer(["checkpoint", "upgrade", run, *(["--trust"] if trust else [])], run)
+    assert "is not a checkpoint pyro-cwvae can use" in line and "unknown key(s) extra" in line, line
+
+
 def test_checkpoint_the_safe_loader_refuses_is_upgraded_only_with_trust(run):
     """A format-1 checkpoint pickled under NumPy 1 names its array builder numpy.core.multiarray._reconstruct,
     which the safe loader does not admit: refused by default, rewritten in format 2 with --trust."""

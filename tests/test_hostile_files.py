@@ -339,6 +339,22 @@ def test_tampered_classifier_cache_is_one_line(tmp_path, monkeypatch, payload, m
     assert message in line and "classifier train --force" in line, line
 
 
+@pytest.mark.parametrize("name", ["lpips", "i3d"])
+def test_tampered_perceptual_weights_run_no_code(tmp_path, monkeypatch, name):
+    """Converted LPIPS / I3D weights whose record vouches for a payload: loaded with the weights-only loader, refused
+    in one line, and nothing runs."""
+    from pyro_cwvae.evaluation import sources, weights
+    from tests.test_hostile import RunsCode
+
+    monkeypatch.setenv("PYRO_CWVAE_WEIGHTS", str(tmp_path))
+    sentinel, path = tmp_path / "SOMEFILE", tmp_path / sources.source_of(name).file
+    torch.save({"x": RunsCode(sentinel)}, path)
+    path.with_suffix(".json").write_text(json.dumps({"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    with pytest.raises(UserError, match=f"cannot load the .* weights {re.escape(str(path))}") as caught:
+        weights.load_state_dict(name, fetch_missing=False)
+    assert "\n" not in str(caught.value) and not sentinel.exists()
+
+
 def test_classifier_record_that_is_a_fifo_is_refused_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_CWVAE_WEIGHTS", str(tmp_path))
     os.mkfifo(tmp_path / "digit-classifier.json")
