@@ -230,3 +230,13 @@ def test_ctrl_c_outside_training_says_interrupted_and_exits_130(run_dir, monkeyp
     monkeypatch.setattr(history, "read_history", interrupted)
     result = invoke("plot", run_dir / "history.nc", "--out", run_dir / "never")
     assert result.exit_code == 130 and result.output == "error: interrupted\n"
+
+
+def test_the_closing_loss_line_averages_the_steps_taken_at_each_end():
+    from pyro_cwvae.cli.app import loss_summary
+
+    nan = float("nan")
+    assert loss_summary([1.0, nan, 3.0, 5.0]) == ("loss 1.00 -> 4.00 nats/frame (mean of the first and the last 2 "
+                                                  "steps)")  # a skipped step's NaN is left out
+    assert loss_summary(list(range(30))) == "loss 4.50 -> 24.50 nats/frame (mean of the first and the last 10 steps)"
+    assert loss_summary([2.0]) == "loss 2.00 -> 2.00 nats/frame (mean of the first and the last 1 step)"

@@ -316,6 +316,19 @@ def test_the_api_names_a_mistyped_option_and_the_one_meant():
         api.evaluate(["no-such-run"], partcles=2)
 
 
+def test_the_api_passes_on_its_dataset_device_and_evaluation_options(trained, tmp_path):
+    from pyro_cwvae import api
+
+    other = GeneratedMovingMNIST(seed=7, test_length=20)  # not the run's test videos
+    ds = api.rollout(trained.run_dir, horizon=6, context=4, samples=1, sequences=2, dataset=other)
+    np.testing.assert_array_equal(ds.truth.values, np.stack([other.test_video(i)[:10] for i in range(2)]))
+    with pytest.raises(UserError, match="--device"):
+        api.rollout(trained.run_dir, horizon=6, context=4, device="tpu:x")
+    evaluated = api.evaluate([trained.run_dir], sequences=2, samples=2, horizon=6, context=4, perceptual=False,
+                             dataset=other)
+    assert evaluated.sizes["sequence"] == 2 and evaluated.attrs["samples"] == 2
+
+
 def test_the_baselines_are_the_last_context_frame_and_a_training_frame_of_the_seed():
     data = GeneratedMovingMNIST(test_length=12)
     truth = np.stack([data.test_video(i)[:12] for i in range(3)])
