@@ -200,6 +200,18 @@ def test_kl_figure_draws_the_table_and_the_kl_of_each_level_over_time(tmp_path, 
         check_curve(lines[f"level {level}"], times, kl[:, level - 1, times].mean(0))
 
 
+def context_lines(ax) -> list[float]:
+    """Where the dotted vertical lines of ``ax`` stand."""
+    return [line.get_xdata()[0] for line in ax.get_lines()
+            if line.get_linestyle() == ":" and len(set(line.get_xdata())) == 1]
+
+
+def test_kl_and_uncertainty_figures_mark_the_last_context_frame(tmp_path, saved):
+    write_figures(rollout(1, spread=True), tmp_path)
+    for ax in (saved["kl"].axes[1], *saved["uncertainty"].axes):
+        assert context_lines(ax) == [CONTEXT - 1]
+
+
 def test_kl_figure_says_when_no_training_sequence_fits(tmp_path, saved):
     ds = rollout(1)
     ds["kl_table"][:] = np.nan  # no whole training sequence in the frames with a KL
@@ -321,12 +333,32 @@ def test_evaluation_figure_draws_every_run_the_baselines_fvd_and_kl_bars(tmp_pat
         segments = baselines[baseline.replace("_", " ")].get_segments()
         np.testing.assert_allclose([seg[:, 1] for seg in segments],
                                    np.repeat(ds[f"fvd_{baseline}"].values[:, None], 2, 1), rtol=1e-6)
+        label = baselines[baseline.replace("_", " ")].get_label()
+        assert label.endswith(f"(horizon {float(ds[f'fvd_horizon_{baseline}']):.4g})"), label
+    # Windows named by the predicted frames they hold, counted from 1 after the context (4 frames here).
+    assert [tick.get_text() for tick in fvd_ax.get_xticklabels()] == ["1-6", "7-8"]
+    assert [tick.get_text() for tick in kl_ax.get_xticklabels()] == ["1", "2"]
+    assert list(kl_ax.get_xticks()) == [0, 1]
     kl = bars_by_label(kl_ax)
     for i, run in enumerate(RUNS):
+        assert np.all(np.abs(np.array([x for x, _ in kl[run]]) - np.arange(2)) < 0.4)  # each bar at its level
         np.testing.assert_allclose([h for _, h in kl[run]], np.nan_to_num(ds.kl_table.values[i]), rtol=1e-6)
         label = next(c.get_label() for c in kl_ax.containers if c.get_label().startswith(run))
         iwae, elbo = ds.iwae.values[i].mean(), ds.elbo.values[i].mean()
         assert f"IWAE_4 {iwae:.4g}, ELBO {elbo:.4g}" in label
+
+
+@pytest.mark.parametrize("aggregation, title", [
+    ("mean over 2 sample(s) and the sequences", "mean over 2 sample(s) and the sequences"),
+    ("per sequence the best of 2 sample(s) (highest mean over the predicted frames), mean over sequences",
+     "best of 2 sample(s) per sequence, mean over sequences"),
+])
+def test_evaluation_curves_say_how_the_samples_were_taken(tmp_path, saved, aggregation, title):
+    ds = evaluation()
+    for name in ("ssim", "psnr", "lpips", "digit_accuracy"):
+        ds[name].attrs["aggregation"] = aggregation
+    write_evaluation_figures(ds, tmp_path)
+    assert [ax.get_title() for ax in saved["evaluation"].axes[:4]] == [title] * 4
 
 
 def saved_history(tmp_path, levels: int, steps: int) -> tuple[Path, np.ndarray, np.ndarray]:
