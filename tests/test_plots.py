@@ -392,6 +392,18 @@ def test_history_figure_draws_the_running_means_of_the_loss_each_level_and_the_s
     check_curve(share.get_lines()[0], steps, 100 * mean[:, 1:].sum(1) / mean.sum(1))
 
 
+def test_history_figure_smooths_over_a_fiftieth_of_the_run_by_default(tmp_path, saved):
+    """About 50 independent points along the run: 200 steps are drawn as running means of 4."""
+    path, _, _ = saved_history(tmp_path, levels=2, steps=200)
+    history = read_history(path)
+    write_history_figure(history, tmp_path)
+    assert saved["training"]._suptitle.get_text() == "Training history, running mean of 4 step(s)"
+    curve = lines_by_label(saved["training"].axes[0])["negative ELBO"]
+    np.testing.assert_array_equal(curve.get_xdata(), np.arange(1, 201))
+    # float32 sums: near 0 a relative tolerance alone is too tight
+    np.testing.assert_allclose(curve.get_ydata(), running_mean(history.loss.values.astype(float), 4), atol=1e-6)
+
+
 def test_history_figure_of_one_level_says_so(tmp_path, saved):
     path, _, _ = saved_history(tmp_path, levels=1, steps=4)
     write_history_figure(read_history(path), tmp_path)
