@@ -212,6 +212,17 @@ def test_kl_and_uncertainty_figures_mark_the_last_context_frame(tmp_path, saved)
         assert context_lines(ax) == [CONTEXT - 1]
 
 
+@pytest.mark.parametrize("sequences", [1, 2])
+def test_plot_command_draws_the_sequences_asked_for(tmp_path, saved, sequences):
+    from pyro_cwvae.prediction.rollout import write_rollout
+
+    path = write_rollout(rollout(1), tmp_path / "rollout.nc")
+    result = CliRunner().invoke(app, ["plot", str(path), "--sequences", str(sequences), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = [label.get_text() for label in saved["strip"].axes[0].get_yticklabels()]
+    assert [row for row in rows if row.endswith("truth")] == [f"seq {seq} truth" for seq in range(sequences)]
+
+
 def test_kl_figure_says_when_no_training_sequence_fits(tmp_path, saved):
     ds = rollout(1)
     ds["kl_table"][:] = np.nan  # no whole training sequence in the frames with a KL
