@@ -178,3 +178,19 @@ def test_cli_trains_reports_and_refuses_a_damaged_cache(cache):
     load.cache_clear()
     result = runner.invoke(app, ["classifier", "info"])
     assert result.exit_code == 2 and "SHA-256" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_classifier_train_keeps_a_cached_classifier_unless_forced(monkeypatch):
+    """The command's wiring only (training itself is tested above): --force trains anew, without it a cached
+    classifier is kept."""
+    from pyro_cwvae.cli import classifier as command
+    from pyro_cwvae.evaluation.digit_record import Record
+
+    cached = Record(sha256="0" * 64, steps=5, batch_size=8, seed=0, pair_accuracy=0.5)
+    trained = []
+    monkeypatch.setattr(command, "read_record", lambda: cached)
+    monkeypatch.setattr(classifier, "train_and_save", lambda *args, **kwargs: trained.append(args) or cached)
+    kept = CliRunner().invoke(app, ["classifier", "train", "--steps", "3", "--quiet"])
+    assert kept.exit_code == 0 and "a classifier is cached" in kept.output and trained == []
+    forced = CliRunner().invoke(app, ["classifier", "train", "--steps", "3", "--quiet", "--force"])
+    assert forced.exit_code == 0 and "trained in" in forced.output and trained[0][0] == 3
