@@ -470,6 +470,21 @@ def test_codecs_other_than_latin1_are_unreachable(tmp_path):
     refused_without_running(b"c_codecs\nencode\n(Vx\nVrot13\ntR.", tmp_path / "weights.pkl", tmp_path / "none")
 
 
+def test_weight_archive_over_200_mib_is_refused_before_it_is_read(tmp_path):
+    """The real archives' pickles are 10 and 51 MB; a sparse file a byte over 200 MiB is refused by its size."""
+    path = tmp_path / "weights.pkl"
+    with open(path, "wb") as file:
+        file.truncate((200 << 20) + 1)
+    with pytest.raises(UserError, match="weight archive .* has 209,715,201 bytes, more than the 209,715,200"):
+        safe_pickle.load(path)
+
+
+def test_weight_archive_of_more_than_a_million_objects_is_refused():
+    """The real archives hold a few hundred containers and arrays."""
+    with pytest.raises(UserError, match="more than 1,000,000 objects"):
+        safe_pickle.load(io.BytesIO(pickle.dumps([[] for _ in range(1_000_001)])), "w.pkl")
+
+
 def test_array_of_python_objects_is_refused_even_without_code():
     with pytest.raises(UserError, match="array of Python objects"):
         safe_pickle.load(io.BytesIO(pickle.dumps({"w": np.array([1, "a"], dtype=object)})), "w.pkl")
