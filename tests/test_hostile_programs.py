@@ -27,16 +27,21 @@ MARKS = 'import pathlib\npathlib.Path(__file__).with_name("{name}").write_text("
 ROLLOUT = ("--horizon", 2, "--context", 2, "--sequences", 1, "--samples", 1, "--quiet")
 
 
+def train_with_a_marked(kind: str, packaged, root):
+    """A 2-step run in ``root / "run"`` trained with a ``kind`` ("model" or "guide") file, the ``packaged`` program's
+    source, that leaves a mark ``RAN`` beside itself (in ``root / "shared"``) whenever it runs; returns ``root``."""
+    variant = root / "shared" / f"{kind}.py"
+    variant.parent.mkdir()
+    variant.write_text(MARKS.format(name="RAN") + inspect.getsource(packaged))
+    fit(Config(**{**TINY, "steps": 2}, **{kind: str(variant)}, run_dir=str(root / "run")), GeneratedMovingMNIST(),
+        progress=False)
+    return root
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-step run trained with a model file that leaves a mark ``RAN`` beside itself whenever it runs."""
-    root = tmp_path_factory.mktemp("programs")
-    variant = root / "shared" / "model.py"
-    variant.parent.mkdir()
-    variant.write_text(MARKS.format(name="RAN") + inspect.getsource(packaged_model))
-    fit(Config(**{**TINY, "steps": 2}, model=str(variant), run_dir=str(root / "run")), GeneratedMovingMNIST(),
-        progress=False)
-    return root
+    return train_with_a_marked("model", packaged_model, tmp_path_factory.mktemp("programs"))
 
 
 @pytest.fixture
@@ -70,12 +75,7 @@ def test_a_run_that_names_a_program_file_is_refused_by_every_command_without_the
 @pytest.fixture(scope="module")
 def trained_with_a_guide(tmp_path_factory):
     """A 2-step run trained with the packaged model and a guide file that leaves a mark ``RAN`` whenever it runs."""
-    root = tmp_path_factory.mktemp("guide")
-    variant = root / "shared" / "guide.py"
-    variant.parent.mkdir()
-    variant.write_text(MARKS.format(name="RAN") + inspect.getsource(packaged_guide))
-    fit(Config(**{**TINY, "steps": 2}, guide=str(variant), run_dir=str(root / "run")), GeneratedMovingMNIST(),
-        progress=False)
+    root = train_with_a_marked("guide", packaged_guide, tmp_path_factory.mktemp("guide"))
     (root / "shared" / "RAN").unlink()
     return root
 
