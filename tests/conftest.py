@@ -1,5 +1,6 @@
 """Shared test fixtures: a tiny CW-VAE at the real 64x64 frame size, with Pyro's validation on."""
 import functools
+import os
 import resource
 import subprocess
 import sys
@@ -14,6 +15,10 @@ from pyro_cwvae.model.nets import CWVAENets
 
 TINY = dict(levels=2, factor=2, seq_len=8, batch_size=2, z_size=4, h_size=8, embed_size=8, enc_dense_size=16,
             enc_dense_layers=2, steps=4, checkpoint_every=2, workers=0, device="cpu")
+
+# torch reads it at the process's first cuBLAS product: set before any, so that the GPU tests with --deterministic
+# pass in any order (a test using CUDA without it would otherwise fix cuBLAS's workspace for the rest)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """The optional accelerations: bf16 autocast keeps the ELBO close and in float32; torch.compile changes nothing;
 --deterministic switches torch's kernels."""
+import os
+
 import pyro
 import pytest
 import torch
 
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.training.devices import autocast, compile_nets, inductor_options, resolve_device
+from pyro_cwvae.training.devices import autocast, compile_nets, inductor_options, resolve_device, set_deterministic
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.guides.cwvae import guide
@@ -62,6 +64,20 @@ def test_deterministic_switches_torch_to_deterministic_kernels_and_back(tiny_cfg
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     fit(tiny_cfg.replace(steps=3), data, resume=True, progress=False)  # a resume may change it
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+def test_deterministic_on_cuda_refuses_a_workspace_cublas_cannot_sum_in_order_by(monkeypatch):
+    """torch reads CUBLAS_WORKSPACE_CONFIG once; a value that is not one of cuBLAS's fixed workspaces would make every
+    product of the step raise. A process that has not started CUDA is not probed (here it cannot be: no CUDA)."""
+    cuda = torch.device("cuda")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    with pytest.raises(UserError, match="needs CUBLAS_WORKSPACE_CONFIG=:4096:8 .*not ':0:0'"):
+        set_deterministic(True, cuda)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    set_deterministic(True, cuda)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 def test_devices_are_named_or_refused_in_one_line(monkeypatch):

@@ -1,4 +1,7 @@
 """Checks on a CUDA device, run by benchmarks/gpu.sh on a GPU machine (skipped where there is none)."""
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -52,6 +55,21 @@ def test_fit_resume_and_rollout_on_cuda(tiny_cfg, tmp_path):
     assert ds.prediction.shape == (2, 2, 24, 1, 64, 64) and np.isfinite(ds.psnr.values).all()
 
 
+def test_deterministic_after_a_cuda_product_without_a_fixed_workspace_is_refused_in_one_line():
+    """torch fixes cuBLAS's workspace setting at the process's first product: --deterministic after one made
+    without CUBLAS_WORKSPACE_CONFIG cannot be deterministic, and says so before the step would raise."""
+    imports = "import torch\nfrom pyro_cwvae.training.devices import set_deterministic\n"
+    product = "torch.ones(2, 2, device='cuda') @ torch.ones(2, 2, device='cuda')\n"
+    deterministic = "set_deterministic(True, torch.device('cuda'))\n"
+    env = {name: value for name, value in os.environ.items() if name != "CUBLAS_WORKSPACE_CONFIG"}
+    late = subprocess.run([sys.executable, "-c", imports + product + deterministic], env=env, capture_output=True,
+                          text=True)
+    assert late.returncode != 0 and "UserError: --deterministic: this process ran a CUDA matrix product" in late.stderr
+    early = subprocess.run([sys.executable, "-c", imports + deterministic + product], env=env, capture_output=True,
+                           text=True)
+    assert early.returncode == 0, early.stderr
+
+
 def test_metrics_on_cuda_match_cpu():
     a, b = torch.rand(3, 5, 1, 64, 64), torch.rand(3, 5, 1, 64, 64)
     torch.testing.assert_close(psnr(a.cuda(), b.cuda()).cpu(), psnr(a, b))
@@ -91,6 +109,28 @@ def weights_and_history(cfg):
         return state["nets"], state["optimizer"], history.drop_attrs().load()
 
 
+def where_runs_part(run_a, run_b) -> str:
+    """Where two runs (``weights_and_history``) differ and by how much, for an assertion's message: rounding (1e-7,
+    another kernel chosen) reads differently from a fault such as noise repeated by every replay (order 1)."""
+    (nets_a, _, history_a), (nets_b, _, history_b) = run_a, run_b
+    found = []
+    for name, variable in history_a.data_vars.items():
+        a, b = variable.values, history_b[name].values
+        if a.shape != b.shape:
+            found.append(f"{name}: shapes {a.shape} and {b.shape}")
+            continue
+        unequal = (a != b) & ~(np.isnan(a) & np.isnan(b))
+        if unequal.any():
+            first = variable[variable.dims[0]].values[np.argwhere(unequal)[0][0]]
+            found.append(f"{name} first differs at {variable.dims[0]} {first}, by up to "
+                         f"{np.nanmax(np.abs(a - b)):.3g}")
+    weights = {name: (tensor - nets_b[name]).abs().max().item() for name, tensor in nets_a.items()}
+    worst = max(weights, key=weights.get)
+    if weights[worst] > 0:
+        found.append(f"weights differ by up to {weights[worst]:.3g} ({worst})")
+    return "; ".join(found)
+
+
 @pytest.mark.parametrize("program", ["default", "variant"])
 def test_graphed_run_equals_an_eager_run_over_50_steps(tiny_cfg, tmp_path, program):
     """Bit for bit with --deterministic: the same kernels with the same inputs, launched from a graph."""
@@ -101,7 +141,9 @@ def test_graphed_run_equals_an_eager_run_over_50_steps(tiny_cfg, tmp_path, progr
     runs = {mode: cfg.replace(cuda_graph=mode, run_dir=str(tmp_path / mode)) for mode in ("off", "on")}
     for run in runs.values():
         fit(run, GeneratedMovingMNIST(), progress=False)
-    (nets_a, opt_a, history_a), (nets_b, opt_b, history_b) = (weights_and_history(run) for run in runs.values())
+    run_a, run_b = (weights_and_history(run) for run in runs.values())
+    assert not where_runs_part(run_a, run_b), where_runs_part(run_a, run_b)
+    (nets_a, opt_a, history_a), (nets_b, opt_b, history_b) = run_a, run_b
     xr.testing.assert_equal(history_a, history_b)
     for name, tensor in nets_a.items():
         assert torch.equal(tensor, nets_b[name]), name
@@ -117,7 +159,9 @@ def test_graphed_resume_equals_an_uninterrupted_graphed_run(tiny_cfg, tmp_path):
     split = cfg.replace(run_dir=str(tmp_path / "split"), steps=4)
     fit(split, data, progress=False)
     fit(split.replace(steps=12), data, resume=True, progress=False)  # warms up and captures again after resuming
-    (nets_a, opt_a, history_a), (nets_b, opt_b, history_b) = (weights_and_history(run) for run in (straight, split))
+    run_a, run_b = (weights_and_history(run) for run in (straight, split))
+    assert not where_runs_part(run_a, run_b), where_runs_part(run_a, run_b)
+    (nets_a, _, history_a), (nets_b, _, history_b) = run_a, run_b
     xr.testing.assert_equal(history_a, history_b)
     for name, tensor in nets_a.items():
         assert torch.equal(tensor, nets_b[name]), name

@@ -287,3 +287,73 @@ def test_device_scalars_make_python_numbers_on_the_device_with_the_same_values(t
             results.append((step_fn(next(batches(tiny_cfg)), 1.0), [p.detach().clone() for p in nets.parameters()]))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+class FakeCuda:
+    """torch.cuda's streams and graphs as ``TrainStep`` uses them, on a CPU: the steps run eagerly, the streams
+    record what waited on what, and ending a capture that an error broke raises an error of its own, as
+    ``torch.cuda.graph`` does (the capture is invalidated)."""
+
+    def __init__(self, monkeypatch):
+        self.waits, self.main = [], "main stream"
+        monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream("side stream", self.waits))
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda: FakeStream(self.main, self.waits))
+        monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+        monkeypatch.setattr(torch.cuda, "graph", self.graph)
+
+    @contextlib.contextmanager
+    def graph(self, cuda_graph, capture_error_mode):
+        try:
+            yield
+        except BaseException:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+
+class FakeStream(str):
+    def __new__(cls, name, waits):
+        stream = super().__new__(cls, name)
+        stream.waits = waits
+        return stream
+
+    def wait_stream(self, other):
+        self.waits.append((str(self), str(other)))
+
+
+def test_a_refused_warm_up_step_still_makes_the_run_wait_for_its_kernels(tiny_cfg, tmp_path, monkeypatch):
+    """The refused first warm-up step's kernels run on the side stream; the run that unwinds frees their memory
+    on its own stream, so that stream must wait for them, refused or not."""
+    fake = FakeCuda(monkeypatch)
+    source = tmp_path / "guide.py"
+    marker = "    embeddings = observational_dropout("
+    source.write_text(load_programs(None, None).guide.source.replace(marker, "    video.mean().item()\n" + marker))
+    programs = load_programs(None, str(source))
+    nets, _, elbo = built(tiny_cfg, programs)
+    step_fn = TrainStep(elbo, KerasAdam(nets.parameters()), tiny_cfg.clip_norm, graph=True)
+    with pyro.validation_enabled(False), pytest.raises(UserError, match=r"\.item\(\).*guide.py.*--cuda-graph off"):
+        step_fn(next(batches(tiny_cfg)), 1.0)
+    assert fake.waits == [("side stream", "main stream"), ("main stream", "side stream")]
+
+
+def test_a_step_that_fails_under_the_capture_is_named_by_its_own_error(tiny_cfg, monkeypatch):
+    FakeCuda(monkeypatch)
+    nets, _, elbo = built(tiny_cfg, load_programs(None, None))
+    optimizer = KerasAdam(nets.parameters(), masked=True, together=True)  # as on a CUDA device
+    step_fn = TrainStep(elbo, optimizer, tiny_cfg.clip_norm, graph=True)
+    with pyro.validation_enabled(False):
+        for _ in range(WARMUP_STEPS):  # eager warm-ups; the next call captures
+            step_fn(next(batches(tiny_cfg)), 1.0)
+
+    def failing(error):
+        def step():
+            raise error
+        return step
+
+    step_fn._step = failing(RuntimeError("CUDA error: operation not permitted when stream is capturing"))
+    with pytest.raises(UserError, match="^--cuda-graph: the training step cannot be captured: CUDA error: operation "
+                                        "not permitted when stream is capturing; train with --cuda-graph off$"):
+        step_fn(next(batches(tiny_cfg)), 1.0)
+    step_fn._step = failing(KeyboardInterrupt())  # Ctrl-C during the capture stays a Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        step_fn(next(batches(tiny_cfg)), 1.0)

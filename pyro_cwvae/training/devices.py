@@ -46,13 +46,39 @@ def autocast(precision: str, device: torch.device, cache: bool = True) -> contex
     return contextlib.nullcontext()
 
 
-def set_deterministic(deterministic: bool) -> None:
-    """Use only deterministic kernels for ``--deterministic`` (an op without one raises), any kernel otherwise."""
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+FIXED_WORKSPACES = (":4096:8", ":16:8")  # the cuBLAS workspaces under which its products sum in a fixed order
+
+
+def set_deterministic(deterministic: bool, device: torch.device | None = None) -> None:
+    """Use only deterministic kernels for ``--deterministic`` (an op without one raises), any kernel otherwise;
+    on a CUDA ``device``, refuse in one line a process whose cuBLAS cannot be deterministic any more."""
     if deterministic:
-        # cuBLAS sums deterministically only with a fixed workspace; read when the first cuBLAS handle is made.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        os.environ.setdefault(CUBLAS_WORKSPACE, FIXED_WORKSPACES[0])
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
+    if deterministic and device is not None and device.type == "cuda":
+        check_cublas_workspace(device)
+
+
+def check_cublas_workspace(device: torch.device) -> None:
+    """torch reads CUBLAS_WORKSPACE_CONFIG once, at the process's first cuBLAS product: set after one (by
+    ``set_deterministic``, in a process that used CUDA before), it is ignored, and every product under
+    deterministic mode would raise deep in the training step."""
+    value = os.environ[CUBLAS_WORKSPACE]
+    if value not in FIXED_WORKSPACES:
+        raise UserError(f"--deterministic needs {CUBLAS_WORKSPACE}={FIXED_WORKSPACES[0]} (or {FIXED_WORKSPACES[1]}), "
+                        f"not {value!r}: cuBLAS sums in a fixed order only with a fixed workspace")
+    if not torch.cuda.is_initialized():
+        return  # no product yet: torch will read the value above
+    try:
+        torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+    except RuntimeError as error:
+        if CUBLAS_WORKSPACE not in str(error):
+            raise
+        raise UserError(f"--deterministic: this process ran a CUDA matrix product before {CUBLAS_WORKSPACE} was "
+                        f"set, and torch reads it once; set {CUBLAS_WORKSPACE}={FIXED_WORKSPACES[0]} in the "
+                        "environment before starting Python") from None
 
 
 def inductor_options(mode: str) -> dict:

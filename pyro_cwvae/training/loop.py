@@ -75,7 +75,7 @@ def train(cfg: Config, dataset: VideoDataset, group: Group, device: torch.device
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # streams, and so a CUDA graph's capture, are the current device's
     set_matmul_precision(cfg.precision, device)
-    set_deterministic(cfg.deterministic)
+    set_deterministic(cfg.deterministic, device)
     # A resumed run runs the programs recorded in its checkpoint (run_config refused them unless the user trusts them);
     # the checkpoint, read once, is checked against the networks they build before anything is restored from it.
     if resume:

@@ -99,13 +99,14 @@ class TrainStep:
         if not self.graph:
             self._step()
             return self.out
-        if self.calls < WARMUP_STEPS:
-            self._warm_up(watch=self.calls == 0)
-        elif self.cuda_graph is None:
-            self._capture()
-            self.cuda_graph.replay()
-        else:
-            self.cuda_graph.replay()
+        with torch.cuda.device(self.video.device):  # a capture and its replays use the current device's streams
+            if self.calls < WARMUP_STEPS:
+                self._warm_up(watch=self.calls == 0)
+            elif self.cuda_graph is None:
+                self._capture()
+                self.cuda_graph.replay()
+            else:
+                self.cuda_graph.replay()
         self.calls += 1
         return self.out.clone()  # the next replay overwrites ``out``
 
@@ -143,28 +144,35 @@ class TrainStep:
         if self.side_stream is None:
             self.side_stream = torch.cuda.Stream(self.video.device)
         self.side_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.side_stream), DeviceScalars():
-            if watch:
-                cause = find_host_sync(self._step)
-                if cause:
-                    raise UserError(f"--cuda-graph: the training step cannot be captured: {cause}; "
-                                    "train with --cuda-graph off")
-            else:
-                self._step()
-        torch.cuda.current_stream().wait_stream(self.side_stream)
+        try:
+            with torch.cuda.stream(self.side_stream), DeviceScalars():
+                cause = find_host_sync(self._step) if watch else self._step()
+        finally:  # a refused step too: its kernels may still run when the run unwinds and frees their memory
+            torch.cuda.current_stream().wait_stream(self.side_stream)
+        if cause:
+            raise UserError(f"--cuda-graph: the training step cannot be captured: {cause}; "
+                            "train with --cuda-graph off")
 
     def _capture(self) -> None:
         """Capture ``_step`` in a CUDA graph; one line naming the cause and ``--cuda-graph off`` if it fails."""
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients in the graph
         graph = torch.cuda.CUDAGraph()
+        failed: list[BaseException] = []  # what stopped the step: ending a broken capture raises an error of its own
         try:
             # thread_local: the data loader's pin-memory thread may allocate while this thread captures
             with torch.cuda.graph(graph, capture_error_mode="thread_local"), DeviceScalars():
-                self._step()
+                try:
+                    self._step()
+                except BaseException as error:
+                    failed.append(error)
+                    raise
         except (RuntimeError, UserError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            cause = failed[0] if failed else error
+            if not isinstance(cause, (RuntimeError, UserError)):
+                raise cause from None  # the step's own error (a Ctrl-C, a variant's TypeError), not a capture's
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             raise UserError(f"--cuda-graph: the training step cannot be captured: {first}; "
-                            "train with --cuda-graph off") from error
+                            "train with --cuda-graph off") from cause
         self.cuda_graph = graph
 
 
