@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pyro_cwvae.errors import UserError
-from pyro_cwvae.training.devices import autocast, compile_nets, inductor_options, resolve_device, set_deterministic
+from pyro_cwvae.training.devices import (autocast, check_cublas_workspace, compile_nets, inductor_options, resolve_device,
+                                         set_deterministic, set_matmul_precision)
 from pyro_cwvae.data.moving_mnist import GeneratedMovingMNIST
 from pyro_cwvae.model.elbo import elbo_terms
 from pyro_cwvae.guides.cwvae import guide
@@ -90,3 +91,72 @@ def test_devices_are_named_or_refused_in_one_line(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(UserError, match="sees 1 CUDA device"):
         resolve_device("cuda:1")
+
+
+def test_auto_picks_cuda_where_torch_sees_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_precisions_other_than_tf32_switch_tf32_products_off(monkeypatch):
+    """A resumed run may change --precision: fp32 and bf16 leave TF32 off."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    for precision in ("fp32", "bf16"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        set_matmul_precision(precision, CPU)
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+def test_bf16_autocast_runs_in_bfloat16_and_passes_its_cache_setting():
+    linear = torch.nn.Linear(3, 2)
+    for cache in (True, False):
+        with autocast("bf16", CPU, cache=cache):
+            assert linear(torch.ones(1, 3)).dtype == torch.bfloat16
+            assert torch.is_autocast_cache_enabled() is cache
+
+
+def test_the_cublas_workspace_is_checked_only_for_deterministic_runs_and_both_fixed_ones_pass(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    set_deterministic(False, cuda)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # cuBLAS documents both
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    set_deterministic(True, cuda)
+
+
+class Raising:
+    def __init__(self, message):
+        self.message = message
+
+    def __matmul__(self, other):
+        raise RuntimeError(self.message)
+
+
+def test_the_cublas_probe_turns_only_the_workspace_error_into_one_line(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    message = ("... it uses CuBLAS and you have CUDA >= 10.2. To enable deterministic behavior in this case, you must "
+               "set an environment variable before running your PyTorch application: CUBLAS_WORKSPACE_CONFIG=:4096:8 "
+               "or CUBLAS_WORKSPACE_CONFIG=:16:8.")  # torch's words
+    monkeypatch.setattr(torch, "ones", lambda *args, **kwargs: Raising(message))
+    with pytest.raises(UserError, match="before CUBLAS_WORKSPACE_CONFIG was set"):
+        check_cublas_workspace(torch.device("cuda"))
+    monkeypatch.setattr(torch, "ones", lambda *args, **kwargs: Raising("CUDA error: out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        check_cublas_workspace(torch.device("cuda"))
+
+
+def test_compile_gives_every_network_the_options_without_cuda_graphs(tiny_cfg, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append((fn.__self__, kwargs)) or fn)
+    nets = CWVAENets(tiny_cfg)
+    compile_nets(nets, "max-autotune")
+    compiled = {id(module) for module, _ in calls}
+    for level in nets.levels:
+        assert {id(level.posterior), id(level.transition), id(level.transition.gru)} <= compiled
+    for _, kwargs in calls:
+        assert kwargs["dynamic"] is False
+        assert kwargs["options"]["max_autotune"] and not kwargs["options"].get("triton.cudagraphs")
+        assert kwargs["options"]["layout_optimization"] is False

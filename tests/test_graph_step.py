@@ -5,6 +5,7 @@ names the one of a variant that has."""
 import contextlib
 import math
 import textwrap
+import warnings
 
 import pyro
 import pytest
@@ -289,71 +290,103 @@ def test_device_scalars_make_python_numbers_on_the_device_with_the_same_values(t
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
-class FakeCuda:
-    """torch.cuda's streams and graphs as ``TrainStep`` uses them, on a CPU: the steps run eagerly, the streams
-    record what waited on what, and ending a capture that an error broke raises an error of its own, as
-    ``torch.cuda.graph`` does (the capture is invalidated)."""
+class Quadratic(torch.nn.Module):
+    """A stand-in for the ELBO module: loss = |w|^2 + max(video), packed as ``ElboTerms.pack`` (loss,
+    reconstruction, objective, one KL). Its gradient is 2w whatever the video, so a frame of +inf makes the loss
+    infinite while the gradient stays finite."""
 
-    def __init__(self, monkeypatch):
-        self.waits, self.main = [], "main stream"
-        monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream("side stream", self.waits))
-        monkeypatch.setattr(torch.cuda, "current_stream", lambda: FakeStream(self.main, self.waits))
-        monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-        monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-        monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
-        monkeypatch.setattr(torch.cuda, "graph", self.graph)
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
 
-    @contextlib.contextmanager
-    def graph(self, cuda_graph, capture_error_mode):
-        try:
-            yield
-        except BaseException:
-            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    def forward(self, video, scale):
+        loss = (self.w ** 2).sum() + video.amax()
+        return torch.stack([loss, loss, loss, torch.zeros(())])
 
 
-class FakeStream(str):
-    def __new__(cls, name, waits):
-        stream = super().__new__(cls, name)
-        stream.waits = waits
-        return stream
-
-    def wait_stream(self, other):
-        self.waits.append((str(self), str(other)))
+def quadratic_step(**kwargs):
+    module = Quadratic()
+    return module, TrainStep(module, KerasAdam(module.parameters(), lr=0.1), clip_norm=100.0, **kwargs)
 
 
-def test_a_refused_warm_up_step_still_makes_the_run_wait_for_its_kernels(tiny_cfg, tmp_path, monkeypatch):
-    """The refused first warm-up step's kernels run on the side stream; the run that unwinds frees their memory
-    on its own stream, so that stream must wait for them, refused or not."""
-    fake = FakeCuda(monkeypatch)
+def test_a_step_with_an_infinite_loss_and_a_finite_gradient_is_skipped():
+    module, step_fn = quadratic_step()
+    video = torch.zeros(1, 2, 1, 4, 4)
+    video[0, 0, 0, 0, 0] = math.inf
+    out = step_fn(video, 1.0)
+    assert math.isinf(out[0]) and math.isfinite(out[-2]) and out[-1] == 0.0
+    assert torch.equal(module.w.detach(), torch.tensor([1.0, -2.0]))
+    out = step_fn(torch.zeros(1, 2, 1, 4, 4), 1.0)  # a finite one is taken
+    assert out[-1] == 1.0 and not torch.equal(module.w.detach(), torch.tensor([1.0, -2.0]))
+
+
+def test_a_step_another_process_found_non_finite_is_skipped_here_too():
+    """The finite flag goes through ``reduce_ok`` (under DDP: a collective) before the optimizer reads it."""
+    module, step_fn = quadratic_step(reduce_ok=lambda ok: torch.zeros_like(ok))
+    out = step_fn(torch.zeros(1, 2, 1, 4, 4), 1.0)
+    assert out[-1] == 0.0 and torch.equal(module.w.detach(), torch.tensor([1.0, -2.0]))
+
+
+def test_device_scalars_keep_the_dtype_new_tensor_is_given_and_leave_other_devices_alone(monkeypatch):
+    like = torch.zeros((), dtype=torch.float64)
+    with DeviceScalars(("cpu",)):
+        assert like.new_tensor(0.25, dtype=torch.float32).dtype == torch.float32  # as torch makes it
+    full, filled = torch.full, []
+    monkeypatch.setattr(torch, "full", lambda *args, **kwargs: filled.append(args[1]) or full(*args, **kwargs))
+    with DeviceScalars():  # CUDA only: a CPU number is made the ordinary way
+        torch.tensor(0.5, device="cpu")
+    assert filled == []
+
+
+@pytest.mark.parametrize("make", [lambda: torch.tensor(True, device="meta"),
+                                  lambda: torch.tensor(0.5, device="meta", requires_grad=True),
+                                  lambda: torch.as_tensor(torch.zeros(2, device="meta"), device="meta")],
+                         ids=["a bool", "requires_grad", "a device tensor"])
+def test_no_copy_from_the_host_is_reported_where_none_is_made(make):
+    with DeviceScalars(("meta",)):
+        assert find_host_sync(make) is None
+
+
+@pytest.mark.parametrize("op, cause", [
+    (lambda x: x.nonzero(), "nonzero"),
+    (lambda x: x.masked_select(x > 0), "masked_select"),
+    (lambda x: x.unique(), "unique"),
+    (lambda x: x.unique_consecutive(), "unique_consecutive"),
+    (lambda x: torch.equal(x, x), "torch.equal"),
+    (lambda x: x[(x > 0).to(torch.uint8)], "boolean mask"),
+    (lambda x: x.repeat_interleave(torch.ones(3, dtype=torch.long)), "repeat_interleave"),
+    (lambda x: torch.repeat_interleave(torch.ones(3, dtype=torch.long)), "repeat_interleave"),
+])
+def test_each_operation_that_waits_for_the_device_is_named_from_a_real_call(op, cause):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # indexing with a uint8 mask is deprecated
+        found = find_host_sync(lambda: op(torch.arange(3.0)))
+    assert found is not None and cause in found
+
+
+def test_repeat_interleave_with_its_output_size_given_waits_for_nothing():
+    """torch's documented way of a repeat_interleave without a host read."""
+    repeats = torch.ones(3, dtype=torch.long)
+    assert find_host_sync(lambda: torch.arange(3.0).repeat_interleave(repeats, output_size=3)) is None
+
+
+def test_copies_between_host_and_device_are_named_both_ways():
+    """On torch's meta device, a device of its own."""
+    meta, cpu = torch.zeros(3, device="meta"), torch.zeros(3)
+    assert "to the host" in sync_cause(torch.ops.aten._to_copy.default, (meta,), {"device": torch.device("cpu")})
+    assert "from the host" in find_host_sync(lambda: torch.empty(3, device="meta").copy_(cpu))
+
+
+def test_a_host_read_inside_eval_is_named_at_the_programs_line(tiny_cfg, tmp_path):
+    """Code without a file of its own (eval, "<string>") is no place to name."""
     source = tmp_path / "guide.py"
     marker = "    embeddings = observational_dropout("
-    source.write_text(load_programs(None, None).guide.source.replace(marker, "    video.mean().item()\n" + marker))
-    programs = load_programs(None, str(source))
-    nets, _, elbo = built(tiny_cfg, programs)
-    step_fn = TrainStep(elbo, KerasAdam(nets.parameters()), tiny_cfg.clip_norm, graph=True)
-    with pyro.validation_enabled(False), pytest.raises(UserError, match=r"\.item\(\).*guide.py.*--cuda-graph off"):
-        step_fn(next(batches(tiny_cfg)), 1.0)
-    assert fake.waits == [("side stream", "main stream"), ("main stream", "side stream")]
-
-
-def test_a_step_that_fails_under_the_capture_is_named_by_its_own_error(tiny_cfg, monkeypatch):
-    FakeCuda(monkeypatch)
-    nets, _, elbo = built(tiny_cfg, load_programs(None, None))
-    optimizer = KerasAdam(nets.parameters(), masked=True, together=True)  # as on a CUDA device
-    step_fn = TrainStep(elbo, optimizer, tiny_cfg.clip_norm, graph=True)
+    source.write_text(load_programs(None, None).guide.source.replace(
+        marker, '    eval("video.mean().item()")\n' + marker))
+    cfg = tiny_cfg.replace(guide=str(source))
+    nets, _, elbo = built(cfg, load_programs(cfg.model, cfg.guide))
+    step_fn = TrainStep(elbo, KerasAdam(nets.parameters(), masked=True), cfg.clip_norm)
+    step_fn._load(next(batches(cfg)), 1.0)
     with pyro.validation_enabled(False):
-        for _ in range(WARMUP_STEPS):  # eager warm-ups; the next call captures
-            step_fn(next(batches(tiny_cfg)), 1.0)
-
-    def failing(error):
-        def step():
-            raise error
-        return step
-
-    step_fn._step = failing(RuntimeError("CUDA error: operation not permitted when stream is capturing"))
-    with pytest.raises(UserError, match="^--cuda-graph: the training step cannot be captured: CUDA error: operation "
-                                        "not permitted when stream is capturing; train with --cuda-graph off$"):
-        step_fn(next(batches(tiny_cfg)), 1.0)
-    step_fn._step = failing(KeyboardInterrupt())  # Ctrl-C during the capture stays a Ctrl-C
-    with pytest.raises(KeyboardInterrupt):
-        step_fn(next(batches(tiny_cfg)), 1.0)
+        cause = find_host_sync(step_fn._step)
+    assert cause is not None and f"{source}:" in cause and 'eval("video.mean().item()")' in cause

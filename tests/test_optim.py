@@ -19,14 +19,14 @@ W0.setflags(write=False)  # the optimizers update their own copies
 
 
 
-def keras_adam(w, grads):
+def keras_adam(w, grads, eps=EPS_HAT):
     """Keras' Adam, from its update rule: lr_t = lr sqrt(1 - beta2^t) / (1 - beta1^t), w -= lr_t m / (sqrt(v) + eps)."""
     m, v = np.zeros_like(w), np.zeros_like(w)
     for t, g in enumerate(grads, start=1):
         lr_t = LR * np.sqrt(1 - BETA2 ** t) / (1 - BETA1 ** t)
         m = BETA1 * m + (1 - BETA1) * g
         v = BETA2 * v + (1 - BETA2) * g * g
-        w = w - lr_t * m / (np.sqrt(v) + EPS_HAT)
+        w = w - lr_t * m / (np.sqrt(v) + eps)
     return w
 
 
@@ -173,3 +173,73 @@ def test_a_state_whose_parameters_have_different_step_counts_is_refused_on_load(
     saved["state"][1]["step"] = torch.tensor(5.0)  # torch's Adam counts each parameter's steps apart
     with pytest.raises(UserError, match="different step counts \\(2, 5\\)"):
         KerasAdam(rows_as_params(W0), lr=LR).load_state_dict(saved)
+
+
+def test_a_state_dict_of_the_earlier_keras_adam_continues_with_eps_hat():
+    """The KerasAdam of earlier checkpoints saved torch's per-step eps in ``eps``, beside ``eps_hat``: a resume
+    steps with ``eps_hat``."""
+    params = rows_as_params(W0)
+    optimizer = KerasAdam(params, lr=LR, eps=EPS_HAT)
+    take_steps(optimizer, params, GRADS)
+    saved = optimizer.state_dict()
+    saved["param_groups"][0]["eps"] = EPS_HAT / math.sqrt(1 - BETA2 ** 2)  # as the earlier version left it
+    resumed = KerasAdam(params, lr=LR, eps=EPS_HAT)
+    resumed.load_state_dict(saved)
+    third = [g * 0.5 for g in GRADS[:1]]
+    take_steps(resumed, params, third)
+    np.testing.assert_allclose(stacked(params), keras_adam(W0, GRADS + third), rtol=1e-12, atol=1e-15)
+
+
+def test_parameter_groups_keep_their_own_eps_as_eps_hat():
+    first, second = rows_as_params(W0)
+    optimizer = KerasAdam([{"params": [first], "eps": 1e-3}, {"params": [second]}], lr=LR, eps=EPS_HAT)
+    take_steps(optimizer, [first, second], GRADS)
+    np.testing.assert_allclose(first.detach().numpy(), keras_adam(W0[0], [g[0] for g in GRADS], eps=1e-3),
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(second.detach().numpy(), keras_adam(W0[1], [g[1] for g in GRADS]),
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_a_group_of_float32_and_float64_parameters_steps_each_in_its_own_precision():
+    """Together, as a GPU steps a group, so that the foreach operations could mix them."""
+    low = torch.nn.Parameter(torch.tensor(W0[0], dtype=torch.float32))
+    high = torch.nn.Parameter(torch.tensor(W0[1], dtype=torch.float64))
+    take_steps(KerasAdam([low, high], lr=LR, eps=EPS_HAT, together=True), [low, high], GRADS)
+    np.testing.assert_allclose(high.detach().numpy(), keras_adam(W0[1], [g[1] for g in GRADS]),
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(low.detach().numpy(), keras_adam(W0[0], [g[0] for g in GRADS]), rtol=1e-6, atol=1e-7)
+
+
+def test_float64_steps_equal_torch_adam_with_the_keras_eps_bit_for_bit():
+    """lr / bias_correction1, as torch's Adam divides (lr * (1 / bias_correction1) rounds differently at about a
+    third of the steps; small weights, so that a rounding of the update shows in the weight)."""
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(2, 500, generator=generator, dtype=torch.float64) * 1e-3
+    ours, theirs = rows_as_params(start.numpy()), rows_as_params(start.numpy())
+    keras = KerasAdam(ours, lr=LR, eps=EPS_HAT)
+    adam = torch.optim.Adam(theirs, lr=LR, eps=EPS_HAT, foreach=False)
+    for t in range(1, 21):
+        grads = [torch.randn(2, 500, generator=generator, dtype=torch.float64).numpy()]
+        take_steps(keras, ours, grads)
+        adam.param_groups[0]["eps"] = EPS_HAT / math.sqrt(1 - BETA2 ** t)
+        take_steps(adam, theirs, grads)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_the_state_holds_what_torch_adam_holds_with_its_dtypes():
+    """So that a checkpoint's optimizer state reads as torch's Adam's (its step count a float32 tensor)."""
+    ours, theirs = rows_as_params(W0), rows_as_params(W0)
+    keras, adam = KerasAdam(ours, lr=LR), torch.optim.Adam(theirs, lr=LR)
+    take_steps(keras, ours, GRADS[:1])
+    take_steps(adam, theirs, GRADS[:1])
+    for p, q in zip(ours, theirs):
+        assert {k: v.dtype for k, v in keras.state[p].items()} == {k: v.dtype for k, v in adam.state[q].items()}
+
+
+def test_a_cpu_steps_one_parameter_at_a_time_by_default(monkeypatch):
+    """On a CPU the temporaries of all parameters at once cost more than the launches they save."""
+    lerp, calls = torch._foreach_lerp_, []
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda *args: calls.append(len(args[0])) or lerp(*args))
+    params = rows_as_params(W0)
+    take_steps(KerasAdam(params, lr=LR), params, GRADS[:1])
+    assert calls == [1, 1]

@@ -248,8 +248,9 @@ def sync_cause(func, args, kwargs) -> str | None:
     name = func._schema.name
     if name in SYNCS:
         return SYNCS[name]
-    if name == "aten::repeat_interleave" and isinstance(args[0], torch.Tensor) and len(args) > 1 \
-            and isinstance(args[1], torch.Tensor) and kwargs.get("output_size") is None:
+    # x.repeat_interleave(t) reaches the dispatcher as the .Tensor overload of t alone, then an index_select
+    if name == "aten::repeat_interleave" and func._overloadname in ("Tensor", "self_Tensor") \
+            and kwargs.get("output_size") is None:
         return "repeat_interleave with tensor repeats (a data-dependent shape)"
     if name in ("aten::index", "aten::index_put", "aten::index_put_") and len(args) > 1 and any(
             isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8) for index in args[1] or ()):
