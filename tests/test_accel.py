@@ -100,13 +100,16 @@ def test_auto_picks_cuda_where_torch_sees_it(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
 
 
-def test_precisions_other_than_tf32_switch_tf32_products_off(monkeypatch):
+def test_precisions_other_than_tf32_switch_tf32_products_off():
     """A resumed run may change --precision: fp32 and bf16 leave TF32 off."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    for precision in ("fp32", "bf16"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        set_matmul_precision(precision, CPU)
-        assert torch.backends.cuda.matmul.allow_tf32 is False
+    before = torch.backends.cuda.matmul.allow_tf32  # torch's switch, not an attribute monkeypatch can restore
+    try:
+        for precision in ("fp32", "bf16"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            set_matmul_precision(precision, CPU)
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_bf16_autocast_runs_in_bfloat16_and_passes_its_cache_setting():
