@@ -150,8 +150,7 @@ class TrainStep:
         finally:  # a refused step too: its kernels may still run when the run unwinds and frees their memory
             torch.cuda.current_stream().wait_stream(self.side_stream)
         if cause:
-            raise UserError(f"--cuda-graph: the training step cannot be captured: {cause}; "
-                            "train with --cuda-graph off")
+            raise not_captured(cause)
 
     def _capture(self) -> None:
         """Capture ``_step`` in a CUDA graph; one line naming the cause and ``--cuda-graph off`` if it fails."""
@@ -171,9 +170,12 @@ class TrainStep:
             if not isinstance(cause, (RuntimeError, UserError)):
                 raise cause from None  # the step's own error (a Ctrl-C, a variant's TypeError), not a capture's
             first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            raise UserError(f"--cuda-graph: the training step cannot be captured: {first}; "
-                            "train with --cuda-graph off") from cause
+            raise not_captured(first) from cause
         self.cuda_graph = graph
+
+
+def not_captured(cause: str) -> UserError:
+    return UserError(f"--cuda-graph: the training step cannot be captured: {cause}; train with --cuda-graph off")
 
 
 class DeviceScalars(TorchFunctionMode):
