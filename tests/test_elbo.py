@@ -75,6 +75,26 @@ def test_a_variants_latent_outside_the_levels_counts_in_the_loss(tiny_cfg, video
                                    rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("name,estimator", [("trace", pyro.infer.Trace_ELBO),
+                                            ("meanfield", pyro.infer.TraceMeanField_ELBO)])
+@pytest.mark.parametrize("handler", [lambda fn: poutine.scale(fn, scale=0.5),
+                                     lambda fn: poutine.mask(fn, mask=torch.tensor([True, False]))],
+                         ids=["scale", "mask"])
+def test_a_model_scaled_or_masked_apart_from_its_guide_keeps_pyros_elbo(tiny_cfg, video, name, estimator, handler):
+    """Pyro scales and masks log p by the model site's scale and mask, log q (or the analytic KL) by the guide
+    site's: the packaged programs scale both alike, a variant need not."""
+    cfg = tiny_cfg.replace(elbo=name)
+    nets = CWVAENets(cfg)
+    variant = handler(model)  # the packaged model with a scale or a mask that the guide's sites do not get
+    pyro.set_rng_seed(1)
+    expected = estimator().differentiable_loss(variant, guide, video, nets, cfg) / video.shape[:2].numel()
+    pyro.set_rng_seed(1)
+    same = estimator().differentiable_loss(model, guide, video, nets, cfg) / video.shape[:2].numel()
+    assert not torch.isclose(expected, same, rtol=1e-3)  # the handler changes the ELBO
+    pyro.set_rng_seed(1)
+    torch.testing.assert_close(elbo_terms(variant, guide, video, nets, cfg).loss, expected, rtol=1e-5, atol=0)
+
+
 def test_analytic_kl_matches_monte_carlo(tiny_cfg, video):
     """The per-site KL the meanfield ELBO uses equals E_q[log q - log p], estimated with many samples."""
     nets = CWVAENets(tiny_cfg)

@@ -91,7 +91,9 @@ def test_a_posterior_share_below_one_nat_is_floored_at_one(tiny_cfg, video, elbo
     for param, grad, at_0, rec in zip(params, grads, grads_at_0, reconstruction_grads):
         grad, at_0, rec = (torch.zeros_like(param) if g is None else g for g in (grad, at_0, rec))
         want = a * rec + (1 - a) * at_0
-        torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+        # g(a) and its mix are sums in different orders: their float32 rounding (the thread count changes it) is of
+        # the order of 1e-7 of the largest gradient, and the smallest gradients are that small
+        torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
 def test_free_nats_leave_the_kl_below_them_unpenalised(tiny_cfg, video):

@@ -18,7 +18,8 @@ from pyro_cwvae.guides.cwvae import guide
 from pyro_cwvae.models.cwvae import model
 from pyro_cwvae.model.nets import CWVAENets
 from pyro_cwvae.prediction.frames import baseline_frames
-from pyro_cwvae.prediction.kl import kl_per_sequence, level_kls
+from pyro_cwvae.prediction import kl as kl_module
+from pyro_cwvae.prediction.kl import kl_per_sequence, level_kls, truth_kls
 from pyro_cwvae.prediction.latents import context_latents, filtered_steps, rollout_trace
 from pyro_cwvae.prediction.options import Intervention, PredictionOptions
 from pyro_cwvae.prediction.rollout import rollout, summary, write_rollout
@@ -234,6 +235,21 @@ def test_per_level_kl_is_the_analytic_kl_of_the_elbo(trained):
         terms = elbo_terms(run.model, run.guide, video, run.nets, run.cfg.replace(elbo="meanfield"))
     per_level = np.nansum(kl, axis=(0, 2)) / video.shape[:2].numel()
     np.testing.assert_allclose(per_level, terms.kl.numpy(), rtol=1e-5)
+
+
+def test_the_kl_of_the_true_frames_covers_every_sequence_of_every_group(tiny_cfg, monkeypatch):
+    """The guide filters a group of sequences at a time: 5 sequences in groups of 2 (the paper's 1000-frame test
+    videos make groups of 2 too) each get a KL at every step eq. 1 makes active in the frames asked for."""
+    run = Run(tiny_cfg, CWVAENets(tiny_cfg).eval(), model, guide, step=0)
+    monkeypatch.setattr(kl_module, "KL_FRAMES_PER_CALL", 12)  # 12 // 6 frames: two sequences a group
+    truth = np.random.default_rng(0).integers(0, 256, (5, 8, 1, 64, 64), dtype=np.uint8)
+    kl = truth_kls(run, truth, 6, torch.device("cpu"))
+    assert kl.shape == (5, tiny_cfg.levels, 8)
+    for level in range(1, tiny_cfg.levels + 1):  # level l ticks at frames 0, k^(l-1), 2 k^(l-1), ...
+        active = np.arange(8) % tiny_cfg.factor ** (level - 1) == 0
+        active[6:] = False  # frames past those asked for have no KL
+        assert np.isfinite(kl[:, level - 1, active]).all(), level
+        assert np.isnan(kl[:, level - 1, ~active]).all(), level
 
 
 def test_paper_protocol_scores_the_raw_float_means_while_decoding(trained, monkeypatch):

@@ -243,6 +243,8 @@ def test_obs_dropout_hides_that_share_of_frames_from_level_1_in_training_only(ti
     video = videos[0]
     full = nets.encoder(video)  # what a frame not hidden shows: its embedding unchanged
     assert torch.equal(level_embeddings_seen(nets, cfg.replace(obs_dropout=0.0), video, 1), full[0].transpose(0, 1))
+    # only level 1's frames are hidden: the levels above see their windows whole, in training too
+    assert torch.equal(level_embeddings_seen(nets, cfg, video, 2), full[1].transpose(0, 1))
     nets.eval()  # filtering a context for a rollout: every frame seen, and every level unchanged
     for level in (1, 2):
         seen = level_embeddings_seen(nets, cfg, video, level)
@@ -258,3 +260,14 @@ def test_obs_dropout_span_hides_and_shows_whole_spans_of_frames(tiny_cfg):
     assert 0.3 < hidden.float().mean().item() < 0.7  # 200 Bernoulli(0.5) draws: five standard deviations
     # Each sequence draws its own spans: all 20 alike in one of the 10 spans has chance 10 * 2 * 0.5^20, 2e-5.
     assert not (hidden[:, 0] == hidden[:, 0, :1]).all(-1).any()
+
+
+@torch.no_grad()
+def test_obs_dropout_span_that_does_not_divide_the_sequence_cuts_the_last_span_short(tiny_cfg):
+    cfg = tiny_cfg.replace(obs_dropout=0.5, obs_dropout_span=3, seq_len=8)
+    video = torch.rand(40, 8, 1, 64, 64)
+    hidden = (level_embeddings_seen(CWVAENets(cfg), cfg, video, 1) == 0).all(-1)  # (8 frames, 40 sequences)
+    for span in (slice(0, 3), slice(3, 6), slice(6, 8)):  # frames 6 and 7: the span the sequence's end cuts short
+        assert (hidden[span] == hidden[span][:1]).all(), span
+    # the short span is drawn like the others: hidden in none or all of 40 sequences has chance 2 * 0.5^40
+    assert 0 < hidden[6].float().mean().item() < 1

@@ -366,7 +366,15 @@ class WithAbove(Transition):
         return loc if above is None else loc + above[0].mean(), scale
 
 
-@pytest.mark.parametrize("variant", ["running statistics off", "shared scale", "own forward"])
+class Centred(Transition):
+    """A variant prior head of h alone whose rows meet: its loc is centred over the batch it is given."""
+
+    def forward(self, h):
+        loc, scale = super().forward(h)
+        return loc - loc.mean(0, keepdim=True), scale
+
+
+@pytest.mark.parametrize("variant", ["running statistics off", "shared scale", "own forward", "own forward of h"])
 def test_a_variant_head_that_is_not_rows_of_the_packaged_one_is_computed_alone(tiny_cfg, variant):
     nets = CWVAENets(tiny_cfg)
     transition = nets.level(1).transition
@@ -376,14 +384,19 @@ def test_a_variant_head_that_is_not_rows_of_the_packaged_one_is_computed_alone(t
         nets.eval()
     elif variant == "shared scale":
         transition.head = SharedScale(transition.head)
-    else:
-        transition.__class__ = WithAbove
+    else:  # called with h alone, Centred's forward looks like the packaged one's: only its class tells them apart
+        transition.__class__ = WithAbove if variant == "own forward" else Centred
     with sharing_steps(nets):
         hs = stepped_hs(nets, tiny_cfg, steps=3)
         above = step_inputs(tiny_cfg)[1]
         got = [transition(h, above) if variant == "own forward" else transition(h) for h in hs]
     for h, (loc, scale) in zip(hs, got):
-        alone = type(transition).forward(transition, h, above) if variant == "own forward" else transition(h)
+        if variant == "own forward":  # the variant's own forward, on this h alone
+            alone = WithAbove.forward(transition, h, above)
+        elif variant == "own forward of h":
+            alone = Centred.forward(transition, h)
+        else:
+            alone = transition(h)
         torch.testing.assert_close(loc, alone[0], rtol=0, atol=0)
         torch.testing.assert_close(scale, alone[1], rtol=0, atol=0)
 
