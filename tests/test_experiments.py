@@ -1,14 +1,17 @@
 """The experiment scripts end to end at a tiny budget: the files they write have the schema their docs promise."""
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 import xarray as xr
 from pyro import poutine
+from torch.distributions import kl_divergence
 
 from experiments import baselines, common, content, diagnose, factor, levels, prior_means, probe, speed
 from pyro_cwvae.evaluation import digits as classifier
@@ -232,8 +235,24 @@ def test_prior_means_prints_draws_means_and_the_baseline(tiny_cfg, monkeypatch, 
     net, _ = classifier.train(steps=common.TINY_CLASSIFIER_STEPS, batch_size=4)
     monkeypatch.setattr(prior_means, "digit_classifier", lambda: net)
     prior_means.main([tiny_cfg.run_dir, "--sequences", "2", "--context", "4", "--horizon", "3"])
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split("|")[2].strip() for line in lines[2:]] == ["prior draws", "prior means", "copy last frame"]
+    predictions, widths = (table.splitlines() for table in capsys.readouterr().out.split("\n\n"))
+    assert [line.split("|")[2].strip() for line in predictions[2:]] == ["prior draws", "prior means", "copy last frame"]
+    # 4 context frames, k 2: level 1 steps at frames 1, 2, 3 after its first, level 2 at frame 2 (frames 2-3)
+    rows = [[cell.strip() for cell in line.split("|")[2:-1]] for line in widths[2:]]
+    assert [row[:2] for row in rows] == [["1", "3"], ["2", "1"]]
+    for row in rows:  # the KL per step is its two parts
+        assert float(row[2]) == pytest.approx(float(row[3]) + float(row[4]), abs=0.11)
+
+
+def test_the_kl_split_adds_up_to_the_kl_and_names_each_part():
+    q = dist.Normal(torch.tensor([[0.0, 1.0, -2.0]]), torch.tensor([[0.5, 1.0, 1.0]]))
+    p = dist.Normal(torch.tensor([[0.0, 1.0, 1.0]]), torch.tensor([[1.0, 1.0, 2.0]]))
+    width, offset = prior_means.kl_parts(q, p)
+    torch.testing.assert_close(width + offset, kl_divergence(q.to_event(1), p.to_event(1)))
+    # by hand: the prior is twice as wide in the first and third dimensions (log 2 + 1/8 - 1/2 each), and its mean
+    # is 3 from the posterior's in the third, where its std is 2 (9 / 8)
+    torch.testing.assert_close(width, torch.tensor([2 * (math.log(2) + 1 / 8 - 1 / 2)]))
+    torch.testing.assert_close(offset, torch.tensor([9 / 8]))
 
 
 def test_probe_reads_pairs_that_are_linear_in_the_features_and_not_noise():
