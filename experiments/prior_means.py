@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions import Normal
 from pyro.poutine.messenger import Messenger
 
@@ -32,6 +31,7 @@ from pyro_cwvae.evaluation.digits import digit_classifier
 from pyro_cwvae.model.clock import Clock
 from pyro_cwvae.prediction import Intervention, PredictionOptions, Run, decode, load_run, sampled_trace
 from pyro_cwvae.prediction.frames import unit_frames
+from pyro_cwvae.prediction.kl import filtered_traces
 
 FIRST = 6  # the first predicted frames, before any prior has been applied many times over
 
@@ -119,9 +119,7 @@ def width_rows(path: Path, run: Run, options: PredictionOptions) -> list[list]:
     context = options.context_of(run.cfg)
     video = unit_frames(np.stack([run.dataset().test_video(i)[:context] for i in range(options.sequences)]), "cpu")
     pyro.set_rng_seed(options.seed)  # the posterior of a step depends on the draws before it
-    guide_trace = poutine.trace(run.guide).get_trace(video, run.nets, run.cfg)
-    model_trace = poutine.trace(poutine.replay(run.model, trace=guide_trace)).get_trace(
-        None, run.nets, run.cfg, num_frames=context, batch_size=len(video))
+    guide_trace, model_trace = filtered_traces(run, video)
     parts = {level: [] for level in range(1, run.cfg.levels + 1)}
     for name, site in guide_trace.nodes.items():
         parsed = Clock.parse_site(name)

@@ -26,14 +26,21 @@ def truth_kls(run: Run, truth: np.ndarray, frames: int, device: torch.device) ->
     return kl
 
 
-@torch.no_grad()
-def level_kls(run: Run, video: torch.Tensor) -> np.ndarray:
-    """KL[q || p] in nats of every active step of every level: (B, L, T), NaN where a level is inactive."""
+def filtered_traces(run: Run, video: torch.Tensor) -> tuple[poutine.Trace, poutine.Trace]:
+    """The guide's trace of filtering ``video`` (B, T, C, 64, 64), and the model's replayed on its draws."""
     B, T = video.shape[:2]
     with sharing_steps(run.nets):
         guide_trace = poutine.trace(run.guide).get_trace(video, run.nets, run.cfg)
         model_trace = poutine.trace(poutine.replay(run.model, trace=guide_trace)).get_trace(
             None, run.nets, run.cfg, num_frames=T, batch_size=B)
+    return guide_trace, model_trace
+
+
+@torch.no_grad()
+def level_kls(run: Run, video: torch.Tensor) -> np.ndarray:
+    """KL[q || p] in nats of every active step of every level: (B, L, T), NaN where a level is inactive."""
+    B, T = video.shape[:2]
+    guide_trace, model_trace = filtered_traces(run, video)
     kl = np.full((B, run.cfg.levels, T), np.nan, dtype=np.float32)
     for name, site in guide_trace.nodes.items():
         parsed = Clock.parse_site(name)
